@@ -1,0 +1,1 @@
+"""rag_core: sources -> chunks -> embeddings -> Milvus; question -> search -> prompt -> vLLM."""

@@ -1,0 +1,105 @@
+"""Settings: one typed object, read once from the environment and `.env`.
+
+Every field is documented in `.env.example` (a test checks they match).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All configuration of rag_core and the bot. Environment names are the field names upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- storage ---
+    data_dir: Path = Field(Path("data"), description="Folder for the Milvus Lite file and caches")
+    milvus_uri: str = Field(
+        "", description="Milvus server URI (http://host:19530); empty = Milvus Lite file in data_dir"
+    )
+    milvus_token: SecretStr = Field(SecretStr(""), description="Milvus server token (user:password)")
+    collection: str = Field("docs", description="Alias searchers use; versions live beside it")
+
+    # --- sources ---
+    docs_sources: list[str] = Field(
+        default_factory=list, description="Default sources for `index` and /reindex (JSON list)"
+    )
+    docs_base_url: str = Field(
+        "", description="Public URL prefix for local files (front-matter id, else relative path)"
+    )
+    fetch_concurrency: int = Field(8, ge=1, description="Pages fetched at once")
+    fetch_timeout_s: float = Field(20.0, gt=0, description="Per-request timeout, seconds")
+    fetch_retries: int = Field(3, ge=0, description="Retries on 429/5xx/timeouts, with backoff")
+    fetch_max_bytes: int = Field(5_000_000, gt=0, description="Pages larger than this are skipped")
+    fetch_max_redirects: int = Field(5, ge=0, description="Redirects followed per request")
+    crawl_max_pages: int = Field(500, ge=1, description="Page cap for a same-site crawl")
+    allow_private_urls: bool = Field(
+        False, description="Allow URLs resolving to loopback/private/link-local addresses (SSRF)"
+    )
+    user_agent: str = Field("docs-discord-bot/0.1 (+self-hosted)", description="HTTP User-Agent")
+
+    # --- chunking and embeddings ---
+    embedding_model: str = Field(
+        "BAAI/bge-base-en-v1.5", description="sentence-transformers model name or local path"
+    )
+    embedding_device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:1")
+    embedding_batch_size: int = Field(32, ge=1, description="Texts per encoder batch")
+    chunk_tokens: int = Field(256, ge=32, description="Chunk size in embedding-model tokens")
+    chunk_overlap_tokens: int = Field(32, ge=0, description="Overlap between chunks, tokens")
+
+    # --- search ---
+    search_mode: Literal["hybrid", "dense"] = Field(
+        "hybrid", description="hybrid = dense + BM25 fused with RRF; dense = vectors only"
+    )
+    top_k: int = Field(5, ge=1, le=50, description="Passages retrieved per question")
+
+    # --- answering (LLM) ---
+    llm_backend: Literal["local", "remote"] = Field(
+        "local", description="local = in-process vLLM engine; remote = OpenAI-compatible server"
+    )
+    llm_model: str = Field("Qwen/Qwen2.5-7B-Instruct", description="HF model name or local path")
+    llm_remote_url: str = Field(
+        "", description="Base URL of a vLLM OpenAI-compatible server, e.g. http://gpu1:8000/v1"
+    )
+    llm_api_key: SecretStr = Field(SecretStr(""), description="API key for the remote server")
+    llm_dtype: str = Field("auto", description="Engine dtype: auto, bfloat16, float16")
+    llm_max_model_len: int = Field(8192, ge=256, description="Context window given to the engine")
+    llm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU memory share")
+    llm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
+    llm_kv_cache_bytes: int = Field(
+        0, ge=0, description="KV cache size in bytes (0 = from gpu_memory_utilization)"
+    )
+    llm_enforce_eager: bool = Field(False, description="Disable CUDA graphs (faster start)")
+    llm_max_tokens: int = Field(512, ge=1, description="Answer budget in tokens")
+    llm_temperature: float = Field(0.2, ge=0, description="Sampling temperature")
+    llm_top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling")
+    llm_timeout_s: float = Field(120.0, gt=0, description="Per-answer timeout, seconds")
+    relevance_threshold: float = Field(
+        0.35, description="Best passage similarity below this = 'not in the docs'"
+    )
+    hf_token: SecretStr = Field(SecretStr(""), description="Hugging Face token for gated models")
+
+    # --- Discord ---
+    discord_token: SecretStr = Field(SecretStr(""), description="Bot token (never logged)")
+
+    @cached_property
+    def milvus_target(self) -> str:
+        """What MilvusClient connects to: a server URI, else the Lite file in data_dir."""
+        return self.milvus_uri or str(self.data_dir / "kb.db")
+
+    @property
+    def is_milvus_lite(self) -> bool:
+        return not self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings once (environment, then `.env`); keyword overrides win (tests, CLI flags)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

