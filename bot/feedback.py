@@ -1,0 +1,559 @@
+"""The feedback database: answers the bot gave, 👍/👎 votes on them, moderator review cards.
+
+One SQLite file (default `data_dir/feedback.db`) in WAL mode. A single connection is shared
+under a lock and used from worker threads, so async callers never block the event loop and
+every write is one short transaction (a crash loses at most the one in progress).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TextIO, TypeVar
+
+DEFAULT_FILENAME = "feedback.db"
+SCHEMA_VERSION = 1
+GOOD, FLAG = 1, -1
+
+_T = TypeVar("_T")
+
+# Each entry migrates from version i to i + 1; never edit a released one, append a new one.
+_MIGRATIONS: list[list[str]] = [
+    [
+        """
+        CREATE TABLE answers (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL UNIQUE,  -- the first message of the answer
+            guild_id INTEGER,                    -- NULL in DMs
+            channel_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,            -- who asked
+            question TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            sources TEXT NOT NULL DEFAULT '[]',  -- JSON list of {n,title,url,score,similarity}
+            model TEXT NOT NULL DEFAULT '',
+            refused INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,            -- unix seconds
+            latency_ms INTEGER,
+            review_claimed_at REAL,              -- set once, by the first flag
+            review_message_id INTEGER            -- the moderator card, once posted
+        )
+        """,
+        "CREATE INDEX answers_guild_created ON answers (guild_id, created_at)",
+        # Every message an answer was split into, so a vote on any part counts.
+        """
+        CREATE TABLE answer_messages (
+            message_id INTEGER PRIMARY KEY,
+            answer_id INTEGER NOT NULL REFERENCES answers (id) ON DELETE CASCADE
+        )
+        """,
+        """
+        CREATE TABLE votes (
+            answer_id INTEGER NOT NULL REFERENCES answers (id) ON DELETE CASCADE,
+            user_id INTEGER NOT NULL,
+            vote INTEGER NOT NULL CHECK (vote IN (-1, 1)),
+            created_at REAL NOT NULL,
+            PRIMARY KEY (answer_id, user_id)
+        ) WITHOUT ROWID
+        """,
+    ],
+]
+
+
+class FeedbackStoreClosed(RuntimeError):
+    """The store was used after close()."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One cited source as shown under an answer."""
+
+    n: int
+    title: str
+    url: str
+    score: float | None = None
+    similarity: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRecord:
+    id: int
+    message_id: int
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    question: str
+    answer: str
+    sources: tuple[SourceRecord, ...]
+    model: str
+    refused: bool
+    created_at: datetime
+    latency_ms: int | None
+    review_message_id: int | None
+
+    @property
+    def jump_url(self) -> str:
+        """The Discord link to the answer's message."""
+        return message_link(self.guild_id, self.channel_id, self.message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class VoteChange:
+    """What a vote did: `post_review_card` is True for exactly one flag per answer."""
+
+    answer_id: int
+    previous: int | None  # the user's vote before, if any
+    vote: int
+    flags: int  # 👎 votes on the answer now
+    good: int  # 👍 votes on the answer now
+    post_review_card: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.previous != self.vote
+
+
+@dataclass(frozen=True, slots=True)
+class FlaggedAnswer:
+    answer: AnswerRecord
+    flags: int
+    good: int
+    last_flagged_at: datetime
+
+
+def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+def default_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / DEFAULT_FILENAME
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _check_vote(vote: int) -> None:
+    if vote not in (GOOD, FLAG):
+        raise ValueError(f"vote must be {GOOD} or {FLAG}, not {vote!r}")
+
+
+_ANSWER_COLUMNS = (
+    "a.id, a.message_id, a.guild_id, a.channel_id, a.user_id, a.question, a.answer, a.sources, "
+    "a.model, a.refused, a.created_at, a.latency_ms, a.review_message_id"
+)
+# Flag and good counts per answer, for answers with at least one flag.
+_FLAGGED_SQL = f"""
+    SELECT {_ANSWER_COLUMNS},
+           SUM(v.vote = -1) AS flags, SUM(v.vote = 1) AS good,
+           MAX(CASE WHEN v.vote = -1 THEN v.created_at END) AS last_flag
+    FROM answers a JOIN votes v ON v.answer_id = a.id
+    WHERE (:guild IS NULL OR a.guild_id = :guild)
+    GROUP BY a.id
+    HAVING flags > 0
+"""
+
+
+def _answer(row: sqlite3.Row) -> AnswerRecord:
+    return AnswerRecord(
+        id=row["id"],
+        message_id=row["message_id"],
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        user_id=row["user_id"],
+        question=row["question"],
+        answer=row["answer"],
+        sources=tuple(SourceRecord(**s) for s in json.loads(row["sources"])),
+        model=row["model"],
+        refused=bool(row["refused"]),
+        created_at=_dt(row["created_at"]),
+        latency_ms=row["latency_ms"],
+        review_message_id=row["review_message_id"],
+    )
+
+
+class FeedbackStore:
+    """Answers and votes in SQLite; every public method is async and runs in a worker thread.
+
+    Open with `FeedbackStore.open(path)` (or `with`/`async with` it) and close with `close()`.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.Lock()  # one connection, one statement sequence at a time
+        self.path = path
+        self._clock = clock
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+    ) -> FeedbackStore:
+        """Open (creating or migrating) the database at `path`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False: the
+        # lock, not the thread, keeps use of the connection serial.
+        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot enable WAL on {path} (got {mode})")
+            # NORMAL is durable against application crashes in WAL mode; only a power loss can
+            # drop the last commits, which is fine for feedback.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, clock)
+
+    def close(self) -> None:
+        """Close the connection (waits for an operation in progress); idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.close)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await asyncio.to_thread(self._locked, fn)
+
+    def _locked(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            if self._conn is None:
+                raise FeedbackStoreClosed("the feedback store is closed")
+            return fn(self._conn)
+
+    # -- answers ------------------------------------------------------------------------------
+
+    async def record_answer(
+        self,
+        *,
+        message_id: int,
+        channel_id: int,
+        user_id: int,
+        question: str,
+        answer: str,
+        guild_id: int | None = None,
+        sources: Sequence[SourceRecord] = (),
+        model: str = "",
+        refused: bool = False,
+        latency_ms: int | None = None,
+        extra_message_ids: Sequence[int] = (),
+    ) -> int:
+        """Store an answer posted as `message_id` (and any continuation messages); its id.
+
+        Raises ValueError if one of the messages is already recorded.
+        """
+        sources_json = json.dumps([asdict(s) for s in sources], ensure_ascii=False)
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                try:
+                    cur = conn.execute(
+                        "INSERT INTO answers (message_id, guild_id, channel_id, user_id, "
+                        "question, answer, sources, model, refused, created_at, latency_ms) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            message_id,
+                            guild_id,
+                            channel_id,
+                            user_id,
+                            question,
+                            answer,
+                            sources_json,
+                            model,
+                            int(refused),
+                            now,
+                            latency_ms,
+                        ),
+                    )
+                    answer_id = cur.lastrowid
+                    assert answer_id is not None
+                    conn.executemany(
+                        "INSERT INTO answer_messages (message_id, answer_id) VALUES (?, ?)",
+                        [(m, answer_id) for m in dict.fromkeys([message_id, *extra_message_ids])],
+                    )
+                except sqlite3.IntegrityError as e:
+                    raise ValueError(f"message {message_id} is already recorded") from e
+                return answer_id
+
+        return await self._call(run)
+
+    async def answer_by_message(self, message_id: int) -> AnswerRecord | None:
+        """The answer that `message_id` (any of its parts) belongs to."""
+
+        def run(conn: sqlite3.Connection) -> AnswerRecord | None:
+            row = conn.execute(
+                f"SELECT {_ANSWER_COLUMNS} FROM answer_messages m "
+                "JOIN answers a ON a.id = m.answer_id WHERE m.message_id = ?",
+                (message_id,),
+            ).fetchone()
+            return _answer(row) if row else None
+
+        return await self._call(run)
+
+    # -- votes --------------------------------------------------------------------------------
+
+    async def set_vote(self, message_id: int, user_id: int, vote: int) -> VoteChange | None:
+        """Record `user_id`'s vote (+1/-1), replacing an older one; None if not an answer."""
+        _check_vote(vote)
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> VoteChange | None:
+            with _transaction(conn):
+                answer_id = _answer_id(conn, message_id)
+                if answer_id is None:
+                    return None
+                row = conn.execute(
+                    "SELECT vote FROM votes WHERE answer_id = ? AND user_id = ?",
+                    (answer_id, user_id),
+                ).fetchone()
+                previous = row["vote"] if row else None
+                if previous != vote:  # an unchanged vote keeps its original time
+                    conn.execute(
+                        "INSERT INTO votes (answer_id, user_id, vote, created_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (answer_id, user_id) "
+                        "DO UPDATE SET vote = excluded.vote, created_at = excluded.created_at",
+                        (answer_id, user_id, vote, now),
+                    )
+                post_card = False
+                if vote == FLAG:
+                    # Claimed inside this transaction, so concurrent flags yield a single card.
+                    post_card = (
+                        conn.execute(
+                            "UPDATE answers SET review_claimed_at = ? "
+                            "WHERE id = ? AND review_claimed_at IS NULL",
+                            (now, answer_id),
+                        ).rowcount
+                        == 1
+                    )
+                flags, good = _counts(conn, answer_id)
+                return VoteChange(answer_id, previous, vote, flags, good, post_card)
+
+        return await self._call(run)
+
+    async def remove_vote(self, message_id: int, user_id: int, vote: int) -> bool:
+        """Withdraw `user_id`'s vote if it is still `vote` (an older, replaced reaction is a
+        no-op); True if a vote was removed."""
+        _check_vote(vote)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "DELETE FROM votes WHERE user_id = ? AND vote = ? AND answer_id = "
+                    "(SELECT answer_id FROM answer_messages WHERE message_id = ?)",
+                    (user_id, vote, message_id),
+                )
+                return cur.rowcount > 0
+
+        return await self._call(run)
+
+    # -- review -------------------------------------------------------------------------------
+
+    async def flagged(self, limit: int = 20, guild_id: int | None = None) -> list[FlaggedAnswer]:
+        """Answers with at least one 👎, most recently flagged first."""
+
+        def run(conn: sqlite3.Connection) -> list[FlaggedAnswer]:
+            rows = conn.execute(
+                _FLAGGED_SQL + " ORDER BY last_flag DESC, a.id DESC LIMIT :limit",
+                {"guild": guild_id, "limit": limit},
+            ).fetchall()
+            return [
+                FlaggedAnswer(_answer(r), r["flags"], r["good"], _dt(r["last_flag"])) for r in rows
+            ]
+
+        return await self._call(run)
+
+    async def mark_reviewed_card(self, answer_id: int, message_id: int) -> None:
+        """Remember the moderator card posted for `answer_id`."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE answers SET review_message_id = ?, "
+                    "review_claimed_at = COALESCE(review_claimed_at, ?) WHERE id = ?",
+                    (message_id, self._clock(), answer_id),
+                )
+
+        await self._call(run)
+
+    async def release_review_card(self, answer_id: int) -> None:
+        """Give back a card claim whose posting failed, so the next flag tries again."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE answers SET review_claimed_at = NULL "
+                    "WHERE id = ? AND review_message_id IS NULL",
+                    (answer_id,),
+                )
+
+        await self._call(run)
+
+    async def export_jsonl(
+        self, path_or_file: str | os.PathLike[str] | TextIO, guild_id: int | None = None
+    ) -> int:
+        """Write every flagged answer as one JSON object per line; the number written.
+
+        Each line has what an eval question needs (`expected_sources`, `notes` left to fill in).
+        A path is written atomically: a reader never sees half a file.
+        """
+
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(_FLAGGED_SQL + " ORDER BY a.id", {"guild": guild_id}).fetchall()
+            return [_export_row(r) for r in rows]
+
+        records = await self._call(run)
+
+        def write() -> None:
+            if isinstance(path_or_file, str | os.PathLike):
+                _write_atomic(Path(path_or_file), records)
+            else:
+                _write_lines(path_or_file, records)
+
+        await asyncio.to_thread(write)
+        return len(records)
+
+    async def stats(self, guild_id: int | None = None) -> dict[str, int]:
+        """Counts: answers, refused, flags, good votes, flagged answers."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            params = {"guild": guild_id}
+            where = "WHERE (:guild IS NULL OR a.guild_id = :guild)"
+            answers = conn.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(a.refused), 0) FROM answers a {where}", params
+            ).fetchone()
+            votes = conn.execute(
+                "SELECT COALESCE(SUM(v.vote = -1), 0), COALESCE(SUM(v.vote = 1), 0), "
+                "COUNT(DISTINCT CASE WHEN v.vote = -1 THEN v.answer_id END) "
+                f"FROM votes v JOIN answers a ON a.id = v.answer_id {where}",
+                params,
+            ).fetchone()
+            return {
+                "answers": answers[0],
+                "refused": answers[1],
+                "flags": votes[0],
+                "good": votes[1],
+                "flagged_answers": votes[2],
+            }
+
+        return await self._call(run)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front, so a read-then-write never hits SQLITE_BUSY
+    # halfway through when another process (a second store on the file) writes too.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:  # some errors make SQLite roll back on its own
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    with _transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"feedback database schema v{version} is newer than this bot (v{SCHEMA_VERSION})"
+            )
+        for target, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+
+
+def _answer_id(conn: sqlite3.Connection, message_id: int) -> int | None:
+    row = conn.execute(
+        "SELECT answer_id FROM answer_messages WHERE message_id = ?", (message_id,)
+    ).fetchone()
+    return row["answer_id"] if row else None
+
+
+def _counts(conn: sqlite3.Connection, answer_id: int) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT COALESCE(SUM(vote = -1), 0), COALESCE(SUM(vote = 1), 0) "
+        "FROM votes WHERE answer_id = ?",
+        (answer_id,),
+    ).fetchone()
+    return row[0], row[1]
+
+
+def _export_row(row: sqlite3.Row) -> dict[str, Any]:
+    answer = _answer(row)
+    return {
+        "id": answer.id,
+        "question": answer.question,
+        "answer": answer.answer,
+        "sources": [asdict(s) for s in answer.sources],
+        "flags": row["flags"],
+        "good": row["good"],
+        "refused": answer.refused,
+        "model": answer.model,
+        "asked_at": answer.created_at.isoformat(),
+        "guild_id": answer.guild_id,
+        "message_link": answer.jump_url,
+        # Filled in by a reviewer to turn the flag into an eval question.
+        "expected_sources": [],
+        "notes": "",
+    }
+
+
+def _write_lines(file: TextIO, records: list[dict[str, Any]]) -> None:
+    for record in records:
+        file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _write_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            _write_lines(f, records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,290 @@
+"""The feedback store against a real SQLite file in a temp folder."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sqlite3
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from bot.feedback import (
+    FLAG,
+    GOOD,
+    SCHEMA_VERSION,
+    FeedbackStore,
+    FeedbackStoreClosed,
+    SourceRecord,
+    default_path,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GUILD, CHANNEL, ASKER = 111, 222, 333
+SOURCES = (
+    SourceRecord(1, "Index", "https://milvus.io/docs/index.md#FLAT", 0.03, 0.71),
+    SourceRecord(2, "GPU index", "https://milvus.io/docs/gpu_index.md", 0.02, 0.64),
+)
+
+
+class Clock:
+    """Deterministic time, so "most recent" is well defined."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return default_path(tmp_path / "data")
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[FeedbackStore]:
+    async with FeedbackStore.open(db_path, clock=Clock()) as s:
+        yield s
+
+
+async def _answer(store: FeedbackStore, message_id: int, **kw: object) -> int:
+    fields: dict[str, object] = {
+        "channel_id": CHANNEL,
+        "user_id": ASKER,
+        "guild_id": GUILD,
+        "question": f"question {message_id}?",
+        "answer": f"answer {message_id} [1]",
+        "sources": SOURCES,
+        "model": "tiny",
+        "latency_ms": 1234,
+    }
+    fields.update(kw)
+    return await store.record_answer(message_id=message_id, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def raw(db_path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(db_path)
+    yield conn
+    conn.close()
+
+
+async def test_opens_in_wal_mode_with_schema_version(
+    store: FeedbackStore, db_path: Path, raw: sqlite3.Connection
+) -> None:
+    assert db_path.name == "feedback.db"
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"answers", "votes", "answer_messages"} <= tables
+
+
+async def test_record_and_look_up_an_answer(store: FeedbackStore) -> None:
+    answer_id = await _answer(store, 1001, extra_message_ids=[1002], refused=False)
+    record = await store.answer_by_message(1001)
+    assert record is not None
+    assert record.id == answer_id
+    assert (record.guild_id, record.channel_id, record.user_id) == (GUILD, CHANNEL, ASKER)
+    assert record.sources == SOURCES
+    assert record.latency_ms == 1234 and record.model == "tiny" and not record.refused
+    assert record.created_at.tzinfo is not None
+    assert record.jump_url == f"https://discord.com/channels/{GUILD}/{CHANNEL}/1001"
+    # A continuation message of a split answer resolves to the same answer.
+    assert (await store.answer_by_message(1002)) == record
+    assert await store.answer_by_message(9999) is None
+    with pytest.raises(ValueError):
+        await _answer(store, 1001)
+
+
+async def test_one_vote_per_user_and_revote_replaces(store: FeedbackStore) -> None:
+    await _answer(store, 1)
+    first = await store.set_vote(1, 10, GOOD)
+    assert first is not None
+    assert (first.previous, first.vote, first.good, first.flags) == (None, GOOD, 1, 0)
+    assert first.changed and not first.post_review_card
+    same = await store.set_vote(1, 10, GOOD)
+    assert same is not None and not same.changed and same.good == 1
+    flipped = await store.set_vote(1, 10, FLAG)
+    assert flipped is not None
+    assert (flipped.previous, flipped.good, flipped.flags) == (GOOD, 0, 1)
+    assert flipped.post_review_card
+    assert await store.stats() == {
+        "answers": 1,
+        "refused": 0,
+        "flags": 1,
+        "good": 0,
+        "flagged_answers": 1,
+    }
+    assert await store.set_vote(12345, 10, GOOD) is None  # not an answer: ignored
+    with pytest.raises(ValueError):
+        await store.set_vote(1, 10, 0)
+
+
+async def test_removal_withdraws_only_the_current_vote(store: FeedbackStore) -> None:
+    await _answer(store, 1, extra_message_ids=[2])
+    await store.set_vote(1, 10, FLAG)
+    await store.set_vote(1, 10, GOOD)  # the 👎 reaction is still on the message
+    assert await store.remove_vote(1, 10, FLAG) is False  # removing the old 👎 changes nothing
+    assert (await store.stats())["good"] == 1
+    assert await store.remove_vote(2, 10, GOOD) is True  # via the continuation message
+    assert (await store.stats())["good"] == 0
+    assert await store.remove_vote(1, 10, GOOD) is False
+    assert await store.remove_vote(777, 10, GOOD) is False
+
+
+async def test_review_card_is_claimed_once(store: FeedbackStore) -> None:
+    answer_id = await _answer(store, 1)
+    claims = [await store.set_vote(1, user, FLAG) for user in (10, 11)]
+    assert [c.post_review_card for c in claims if c] == [True, False]
+    await store.mark_reviewed_card(answer_id, 5555)
+    record = await store.answer_by_message(1)
+    assert record is not None and record.review_message_id == 5555
+    # Withdrawn and flagged again: still no second card.
+    await store.remove_vote(1, 10, FLAG)
+    again = await store.set_vote(1, 10, FLAG)
+    assert again is not None and not again.post_review_card
+
+
+async def test_failed_card_can_be_released(store: FeedbackStore) -> None:
+    answer_id = await _answer(store, 1)
+    first = await store.set_vote(1, 10, FLAG)
+    assert first is not None and first.post_review_card
+    await store.release_review_card(answer_id)  # posting the card failed
+    retry = await store.set_vote(1, 11, FLAG)
+    assert retry is not None and retry.post_review_card
+
+
+async def test_flagged_order_counts_and_guild_filter(store: FeedbackStore) -> None:
+    for message_id in (1, 2, 3, 4):
+        await _answer(store, message_id, guild_id=GUILD if message_id != 4 else 999)
+    await store.set_vote(1, 10, FLAG)
+    await store.set_vote(2, 10, FLAG)
+    await store.set_vote(2, 11, FLAG)
+    await store.set_vote(2, 12, GOOD)
+    await store.set_vote(3, 10, GOOD)  # only good votes: not flagged
+    await store.set_vote(4, 10, FLAG)
+    await store.set_vote(1, 11, FLAG)  # answer 1 is now the most recently flagged
+
+    flagged = await store.flagged(guild_id=GUILD)
+    assert [(f.answer.message_id, f.flags, f.good) for f in flagged] == [(1, 2, 0), (2, 2, 1)]
+    everywhere = await store.flagged()
+    assert [f.answer.message_id for f in everywhere] == [1, 4, 2]
+    assert all(a.last_flagged_at >= b.last_flagged_at for a, b in pairwise(everywhere))
+    assert [f.answer.message_id for f in await store.flagged(limit=1)] == [1]
+    assert (await store.stats(guild_id=999))["flags"] == 1
+
+
+async def test_export_jsonl(store: FeedbackStore, tmp_path: Path) -> None:
+    await _answer(store, 1, question="How do I build a GPU index?")
+    await _answer(store, 2)
+    await _answer(store, 3, guild_id=None)  # a DM
+    await store.set_vote(1, 10, FLAG)
+    await store.set_vote(1, 11, GOOD)
+    await store.set_vote(2, 10, GOOD)
+    await store.set_vote(3, 10, FLAG)
+
+    out = tmp_path / "exports" / "flags.jsonl"
+    assert await store.export_jsonl(out) == 2
+    lines = out.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    first = records[0]
+    assert first["question"] == "How do I build a GPU index?"
+    assert first["answer"] == "answer 1 [1]"
+    assert first["sources"][0] == {
+        "n": 1,
+        "title": "Index",
+        "url": "https://milvus.io/docs/index.md#FLAT",
+        "score": 0.03,
+        "similarity": 0.71,
+    }
+    assert (first["flags"], first["good"]) == (1, 1)
+    assert first["expected_sources"] == [] and first["notes"] == ""
+    assert first["message_link"] == f"https://discord.com/channels/{GUILD}/{CHANNEL}/1"
+    assert first["asked_at"].endswith("+00:00")
+    assert records[1]["message_link"] == f"https://discord.com/channels/@me/{CHANNEL}/3"
+    assert not list(out.parent.glob(".*tmp"))  # the atomic write left no temp file
+
+    buffer = io.StringIO()
+    assert await store.export_jsonl(buffer, guild_id=GUILD) == 1
+    assert json.loads(buffer.getvalue())["question"] == "How do I build a GPU index?"
+
+
+async def test_data_survives_reopen_and_is_shared(db_path: Path) -> None:
+    first = FeedbackStore.open(db_path)
+    await _answer(first, 1)
+    await first.set_vote(1, 10, FLAG)
+    # A second store on the same file sees committed data while the first is still open.
+    with FeedbackStore.open(db_path) as second:
+        assert (await second.answer_by_message(1)) is not None
+        change = await second.set_vote(1, 11, FLAG)
+        assert change is not None and change.flags == 2 and not change.post_review_card
+    assert (await first.stats())["flags"] == 2
+    first.close()
+    first.close()  # idempotent
+    with pytest.raises(FeedbackStoreClosed):
+        await first.stats()
+    with FeedbackStore.open(db_path) as reopened:
+        assert (await reopened.stats())["flags"] == 2
+
+
+async def test_committed_data_survives_a_crash(db_path: Path) -> None:
+    # A process that writes and dies without closing anything: WAL keeps what was committed.
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os
+        from bot.feedback import FeedbackStore, FLAG
+
+        async def main():
+            store = FeedbackStore.open({str(db_path)!r})
+            await store.record_answer(
+                message_id=1, channel_id=2, user_id=3, question="q", answer="a"
+            )
+            await store.set_vote(1, 10, FLAG)
+            os._exit(0)
+
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, cwd=ROOT)
+    assert await proc.wait() == 0
+    with FeedbackStore.open(db_path) as store:
+        record = await store.answer_by_message(1)
+        assert record is not None and record.question == "q"
+        assert (await store.stats())["flags"] == 1
+
+
+async def test_concurrent_votes_are_consistent(store: FeedbackStore) -> None:
+    await _answer(store, 1)
+    users = range(60)
+
+    async def vote(user: int) -> None:
+        await store.set_vote(1, user, FLAG)
+        await store.set_vote(1, user, GOOD if user % 3 else FLAG)
+        if user % 5 == 0:
+            await store.remove_vote(1, user, GOOD if user % 3 else FLAG)
+
+    results = await asyncio.gather(*(store.set_vote(1, u, FLAG) for u in users))
+    assert sum(r.post_review_card for r in results if r) == 1
+    await asyncio.gather(*(vote(u) for u in users))
+    expected_flags = sum(1 for u in users if u % 3 == 0 and u % 5)
+    expected_good = sum(1 for u in users if u % 3 and u % 5)
+    stats = await store.stats()
+    assert (stats["flags"], stats["good"]) == (expected_flags, expected_good)
+    flagged = await store.flagged()
+    assert (flagged[0].flags, flagged[0].good) == (expected_flags, expected_good)
+
+
+async def test_newer_schema_is_refused(db_path: Path) -> None:
+    FeedbackStore.open(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        FeedbackStore.open(db_path)
