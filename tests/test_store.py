@@ -1,0 +1,428 @@
+"""KnowledgeStore on real Milvus Lite, with vectors from the real offline embedding model."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_core.documents import Chunk, sha256
+from rag_core.errors import IndexMissingError, StoreError, StoreLockedError
+from rag_core.store import KnowledgeStore, VersionInfo, milvus_str
+
+from .conftest import FIXTURES
+
+DOCS = FIXTURES / "milvus-docs"
+# Half of the fixture docs: enough distractors for the retrieval checks, and embedding them
+# (~80 chunks) stays a few seconds on 2 CPU cores.
+SUBSET = [
+    "reference/sys_config/*.md",
+    "reference/consistency.md",
+    "reference/bitset.md",
+    "reference/mmap.md",
+    "reference/disk_index.md",
+    "reference/metric.md",
+    "adminGuide/chunk_cache.md",
+]
+MODEL = "all-MiniLM-L6-v2"
+
+
+def split_markdown(path: Path, max_chars: int = 1200) -> list[Chunk]:
+    """A heading splitter, just enough for these tests (the real chunker lives elsewhere)."""
+    raw = re.sub(r"\A---\n.*?\n---\n", "", path.read_text(encoding="utf-8"), flags=re.S)
+    title, heads, body, fenced = path.stem, [], [], False
+    sections: list[tuple[str, tuple[str, ...], str]] = []
+
+    def flush() -> None:
+        if text := "\n".join(body).strip():
+            sections.append((title, tuple(heads), text))
+        body.clear()
+
+    for line in raw.splitlines():
+        fenced ^= line.startswith("```")
+        heading = None if fenced else re.match(r"(#{1,3}) (.+)", line)
+        if heading is None:
+            body.append(line)
+            continue
+        flush()
+        level, name = len(heading.group(1)), heading.group(2).strip().strip("`")
+        if level == 1:
+            title, heads = name, []
+        else:
+            heads = [*heads[: level - 2], name]
+    flush()
+
+    doc_id = f"fixtures/{path.relative_to(DOCS).as_posix()}"
+    pieces = [(t, h, text[i : i + max_chars]) for t, h, text in sections
+              for i in range(0, len(text), max_chars)]  # fmt: skip
+    return [
+        Chunk(
+            chunk_id=sha256(f"{doc_id}#{n}")[:32],
+            doc_id=doc_id,
+            url=f"https://milvus.io/docs/{path.stem}.md#{n}",
+            title=t,
+            headings=h,
+            text=text,
+            doc_hash=sha256(raw),
+            source=str(path.parent.relative_to(DOCS)),
+        )
+        for n, (t, h, text) in enumerate(pieces)
+    ]
+
+
+@pytest.fixture(scope="module")
+def corpus(embedder) -> tuple[list[Chunk], np.ndarray]:
+    paths = sorted({p for pattern in SUBSET for p in DOCS.glob(pattern)})
+    chunks = [c for p in paths for c in split_markdown(p)]
+    return chunks, embedder.embed_passages([c.embed_text for c in chunks])
+
+
+@pytest.fixture(scope="module")
+def kb(corpus, tmp_path_factory) -> Iterator[KnowledgeStore]:
+    """The fixture docs indexed and published once; tests here only read it."""
+    chunks, vectors = corpus
+    store = KnowledgeStore(str(tmp_path_factory.mktemp("kb") / "kb.db"))
+    version = store.create_version(model=MODEL, dim=vectors.shape[1])
+    store.insert(version, chunks, vectors)
+    store.publish(version)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[KnowledgeStore]:
+    s = KnowledgeStore(str(tmp_path / "data" / "kb.db"))
+    yield s
+    s.close()
+
+
+def publish_corpus(store: KnowledgeStore, corpus, limit: int | None = None) -> str:
+    chunks, vectors = corpus
+    version = store.create_version(model=MODEL, dim=vectors.shape[1])
+    store.insert(version, chunks[:limit], vectors[:limit])
+    store.publish(version)
+    return version
+
+
+def random_chunks(n: int, docs: int, dim: int = 8) -> tuple[list[Chunk], np.ndarray]:
+    rng = np.random.default_rng(n)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    chunks = [
+        Chunk(
+            chunk_id=f"c{i}",
+            doc_id=f"doc-{i % docs}",
+            url=f"https://example.org/{i % docs}",
+            title=f"Page {i % docs}",
+            headings=("Section",),
+            text=f"passage number {i}",
+            doc_hash=f"hash-{i % docs}",
+            source="random",
+        )
+        for i in range(n)
+    ]
+    return chunks, vectors
+
+
+def ids(hits) -> list[str]:
+    return [h.chunk_id for h in hits]
+
+
+# --------------------------------------------------------------------------- searching
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_search_returns_cited_passages(kb, corpus, embedder, mode):
+    chunks, vectors = corpus
+    question = "How do I enable mmap?"
+    query = embedder.embed_query(question)
+    hits = kb.search(query, question, top_k=5, mode=mode)
+
+    assert len(hits) == 5
+    best = hits[0]
+    assert best.doc_id == "fixtures/reference/mmap.md" and best.title == "MMap-enabled Data Storage"
+    assert best.url.startswith("https://milvus.io/docs/mmap.md#") and "memory mapping" in best.text
+    assert any(h.heading_path.startswith("Configure memory mapping > ") for h in hits[:3])
+    # similarity is the exact cosine of query and stored chunk vector, whatever the mode ranks by
+    by_id = {c.chunk_id: i for i, c in enumerate(chunks)}
+    for hit in hits:
+        assert hit.similarity == pytest.approx(
+            float(query @ vectors[by_id[hit.chunk_id]]), abs=1e-5
+        )
+    if mode == "dense":
+        # hybrid with no words to match is dense search
+        assert kb.search(query, "  ", top_k=5, mode="hybrid") == hits
+        assert [h.score for h in hits] == pytest.approx([h.similarity for h in hits], abs=1e-5)
+        assert hits == sorted(hits, key=lambda h: -h.score)
+    else:
+        assert all(0 < h.score <= 2 / 61 + 1e-6 for h in hits)  # RRF, k=60, two rankings
+
+
+@pytest.mark.parametrize("identifier", ["saslUsername", "PQCodeBugetGBRatio"])
+def test_hybrid_finds_an_exact_identifier_that_dense_misses(kb, corpus, embedder, identifier):
+    # Observed with all-MiniLM-L6-v2: the one chunk holding this config key is outside dense
+    # top-20 (ranks 34 and 22 of 81), while BM25 on the rare token ranks it first.
+    chunks, _ = corpus
+    holders = {c.chunk_id for c in chunks if identifier in c.text}
+    assert len(holders) == 1
+    query = embedder.embed_query(identifier)
+
+    assert not holders & set(ids(kb.search(query, identifier, top_k=5, mode="dense")))
+    assert holders & set(ids(kb.search(query, identifier, top_k=3, mode="hybrid")))
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_filter_restricts_results(kb, embedder, mode):
+    question = "How do I configure memory?"
+    query = embedder.embed_query(question)
+    doc = "fixtures/reference/sys_config/configure_gpu.md"
+
+    hits = kb.search(query, question, top_k=5, mode=mode, filter=f"doc_id == {milvus_str(doc)}")
+    assert hits and {h.doc_id for h in hits} == {doc}
+    hits = kb.search(query, question, top_k=50, mode=mode, filter='source == "adminGuide"')
+    assert hits and all(h.doc_id.startswith("fixtures/adminGuide/") for h in hits)
+
+
+def test_concurrent_searches_from_threads_match_serial_results(kb, corpus, embedder):
+    chunks, vectors = corpus
+    probes = [(vectors[i], chunks[i].text[:80]) for i in range(0, len(chunks), 7)]
+    expected = [ids(kb.search(v, t, top_k=5)) for v, t in probes]
+    results: dict[int, list[str]] = {}
+
+    def run(worker: int) -> None:
+        for i, (v, t) in enumerate(probes):
+            if i % 4 == worker:
+                results[i] = ids(kb.search(v, t, top_k=5))
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(len(probes))] == expected
+
+
+def test_search_reloads_a_released_collection_and_reports_bad_filters(store, corpus):
+    chunks, vectors = corpus
+    version = publish_corpus(store, corpus, limit=20)
+    store.client.release_collection(version)  # as after a restart, behind the store's back
+    assert ids(store.search(vectors[2], chunks[2].text, top_k=1)) == [chunks[2].chunk_id]
+
+    with pytest.raises(StoreError) as err:
+        store.search(vectors[2], chunks[2].text, top_k=1, filter="no_such_field == 1")
+    assert "unavailable" in err.value.user_message and "no_such_field" in err.value.detail
+
+
+def test_nothing_published_means_index_missing(store):
+    assert store.live() is None
+    assert store.count() == 0
+    assert store.documents() == {}
+    store.create_version(model=MODEL, dim=8)  # built but never published: still nothing live
+    with pytest.raises(IndexMissingError) as err:
+        store.search(np.ones(8, dtype=np.float32), "anything", top_k=5)
+    assert "/reindex" in err.value.user_message
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def test_live_reports_the_model_and_dim_of_the_published_version(kb, corpus):
+    info = kb.live()
+    assert info is not None
+    assert info.name.startswith("docs__v") and info.model == MODEL and info.dim == 384
+    assert kb.count() == len(corpus[0])
+
+
+def test_publish_swaps_versions_while_searches_run(store, corpus):
+    chunks, vectors = corpus
+    first = publish_corpus(store, corpus)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    searches = [0]
+    published: list[str] = []
+
+    def searcher() -> None:
+        while not stop.is_set():
+            try:
+                i = searches[0] % len(chunks)
+                assert store.search(vectors[i], chunks[i].text[:60], top_k=5), "empty result"
+                searches[0] += 1
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                published.append(publish_corpus(store, corpus, limit=40))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    time.sleep(2.5)
+    stop.set()
+    for t in threads:
+        t.join()
+
+    assert not errors, errors
+    assert len(published) >= 2 and searches[0] >= 20
+    live = store.live()
+    assert live is not None and live.name == published[-1]
+    assert store.count() == 40
+    # every replaced version was dropped on publish, the first one included
+    assert first not in store.client.list_collections()
+    assert store.drop_orphans() == []
+
+
+def test_unpublished_version_changes_nothing_and_drop_orphans_removes_it(store, corpus, embedder):
+    chunks, vectors = corpus
+    live = publish_corpus(store, corpus)
+    query = embedder.embed_query("How do consistency levels work?")
+    before = store.search(query, "How do consistency levels work?", top_k=5)
+
+    crashed = store.create_version(model=MODEL, dim=vectors.shape[1])  # a reindex that died
+    store.insert(crashed, chunks[:10], vectors[:10])
+
+    assert store.search(query, "How do consistency levels work?", top_k=5) == before
+    assert store.live() == VersionInfo(name=live, model=MODEL, dim=384)
+    assert store.drop_orphans() == [crashed]
+    assert set(store.client.list_collections()) == {live}
+    for name in (live, "docs"):  # the live version is never dropped, not even by its alias
+        with pytest.raises(StoreError):
+            store.drop(name)
+    assert store.count() == len(chunks)
+
+
+def test_copy_documents_keeps_vectors_and_hashes(store, corpus, embedder):
+    chunks, _ = corpus
+    old = publish_corpus(store, corpus)
+    questions = ["What is a bitset?", "How do I enable mmap?", "saslUsername"]
+    queries = [embedder.embed_query(q) for q in questions]
+    before = [store.search(v, q, top_k=5) for v, q in zip(queries, questions, strict=True)]
+
+    docs = store.documents()
+    assert {d: r.doc_hash for d, r in docs.items()} == {c.doc_id: c.doc_hash for c in chunks}
+    assert sum(r.chunks for r in docs.values()) == len(chunks)
+
+    new = store.create_version(model=MODEL, dim=384)
+    some = sorted(docs)[:3]
+    assert store.copy_documents(old, new, some) == sum(docs[d].chunks for d in some)
+    rest = sorted(docs)[3:]
+    assert store.copy_documents(old, new, rest) == sum(docs[d].chunks for d in rest)
+    assert store.documents(new) == docs
+    store.publish(new)
+
+    after = [store.search(v, q, top_k=5) for v, q in zip(queries, questions, strict=True)]
+    assert [ids(h) for h in after] == [ids(h) for h in before]
+    for a, b in zip(after, before, strict=True):
+        assert [h.similarity for h in a] == pytest.approx([h.similarity for h in b], abs=1e-6)
+    assert old not in store.client.list_collections()
+
+
+def test_documents_pages_past_the_query_limit(store):
+    chunks, vectors = random_chunks(17_000, docs=50)
+    version = store.create_version(model="random", dim=8)
+    store.insert(version, chunks, vectors)
+    docs = store.documents(version)
+    assert len(docs) == 50 and sum(r.chunks for r in docs.values()) == 17_000
+    assert docs["doc-7"].doc_hash == "hash-7"
+
+
+def test_odd_doc_ids_survive_filters_and_long_values_are_cut(store):
+    chunks, vectors = random_chunks(6, docs=1)
+    odd = 'C:\\docs\\"quoted"\tpage.md'
+    long_title = "é" * 1000  # 2000 bytes: Milvus max_length counts bytes, title allows 1024
+    chunks = [dataclasses.replace(c, doc_id=odd, title=long_title) for c in chunks]
+    version = store.create_version(model="random", dim=8)
+    store.insert(version, chunks, vectors)
+    store.publish(version)
+
+    assert store.documents() == {odd: store.documents()[odd]} and store.documents()[odd].chunks == 6
+    copy = store.create_version(model="random", dim=8)
+    assert store.copy_documents(version, copy, [odd]) == 6
+    hits = store.search(vectors[0], "passage", top_k=3, filter=f"doc_id == {milvus_str(odd)}")
+    assert hits[0].chunk_id == "c0" and hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].title == "é" * 512
+    with pytest.raises(ValueError, match="64 bytes"):
+        store.insert(copy, [dataclasses.replace(chunks[0], chunk_id="x" * 65)], vectors[:1])
+
+
+# --------------------------------------------------------------------------- opening, closing
+
+LOCKED_PROBE = """
+import sys
+from rag_core.errors import StoreLockedError
+from rag_core.store import KnowledgeStore
+try:
+    KnowledgeStore(sys.argv[1])
+except StoreLockedError as exc:
+    print(exc.user_message)
+else:
+    print("OPENED")
+"""
+
+
+def probe_from_another_process(db: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", LOCKED_PROBE, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def test_second_process_gets_a_friendly_locked_error_and_close_releases_it(tmp_path, corpus):
+    db = tmp_path / "kb.db"
+    store = KnowledgeStore(str(db))
+    version = publish_corpus(store, corpus, limit=20)
+
+    held = probe_from_another_process(db)
+    assert held.returncode == 0, held.stderr
+    assert "in use by another process" in held.stdout and "/reindex" in held.stdout
+    assert "Traceback" not in held.stderr
+
+    store.close()
+    freed = probe_from_another_process(db)
+    assert freed.stdout.strip() == "OPENED", freed.stderr
+
+    # Reopened in this process: collections come back released and are loaded on first use.
+    reopened = KnowledgeStore(str(db))
+    try:
+        live = reopened.live()
+        assert live is not None and live.name == version
+        chunks, vectors = corpus
+        assert (
+            reopened.search(vectors[3], chunks[3].text, top_k=1)[0].chunk_id == chunks[3].chunk_id
+        )
+        assert reopened.count() == 20
+    finally:
+        reopened.close()
+
+
+def test_two_stores_in_one_process_share_the_database(tmp_path):
+    first = KnowledgeStore(str(tmp_path / "kb.db"))
+    second = KnowledgeStore(str(tmp_path / "kb.db"))  # same process: not a lock conflict
+    version = second.create_version(model="random", dim=8)
+    second.close()  # must not stop the server under `first`
+    assert version in first.client.list_collections()
+    first.close()
+
+
+def test_unreachable_server_is_a_store_error():
+    started = time.monotonic()
+    with pytest.raises(StoreError) as err:
+        KnowledgeStore("http://127.0.0.1:1", connect_timeout=2)
+    assert not isinstance(err.value, StoreLockedError)
+    assert "unavailable" in err.value.user_message
+    assert time.monotonic() - started < 10
