@@ -1,0 +1,451 @@
+"""Generator: streams an answer from an in-process vLLM engine or a remote vLLM server.
+
+One Generator is shared by every request. `stream()` yields `GenerationChunk` deltas; stopping
+early (break + `aclose()`, task cancellation, the per-request timeout) aborts the request in the
+engine, so an abandoned Discord answer frees its slot at once. Iterate it inside
+`contextlib.aclosing(...)` so an early `break` closes it (and aborts) immediately, not at GC.
+
+Both backends tokenize and render chat templates locally with the model's own tokenizer, so
+token budgets are identical whichever backend answers.
+
+Local backend and processes: vLLM's AsyncLLM always runs its EngineCore in a child process, so the
+model never runs on the bot's event loop. The product leaves VLLM_ENABLE_V1_MULTIPROCESSING at
+vLLM's default (1: EngineCore plus a worker process, the layout vLLM serves and tests with);
+setting it to 0 keeps the model inside the EngineCore process, which starts faster and uses less
+memory on small CPU hosts (the tests do that). vLLM starts its engine with the `spawn` method, so
+a script that creates a LocalGenerator needs the `if __name__ == "__main__":` guard.
+
+Engine death policy (local): if the EngineCore dies (OOM kill, crash), requests in flight get
+`EngineDeadError` (user-safe message); the next request rebuilds the engine, once, shared by all
+requests waiting for it, and then proceeds. The rebuild runs in a thread and is shielded, so the
+event loop (Discord heartbeats) keeps running and a waiter's timeout does not cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, EngineDeadError, GenerationError, GenerationTimeout
+
+if TYPE_CHECKING:
+    import aiohttp
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from .config import Settings
+
+log = logging.getLogger(__name__)
+
+_TOO_LONG = (
+    "The question and its context are too long for the model. Please ask a shorter question."
+)
+_UNREACHABLE = "The answer engine is unreachable right now. Please try again later."
+_BUSY = "The answer engine is busy right now. Please try again in a moment."
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """One streamed delta; the last chunk of a request has `finished=True`."""
+
+    text: str  # the text since the previous chunk (may hold several tokens, or none)
+    finished: bool
+    finish_reason: str | None  # "stop" (EOS/stop string), "length", "abort", ... on the last
+    prompt_tokens: int
+    completion_tokens: int  # generated so far
+
+
+def _load_tokenizer(settings: Settings) -> Any:
+    from transformers import AutoTokenizer
+
+    token = settings.hf_token.get_secret_value() or None
+    try:
+        return AutoTokenizer.from_pretrained(settings.llm_model, token=token)
+    except Exception as exc:  # missing files, offline hub, gated model without a token
+        raise ConfigError(
+            "The answer model cannot be loaded: check LLM_MODEL.",
+            detail=f"cannot load tokenizer for {settings.llm_model!r}: {exc}",
+        ) from exc
+
+
+class Generator(ABC):
+    """Streams completions for rendered prompts; budgets, timeout and checks live here once."""
+
+    model_name: str
+    max_model_len: int
+
+    def __init__(self, settings: Settings, tokenizer: Any, *, max_model_len: int) -> None:
+        self.settings = settings  # read per request: llm_timeout_s, llm_max_tokens, sampling
+        self._tokenizer = tokenizer
+        self.model_name = settings.llm_model
+        self.max_model_len = max_model_len
+        self._closed = False
+
+    def _encode(self, text: str) -> list[int]:
+        # Rendered prompts already hold BOS and role markers: add nothing.
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes in the LLM's own tokenizer (no special tokens added)."""
+        return len(self._encode(text))
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template applied to `messages`, ending with the assistant's turn."""
+        try:
+            prompt = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # no chat template (a base model), or a template error
+            raise ConfigError(
+                "The answer model has no usable chat template: use an instruct model.",
+                detail=f"chat template of {self.model_name!r} failed: {exc}",
+            ) from exc
+        return str(prompt)
+
+    async def stream(
+        self, prompt: str, *, max_tokens: int | None = None, request_id: str | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream the completion of a rendered `prompt`, chunk by chunk, until `finished`.
+
+        Raises GenerationTimeout after settings.llm_timeout_s (the request is aborted),
+        EngineDeadError if the engine died, GenerationError for everything else.
+        """
+        if self._closed:
+            raise GenerationError(detail="generator is closed")
+        prompt_ids = self._encode(prompt)
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise GenerationError(
+                _TOO_LONG,
+                detail=f"prompt has {len(prompt_ids)} tokens, context is {self.max_model_len}",
+            )
+        # The engine rejects prompt + max_tokens > context: shorten the answer instead.
+        max_tokens = min(max_tokens or self.settings.llm_max_tokens, room)
+        request_id = request_id or uuid.uuid4().hex
+        timeout_s = self.settings.llm_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        chunks = self._generate(prompt, prompt_ids, max_tokens, request_id)
+        try:
+            while True:
+                # The deadline covers only the waits on the backend, never a suspended `yield`:
+                # a timeout scope across a yield would cancel the consumer's unrelated awaits.
+                scope = asyncio.timeout_at(deadline)
+                try:
+                    async with scope:
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    if not scope.expired():
+                        raise
+                    # The cancellation that the timeout threw into the backend aborted it.
+                    log.warning("request %s timed out after %.1f s", request_id, timeout_s)
+                    raise GenerationTimeout(
+                        detail=f"request {request_id} exceeded {timeout_s} s"
+                    ) from exc
+                yield chunk
+                if chunk.finished:
+                    return
+        finally:
+            # Closing the backend generator aborts a request still running (break, GC, errors).
+            await chunks.aclose()
+
+    @abstractmethod
+    def _generate(
+        self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """Backend stream; must abort the request when closed or cancelled before the end."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the engine or the HTTP session; idempotent."""
+
+
+# --- local: vLLM AsyncLLM in this process (EngineCore in a child process) ---------------------
+
+
+def _build_engine(settings: Settings) -> AsyncLLM:
+    """Blocking (12-35 s on a small CPU host, minutes for a large model): run it in a thread."""
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = AsyncEngineArgs(
+        model=settings.llm_model,
+        dtype=settings.llm_dtype,  # type: ignore[arg-type]
+        max_model_len=settings.llm_max_model_len,
+        gpu_memory_utilization=settings.llm_gpu_memory_utilization,
+        tensor_parallel_size=settings.llm_tensor_parallel_size,
+        enforce_eager=settings.llm_enforce_eager,
+        # 0 = let vLLM size the cache from gpu_memory_utilization (or its CPU default).
+        kv_cache_memory_bytes=settings.llm_kv_cache_bytes or None,
+        hf_token=settings.hf_token.get_secret_value() or None,
+    )
+    started = time.perf_counter()
+    try:
+        engine = AsyncLLM.from_engine_args(args)
+    except Exception as exc:  # bad model, out of memory, unsupported hardware
+        raise GenerationError(
+            "The answer engine could not start. Please try again later.",
+            detail=f"vLLM engine for {settings.llm_model!r} failed to start: {exc}",
+        ) from exc
+    log.info(
+        "vLLM engine for %s ready in %.1f s", settings.llm_model, time.perf_counter() - started
+    )
+    return engine
+
+
+class LocalGenerator(Generator):
+    """An in-process vLLM AsyncLLM, built once with `await LocalGenerator.create(settings)`."""
+
+    def __init__(self, settings: Settings, tokenizer: Any, engine: AsyncLLM) -> None:
+        super().__init__(settings, tokenizer, max_model_len=engine.model_config.max_model_len)
+        self._engine: AsyncLLM | None = engine
+        self._rebuild: asyncio.Task[AsyncLLM] | None = None
+        self.restarts = 0  # engine rebuilds after a death, for metrics and tests
+
+    @classmethod
+    async def create(cls, settings: Settings) -> LocalGenerator:
+        tokenizer = await asyncio.to_thread(_load_tokenizer, settings)
+        engine = await asyncio.to_thread(_build_engine, settings)
+        return cls(settings, tokenizer, engine)
+
+    @property
+    def engine(self) -> AsyncLLM | None:
+        """The current engine (None while a rebuild is pending): for health checks and tests."""
+        return self._engine
+
+    def _sampling_params(self, max_tokens: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            temperature=self.settings.llm_temperature,
+            top_p=self.settings.llm_top_p,
+            max_tokens=max_tokens,
+            output_kind=RequestOutputKind.DELTA,  # only the new text in each output
+        )
+
+    async def _live_engine(self) -> AsyncLLM:
+        engine = self._engine
+        if engine is not None and not engine.errored:
+            return engine
+        if self._closed:
+            raise GenerationError(detail="generator is closed")
+        # One rebuild shared by every waiter; no await between the check and the assignment.
+        if self._rebuild is None or self._rebuild.done():
+            self._rebuild = asyncio.create_task(self._replace_engine())
+        try:
+            # shield: a waiter cancelled by its timeout must not cancel the rebuild.
+            return await asyncio.shield(self._rebuild)
+        except GenerationError as exc:
+            raise EngineDeadError(detail=f"engine rebuild failed: {exc.detail}") from exc
+
+    async def _replace_engine(self) -> AsyncLLM:
+        old, self._engine = self._engine, None
+        if old is not None:
+            log.warning("vLLM engine is dead; shutting it down and starting a new one")
+            await asyncio.to_thread(old.shutdown)  # frees its sockets and any surviving process
+        engine = await asyncio.to_thread(_build_engine, self.settings)
+        if self._closed:  # aclose() ran while we were building
+            await asyncio.to_thread(engine.shutdown)
+            raise GenerationError(detail="generator is closed")
+        self._engine = engine
+        self.restarts += 1
+        return engine
+
+    async def _generate(
+        self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError
+        from vllm.inputs import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+        from vllm.v1.engine.exceptions import EngineGenerateError
+
+        engine = await self._live_engine()
+        # Already-tokenized input: no second BOS, no deprecated raw-prompt path in vLLM.
+        inputs = tokens_input(prompt_ids, prompt=prompt)
+        done = 0
+        try:
+            # Cancelling or closing this generator makes vLLM's generate() abort the request.
+            async for out in engine.generate(inputs, self._sampling_params(max_tokens), request_id):
+                completion = out.outputs[0]
+                done += len(completion.token_ids)
+                yield GenerationChunk(
+                    text=completion.text,
+                    finished=out.finished,
+                    finish_reason=completion.finish_reason,
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=done,
+                )
+        except VllmEngineDeadError as exc:
+            log.error("vLLM engine died during request %s", request_id)
+            raise EngineDeadError(detail=f"vLLM engine died during request {request_id}") from exc
+        except EngineGenerateError as exc:
+            cause = exc.__cause__ or exc
+            raise GenerationError(detail=f"request {request_id} failed: {cause!r}") from exc
+        except GracefulHTTPError as exc:  # admission control: queue full
+            raise GenerationError(_BUSY, detail=f"request {request_id}: {exc}") from exc
+        except VLLMClientError as exc:  # request validation
+            raise GenerationError(detail=f"request {request_id} rejected: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Shut the engine down (EngineCore process included); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._rebuild is not None and not self._rebuild.done():
+            await asyncio.gather(self._rebuild, return_exceptions=True)
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            # Blocking (a few seconds while EngineCore exits): keep the event loop free.
+            await asyncio.to_thread(engine.shutdown)
+            log.info("vLLM engine shut down")
+
+
+# --- remote: an OpenAI-compatible vLLM server -------------------------------------------------
+
+
+class RemoteGenerator(Generator):
+    """A vLLM OpenAI-compatible server: POST {llm_remote_url}/completions, streamed (SSE)."""
+
+    def __init__(self, settings: Settings, tokenizer: Any, session: aiohttp.ClientSession) -> None:
+        super().__init__(settings, tokenizer, max_model_len=settings.llm_max_model_len)
+        self._base = settings.llm_remote_url.rstrip("/")
+        self._session = session
+        self._served_model = settings.llm_model
+
+    @classmethod
+    async def create(cls, settings: Settings) -> RemoteGenerator:
+        import aiohttp
+
+        if not settings.llm_remote_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                "LLM_REMOTE_URL must be set (e.g. http://gpu1:8000/v1) when LLM_BACKEND=remote.",
+                detail=f"bad llm_remote_url {settings.llm_remote_url!r}",
+            )
+        tokenizer = await asyncio.to_thread(_load_tokenizer, settings)
+        key = settings.llm_api_key.get_secret_value()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        # No total timeout: answers stream for a long time; stream() enforces llm_timeout_s.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        generator = cls(
+            settings, tokenizer, aiohttp.ClientSession(headers=headers, timeout=timeout)
+        )
+        await generator._check_server()
+        return generator
+
+    async def _check_server(self) -> None:
+        """Best effort: adopt the served model name and its context; a server down is fine."""
+        import aiohttp
+
+        try:
+            async with self._session.get(
+                f"{self._base}/models", timeout=aiohttp.ClientTimeout(total=10)
+            ) as resp:
+                resp.raise_for_status()
+                models = (await resp.json()).get("data") or []
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "LLM server %s not reachable yet (%s); will retry per request",
+                self._base,
+                type(exc).__name__,
+            )
+            return
+        served = {m.get("id"): m for m in models if isinstance(m, dict)}
+        if self._served_model not in served and len(served) == 1:
+            # e.g. the server was started with a local path: same weights, another name.
+            (name,) = served
+            log.warning("LLM server serves %r, not %r: using it", name, self._served_model)
+            self._served_model = str(name)
+        server_len = (served.get(self._served_model) or {}).get("max_model_len")
+        if isinstance(server_len, int) and server_len < self.max_model_len:
+            log.warning(
+                "LLM server context is %d tokens (< LLM_MAX_MODEL_LEN %d): using it",
+                server_len,
+                self.max_model_len,
+            )
+            self.max_model_len = server_len
+
+    def _http_error(self, status: int, body: str, request_id: str) -> GenerationError:
+        detail = f"LLM server {self._base} answered HTTP {status} to {request_id}: {body[:500]}"
+        if status in (429, 503):
+            return GenerationError(_BUSY, detail=detail)
+        if status == 400 and "context" in body.lower():
+            return GenerationError(_TOO_LONG, detail=detail)
+        return GenerationError(detail=detail)  # 401/403 (key), 404 (model name), 5xx
+
+    async def _generate(
+        self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        import aiohttp
+
+        body = {
+            "model": self._served_model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": self.settings.llm_temperature,
+            "top_p": self.settings.llm_top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            "add_special_tokens": False,  # the rendered prompt already starts with BOS
+        }
+        prompt_tokens, done, finished = len(prompt_ids), 0, False
+        try:
+            async with self._session.post(
+                f"{self._base}/completions", json=body, headers={"X-Request-Id": request_id}
+            ) as resp:
+                if resp.status != 200:
+                    raise self._http_error(resp.status, await resp.text(), request_id)
+                try:
+                    async for raw in resp.content:  # one server-sent-event line at a time
+                        line = raw.strip()
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            break
+                        event = json.loads(data)
+                        if "error" in event:
+                            raise GenerationError(detail=f"LLM server error: {event['error']}")
+                        usage = event.get("usage") or {}
+                        prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+                        for choice in event.get("choices") or []:
+                            text = choice.get("text") or ""
+                            # Exact counts come with continuous_usage_stats; else count locally.
+                            done = usage.get("completion_tokens", done + self.count_tokens(text))
+                            reason = choice.get("finish_reason")
+                            finished = reason is not None
+                            yield GenerationChunk(text, finished, reason, prompt_tokens, done)
+                finally:
+                    if not finished:
+                        # Dropping the connection is how the server learns to abort.
+                        resp.close()
+        except aiohttp.ClientConnectorError as exc:
+            raise GenerationError(
+                _UNREACHABLE, detail=f"cannot reach LLM server {self._base}: {exc}"
+            ) from exc
+        except (aiohttp.ClientError, ValueError) as exc:  # dropped stream, bad JSON
+            raise GenerationError(
+                detail=f"LLM server {self._base} stream failed for {request_id}: {exc!r}"
+            ) from exc
+        if not finished:
+            raise GenerationError(detail=f"LLM server {self._base} ended {request_id} early")
+
+    async def aclose(self) -> None:
+        """Close the HTTP session; idempotent."""
+        self._closed = True
+        if not self._session.closed:
+            await self._session.close()
+
+
+async def create_generator(settings: Settings) -> Generator:
+    """The backend settings.llm_backend names, ready to stream."""
+    if settings.llm_backend == "remote":
+        return await RemoteGenerator.create(settings)
+    return await LocalGenerator.create(settings)

@@ -1,0 +1,368 @@
+"""Generator: a real vLLM engine and a real vLLM server, both running a tiny random Llama on CPU.
+
+The model's text is noise: tests assert mechanics (streaming, interleaving, aborts, timeouts,
+engine death and rebuild, HTTP errors), never wording. The tiny model never emits EOS, so every
+request runs to max_tokens and long streams are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Callable
+
+import psutil
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+pytest.register_assert_rewrite("tests.llm_fixtures")  # before its import below, as a plugin
+
+from rag_core import errors  # noqa: E402
+from rag_core.llm import GenerationChunk, Generator, RemoteGenerator, create_generator  # noqa: E402
+from tests.llm_fixtures import (  # noqa: E402
+    SERVER_API_KEY,
+    engine_processes,
+    free_port,
+    server_metric,
+)
+
+pytest_plugins = ["tests.llm_fixtures"]
+
+MESSAGES = [
+    {"role": "system", "content": "Answer from the docs."},
+    {"role": "user", "content": "What do the HNSW parameters mean?"},
+]
+
+
+async def collect(
+    gen: Generator, prompt: str, **kw: object
+) -> tuple[list[GenerationChunk], list[float]]:
+    """All chunks of one request and the time each arrived (s after the call)."""
+    start = time.perf_counter()
+    chunks, times = [], []
+    async for chunk in gen.stream(prompt, **kw):  # type: ignore[arg-type]
+        chunks.append(chunk)
+        times.append(time.perf_counter() - start)
+    return chunks, times
+
+
+async def eventually(check: Callable[[], bool], within_s: float = 5.0) -> bool:
+    """Poll `check` until it holds or `within_s` passes; its last answer."""
+    for _ in range(int(within_s / 0.05)):
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return check()
+
+
+async def assert_no_unfinished(engine) -> None:
+    """The engine's output processor tracks each request until it finishes or is aborted."""
+    assert await eventually(lambda: engine.get_num_unfinished_requests() == 0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _boot_server_early(request: pytest.FixtureRequest) -> None:
+    """Start the vLLM server (~35-60 s to boot) now, so it boots while the local tests run."""
+    wanted = [i for i in request.session.items if i.module is request.module]
+    if any("remote_generator" in getattr(i, "fixturenames", ()) for i in wanted):
+        request.getfixturevalue("vllm_server_process")
+
+
+# --- tokenizer, template, budgets: no engine needed -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def offline_remote(llm_settings):
+    """A RemoteGenerator aimed at a closed port: tokenizer work and error paths, no server."""
+    settings = llm_settings.model_copy(
+        update={"llm_backend": "remote", "llm_remote_url": f"http://127.0.0.1:{free_port()}/v1"}
+    )
+    gen = await create_generator(settings)
+    yield gen
+    await gen.aclose()
+
+
+async def test_render_and_count_tokens_use_the_models_tokenizer(offline_remote):
+    prompt = offline_remote.render(MESSAGES)
+    assert prompt.startswith("<s><|system|>\nAnswer from the docs.</s>\n<|user|>\n")
+    assert prompt.endswith("<|assistant|>\n")
+    # Special tokens in the rendered text count once each; nothing is added.
+    assert offline_remote.count_tokens("<s></s>") == 2
+    assert offline_remote.count_tokens(prompt) > offline_remote.count_tokens("HNSW") > 0
+    assert offline_remote.max_model_len == 1024
+
+
+async def test_prompt_longer_than_context_is_refused_before_any_request(offline_remote):
+    prompt = offline_remote.render([{"role": "user", "content": "index " * 1100}])
+    with pytest.raises(errors.GenerationError) as info:
+        await anext(offline_remote.stream(prompt))
+    assert "too long" in info.value.user_message
+
+
+async def test_server_down_gives_a_clear_generation_error(offline_remote):
+    with pytest.raises(errors.GenerationError) as info:
+        await anext(offline_remote.stream(offline_remote.render(MESSAGES)))
+    assert "unreachable" in info.value.user_message
+    assert offline_remote.settings.llm_remote_url in info.value.detail  # hosts go to logs only
+
+
+async def test_remote_url_must_be_set(llm_settings):
+    settings = llm_settings.model_copy(update={"llm_backend": "remote", "llm_remote_url": ""})
+    with pytest.raises(errors.ConfigError):
+        await create_generator(settings)
+
+
+async def test_a_closed_generator_refuses_requests(llm_settings):
+    settings = llm_settings.model_copy(
+        update={"llm_backend": "remote", "llm_remote_url": f"http://127.0.0.1:{free_port()}/v1"}
+    )
+    gen = await create_generator(settings)
+    await gen.aclose()
+    await gen.aclose()  # idempotent
+    with pytest.raises(errors.GenerationError):
+        await anext(gen.stream(gen.render(MESSAGES)))
+
+
+@pytest.fixture
+async def scripted_server():
+    """An HTTP server whose /v1/completions answer a test scripts: status codes and broken
+    streams that a real vLLM server cannot be made to produce on demand."""
+    replies: list[web.StreamResponse | None] = []
+    seen: list[dict] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        seen.append({"auth": request.headers.get("Authorization"), "body": await request.json()})
+        reply = replies.pop(0)
+        if reply is None:  # a stream cut before its end
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b'data: {"choices": [{"text": "par", "finish_reason": null}]}\n\n')
+            return resp
+        return reply
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/v1", replies, seen
+    await runner.cleanup()
+
+
+async def test_http_errors_are_mapped(llm_settings, scripted_server):
+    url, replies, seen = scripted_server
+    settings = llm_settings.model_copy(
+        update={"llm_backend": "remote", "llm_remote_url": url, "llm_api_key": SecretStr("s3cret")}
+    )
+    gen = await create_generator(settings)
+    try:
+        prompt = gen.render(MESSAGES)
+        replies += [
+            web.Response(status=503, text="overloaded"),
+            web.Response(status=500, text="boom"),
+            None,
+        ]
+        with pytest.raises(errors.GenerationError) as busy:
+            await collect(gen, prompt)
+        assert "busy" in busy.value.user_message and "503" in busy.value.detail
+        with pytest.raises(errors.GenerationError) as failed:
+            await collect(gen, prompt)
+        assert "500" in failed.value.detail and "boom" in failed.value.detail
+        with pytest.raises(errors.GenerationError) as cut:
+            await collect(gen, prompt)
+        assert "early" in cut.value.detail
+        # The key travels as a Bearer header and never appears in messages meant for logs.
+        assert seen[0]["auth"] == "Bearer s3cret"
+        assert all("s3cret" not in e.value.detail for e in (busy, failed, cut))
+        assert seen[0]["body"]["prompt"] == prompt and seen[0]["body"]["stream"] is True
+    finally:
+        await gen.aclose()
+
+
+# --- the local engine ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_deltas_stream_before_the_end(local_generator, record_property):
+    prompt = local_generator.render(MESSAGES)
+    await collect(local_generator, prompt, max_tokens=4)  # warm-up: first request is slower
+    chunks, times = await collect(local_generator, prompt, max_tokens=48)
+
+    assert len(chunks) >= 6  # several deltas, not one final blob
+    assert [c.finished for c in chunks].count(True) == 1 and chunks[-1].finished
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].completion_tokens == 48
+    assert chunks[-1].prompt_tokens == local_generator.count_tokens(prompt)
+    counts = [c.completion_tokens for c in chunks]
+    assert counts == sorted(counts)
+    # The first delta arrives long before the last one.
+    assert times[0] < times[-1] / 4
+    rate = 48 / times[-1]
+    record_property("ttft_s", times[0])
+    record_property("single_stream_tok_s", rate)
+    print(f"\nsingle stream: ttft {times[0] * 1000:.0f} ms, {len(chunks)} chunks, {rate:.0f} tok/s")
+
+
+@pytest.mark.slow
+async def test_concurrent_streams_interleave(local_generator, record_property):
+    prompt = local_generator.render(MESSAGES)
+    arrivals: list[int] = []
+
+    async def one(i: int) -> GenerationChunk:
+        chunks = []
+        async for chunk in local_generator.stream(prompt, max_tokens=48, request_id=f"conc-{i}"):
+            arrivals.append(i)
+            chunks.append(chunk)
+        return chunks[-1]
+
+    start = time.perf_counter()
+    finals = await asyncio.gather(*(one(i) for i in range(8)))
+    elapsed = time.perf_counter() - start
+
+    assert all(c.finished and c.completion_tokens == 48 for c in finals)
+    # Interleaved: every request's chunks are spread among the others', not run one by one.
+    firsts = [arrivals.index(i) for i in range(8)]
+    lasts = [len(arrivals) - 1 - arrivals[::-1].index(i) for i in range(8)]
+    assert max(firsts) < min(lasts)
+    switches = sum(a != b for a, b in itertools.pairwise(arrivals))
+    assert switches >= 8 * 4
+    assert local_generator.engine.get_num_unfinished_requests() == 0
+    rate = 8 * 48 / elapsed
+    record_property("concurrent8_tok_s", rate)
+    print(f"\n8 concurrent streams: {rate:.0f} tok/s total, {switches} switches")
+
+
+@pytest.mark.slow
+async def test_cancelling_the_consumer_aborts_the_request(local_generator):
+    engine = local_generator.engine
+    prompt = local_generator.render(MESSAGES)
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for chunk in local_generator.stream(prompt, max_tokens=1000):
+            if chunk.completion_tokens >= 3:
+                started.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 30)
+    assert engine.get_num_unfinished_requests() == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await assert_no_unfinished(engine)
+
+    # Leaving the loop early (break) inside aclosing() aborts as well.
+    async with contextlib.aclosing(local_generator.stream(prompt, max_tokens=1000)) as stream:
+        async for chunk in stream:
+            if chunk.completion_tokens >= 3:
+                assert engine.get_num_unfinished_requests() == 1
+                break
+    await assert_no_unfinished(engine)
+
+
+@pytest.mark.slow
+async def test_timeout_aborts_the_request(local_generator, llm_settings, monkeypatch):
+    monkeypatch.setattr(llm_settings, "llm_timeout_s", 0.5)
+    got: list[GenerationChunk] = []
+    start = time.perf_counter()
+    with pytest.raises(errors.GenerationTimeout) as info:
+        async for chunk in local_generator.stream(
+            local_generator.render(MESSAGES), max_tokens=1000
+        ):
+            got.append(chunk)
+    assert 0.4 < time.perf_counter() - start < 5
+    assert got and not got[-1].finished  # it was streaming when the deadline hit
+    assert "too long" in info.value.user_message
+    await assert_no_unfinished(local_generator.engine)
+
+
+@pytest.mark.slow
+async def test_engine_death_is_reported_then_the_engine_is_rebuilt(local_generator):
+    prompt = local_generator.render(MESSAGES)
+    victims = engine_processes()
+    assert victims, "no EngineCore child process found"
+    restarts = local_generator.restarts
+    victims_pids = [p.pid for p in victims]
+
+    with pytest.raises(errors.EngineDeadError) as info:
+        async for chunk in local_generator.stream(prompt, max_tokens=1000):
+            if chunk.completion_tokens >= 3 and victims:
+                for proc in victims:
+                    proc.kill()  # SIGKILL mid-stream, as the OOM killer would
+                victims = []
+    assert "restarted" in info.value.user_message
+    assert "Traceback" not in info.value.user_message and "/" not in info.value.user_message
+    assert not any(psutil.pid_exists(pid) and _running(pid) for pid in victims_pids)
+
+    # The next requests work again; two at once share a single rebuild.
+    results = await asyncio.gather(
+        collect(local_generator, prompt, max_tokens=16),
+        collect(local_generator, prompt, max_tokens=16),
+    )
+    assert all(chunks[-1].finish_reason == "length" for chunks, _ in results)
+    assert local_generator.restarts == restarts + 1
+    assert engine_processes()  # a new EngineCore
+    assert local_generator.engine.get_num_unfinished_requests() == 0
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# --- the remote backend against a real vLLM server ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def remote_generator(vllm_server, llm_settings):
+    settings = llm_settings.model_copy(
+        update={
+            "llm_backend": "remote",
+            "llm_remote_url": vllm_server,
+            "llm_api_key": SecretStr(SERVER_API_KEY),
+        }
+    )
+    gen = await create_generator(settings)
+    assert isinstance(gen, RemoteGenerator)
+    yield gen
+    await gen.aclose()
+
+
+@pytest.mark.slow
+async def test_remote_streams_several_chunks(remote_generator):
+    prompt = remote_generator.render(MESSAGES)
+    chunks, times = await collect(remote_generator, prompt, max_tokens=48)
+    assert len(chunks) >= 8
+    assert chunks[-1].finished and chunks[-1].finish_reason == "length"
+    assert chunks[-1].completion_tokens == 48
+    # The server counts the prompt as we do: same tokenizer, no second BOS.
+    assert chunks[-1].prompt_tokens == remote_generator.count_tokens(prompt)
+    assert times[0] < times[-1] / 2
+    print(f"\nremote: ttft {times[0] * 1000:.0f} ms, {48 / times[-1]:.0f} tok/s")
+
+
+@pytest.mark.slow
+async def test_remote_timeout_aborts_on_the_server(remote_generator, monkeypatch, vllm_server):
+    monkeypatch.setattr(remote_generator.settings, "llm_timeout_s", 0.5)
+    with pytest.raises(errors.GenerationTimeout):
+        await collect(remote_generator, remote_generator.render(MESSAGES), max_tokens=1000)
+    # Closing the connection made the server abort the request.
+    assert await eventually(lambda: server_metric(vllm_server, "vllm:num_requests_running") == 0)
+
+
+@pytest.mark.slow
+async def test_remote_wrong_api_key_is_a_generation_error(remote_generator, vllm_server):
+    settings = remote_generator.settings.model_copy(update={"llm_api_key": SecretStr("wrong")})
+    gen = await create_generator(settings)
+    try:
+        with pytest.raises(errors.GenerationError) as info:
+            await collect(gen, gen.render(MESSAGES), max_tokens=4)
+        assert "401" in info.value.detail and "wrong" not in info.value.detail
+    finally:
+        await gen.aclose()
