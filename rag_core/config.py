@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """All configuration of rag_core and the bot. Environment names are the field names upper-cased."""
+    """All configuration of rag_core and the bot; environment names are field names in capitals."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -23,9 +23,12 @@ class Settings(BaseSettings):
     # --- storage ---
     data_dir: Path = Field(Path("data"), description="Folder for the Milvus Lite file and caches")
     milvus_uri: str = Field(
-        "", description="Milvus server URI (http://host:19530); empty = Milvus Lite file in data_dir"
+        "",
+        description="Milvus server URI (http://host:19530); empty = Milvus Lite file in data_dir",
     )
-    milvus_token: SecretStr = Field(SecretStr(""), description="Milvus server token (user:password)")
+    milvus_token: SecretStr = Field(
+        SecretStr(""), description="Milvus server token (user:password)"
+    )
     collection: str = Field("docs", description="Alias searchers use; versions live beside it")
 
     # --- sources ---
@@ -38,6 +41,9 @@ class Settings(BaseSettings):
     fetch_concurrency: int = Field(8, ge=1, description="Pages fetched at once")
     fetch_timeout_s: float = Field(20.0, gt=0, description="Per-request timeout, seconds")
     fetch_retries: int = Field(3, ge=0, description="Retries on 429/5xx/timeouts, with backoff")
+    fetch_backoff_s: float = Field(
+        0.5, ge=0, description="Delay before the first retry, doubled for each next one"
+    )
     fetch_max_bytes: int = Field(5_000_000, gt=0, description="Pages larger than this are skipped")
     fetch_max_redirects: int = Field(5, ge=0, description="Redirects followed per request")
     crawl_max_pages: int = Field(500, ge=1, description="Page cap for a same-site crawl")
@@ -82,6 +88,7 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(0.2, ge=0, description="Sampling temperature")
     llm_top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling")
     llm_timeout_s: float = Field(120.0, gt=0, description="Per-answer timeout, seconds")
+    max_question_chars: int = Field(1000, ge=10, description="Longer questions are refused")
     relevance_threshold: float = Field(
         0.35, description="Best passage similarity below this = 'not in the docs'"
     )
@@ -89,6 +96,43 @@ class Settings(BaseSettings):
 
     # --- Discord ---
     discord_token: SecretStr = Field(SecretStr(""), description="Bot token (never logged)")
+    discord_dev_guild_id: int | None = Field(
+        None, description="`--sync` copies the commands to this guild (instant) instead of global"
+    )
+    discord_admin_role_ids: list[int] = Field(
+        default_factory=list,
+        description="Roles allowed to run admin commands besides Manage Server (JSON list)",
+    )
+    moderators_channel_id: int | None = Field(
+        None, description="Channel for review cards of flagged answers (unset = no cards)"
+    )
+    flag_emojis: list[str] = Field(
+        default_factory=lambda: ["👎", "🚩"], description="Reactions that flag an answer"
+    )
+    good_emojis: list[str] = Field(
+        default_factory=lambda: ["👍"], description="Reactions that mark an answer as good"
+    )
+    ask_cooldown_s: float = Field(
+        10.0, ge=0, description="Seconds between two /ask of one user (0 = no cooldown)"
+    )
+    max_concurrent_answers: int = Field(4, ge=1, description="Answers generated at once")
+    max_queued_answers: int = Field(
+        100, ge=0, description="Questions waiting for a slot before /ask says 'busy'"
+    )
+    edit_interval_s: float = Field(
+        1.0, ge=0.2, description="Seconds between two edits of a streaming message"
+    )
+    interaction_edit_limit_s: float = Field(
+        14 * 60.0,
+        gt=0,
+        description="After this long, post to the channel instead (tokens expire at 15 min)",
+    )
+    reindex_interval_min: float = Field(
+        0, ge=0, description="Reindex docs_sources every N minutes (0 = only on /reindex)"
+    )
+    feedback_db: Path | None = Field(
+        None, description="Feedback SQLite file (unset = data_dir/feedback.db)"
+    )
 
     @cached_property
     def milvus_target(self) -> str:

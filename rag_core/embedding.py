@@ -1,7 +1,8 @@
-"""Embedder: sentence-transformers (BGE by default), normalized vectors, batched, GPU when present."""
+"""Embedder: sentence-transformers (BGE by default), normalized vectors, batched, GPU if any."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Sequence
@@ -56,15 +57,28 @@ class Embedder:
             ) from exc
         if self.device.startswith("cuda"):
             self._model.half()  # fp16 on GPU: ~2x throughput, same rankings for BGE
-        self.dim = int(self._model.get_embedding_dimension())  # type: ignore[arg-type]
+        self.dim = int(self._model.get_embedding_dimension() or 0)
         # The encoder truncates past this many tokens: chunks are sized to stay under it.
-        self.max_tokens = int(self._model.max_seq_length)
+        self.max_tokens = int(self._model.max_seq_length or 512)
         self.query_prefix = _prefix(model_name, _QUERY_PREFIXES)
         self.passage_prefix = _prefix(model_name, _PASSAGE_PREFIXES)
+        # Counting tokens runs tens of thousands of times per reindex: go straight to the Rust
+        # tokenizer (same ids as the transformers wrapper, ~1/3 of the cost per call).
+        backend = getattr(self._model.tokenizer, "backend_tokenizer", None)
+        self._counter = None
+        if backend is not None:
+            self._counter = copy.deepcopy(backend)
+            self._counter.no_truncation()
+            self._counter.no_padding()
         # The model is shared by the indexer and searchers running in threads.
         self._lock = threading.Lock()
-        log.info("embedding model %s on %s: dim=%d max_tokens=%d", model_name, self.device,
-                 self.dim, self.max_tokens)
+        log.info(
+            "embedding model %s on %s: dim=%d max_tokens=%d",
+            model_name,
+            self.device,
+            self.dim,
+            self.max_tokens,
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -72,6 +86,8 @@ class Embedder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens the encoder sees for `text`, special tokens included."""
+        if self._counter is not None:
+            return len(self._counter.encode(text, add_special_tokens=True).ids)
         return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:

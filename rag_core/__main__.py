@@ -1,0 +1,210 @@
+"""Command line: `python -m rag_core index|search|ask ...` (`--help` on each command)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import Settings, load_settings
+from .errors import RagError
+
+log = logging.getLogger("rag_core")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    for name in (
+        "data_dir",
+        "milvus_uri",
+        "collection",
+        "embedding_model",
+        "embedding_device",
+        "docs_base_url",
+        "crawl_max_pages",
+        "search_mode",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "allow_private_urls", False):
+        overrides["allow_private_urls"] = True
+    return load_settings(**overrides)
+
+
+async def _index(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .indexer import Progress
+    from .runtime import open_rag
+
+    settings = _settings(args)
+    specs = args.sources or settings.docs_sources
+    if not specs:
+        print("nothing to index: give SOURCE arguments or set DOCS_SOURCES", file=sys.stderr)
+        return 2
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(event: Progress) -> None:
+        if args.quiet:
+            return
+        unit = "docs" if event.stage == "fetched" else "chunks"
+        if event.stage not in bars:
+            bars[event.stage] = tqdm(desc=f"{event.stage:>8}", unit=f" {unit}", position=len(bars))
+        bar = bars[event.stage]
+        bar.update(event.done - bar.n)
+
+    async with open_rag(settings) as rag:
+        try:
+            report = await rag.indexer.run(specs, prune=args.prune, on_progress=on_progress)
+        finally:
+            for bar in bars.values():
+                bar.close()
+    for failure in report.failed:
+        print(f"skipped {failure.source}: {failure.reason}")
+    state = "published" if report.published else "no change, live index kept"
+    print(f"{report.summary()} ({state})")
+    return 0
+
+
+async def _search(args: argparse.Namespace) -> int:
+    from .runtime import open_rag
+
+    settings = _settings(args)
+    async with open_rag(settings) as rag:
+        result = await rag.retriever.retrieve(args.question, top_k=args.k, filter=args.filter)
+    for n, hit in enumerate(result.hits, 1):
+        where = f" > {hit.heading_path}" if hit.heading_path else ""
+        print(f"[{n}] {hit.score:.4f} (cos {hit.similarity:.3f})  {hit.title}{where}")
+        print(f"    {hit.url}")
+    print(f"embed {result.embed_s * 1000:.1f} ms, search {result.search_s * 1000:.1f} ms")
+    return 0
+
+
+async def _ask(args: argparse.Namespace) -> int:
+    from .runtime import open_rag
+
+    settings = _settings(args)
+    async with open_rag(settings, with_llm=True) as rag:
+        answerer = rag.require_answerer()
+        prepared = await answerer.prepare(args.question)
+        stream = answerer.stream(prepared)
+        async for delta in stream:
+            print(delta, end="", flush=True)
+        print()
+        answer = stream.result
+    assert answer is not None
+    print("\nSources:" if not answer.refused else "")
+    for source in answer.sources:
+        print(f"[{source.n}] {source.title} <{source.url}> (similarity {source.similarity:.2f})")
+    t = answer.timings
+    first = f"{t.first_token_s * 1000:.0f} ms" if t.first_token_s is not None else "-"
+    print(
+        f"\nembed {t.embed_s * 1000:.0f} ms, search {t.search_s * 1000:.0f} ms, first token "
+        f"{first}, total {t.total_s:.2f} s; {answer.prompt_tokens} prompt + "
+        f"{answer.completion_tokens} answer tokens"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rag_core",
+        description="Build and query the documentation knowledge base. Settings come from the "
+        "environment and .env (see .env.example); options here override them.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="folder for the Milvus Lite file (DATA_DIR)")
+    common.add_argument("--milvus-uri", help="Milvus server URI instead of Lite (MILVUS_URI)")
+    common.add_argument("--collection", help="collection alias to use (COLLECTION)")
+    common.add_argument("--embedding-model", help="sentence-transformers model (EMBEDDING_MODEL)")
+    common.add_argument("--embedding-device", help="auto, cpu, cuda (EMBEDDING_DEVICE)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    index = sub.add_parser(
+        "index",
+        parents=[common],
+        help="index folders, URLs, sitemaps (incremental)",
+        description="Load SOURCEs, embed what changed and switch the live index atomically. "
+        "SOURCE is a folder or file; an http(s) URL of a page or a sitemap (.xml, sitemap "
+        "indexes too); or crawl:URL for a same-site crawl under URL. Without SOURCE, "
+        "DOCS_SOURCES is used.",
+    )
+    index.add_argument("sources", nargs="*", metavar="SOURCE")
+    index.add_argument(
+        "--base-url",
+        dest="docs_base_url",
+        help="public URL prefix for local files (DOCS_BASE_URL), e.g. https://milvus.io/docs/",
+    )
+    index.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove documents from sources not named in this run",
+    )
+    index.add_argument("--crawl-max-pages", type=int, help="page cap for crawl: (CRAWL_MAX_PAGES)")
+    index.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="allow URLs on loopback/private networks (ALLOW_PRIVATE_URLS)",
+    )
+    index.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    search = sub.add_parser(
+        "search",
+        parents=[common],
+        help="show the passages a question retrieves",
+        description="Print the top-k passages for QUESTION with scores, titles and deep links.",
+    )
+    search.add_argument("question")
+    search.add_argument("-k", type=int, default=None, help="how many passages (TOP_K)")
+    search.add_argument(
+        "--mode",
+        dest="search_mode",
+        choices=["hybrid", "dense"],
+        help="hybrid (dense + BM25) or dense only (SEARCH_MODE)",
+    )
+    search.add_argument(
+        "--filter", help="Milvus filter expression, e.g. 'title like \"%%Index%%\"'"
+    )
+
+    ask = sub.add_parser(
+        "ask",
+        parents=[common],
+        help="answer a question from the docs, streamed",
+        description="Retrieve passages for QUESTION, stream a grounded answer from the LLM "
+        "(LLM_BACKEND: in-process vLLM or a remote server), then print the numbered sources "
+        "and timings. Off-topic questions are refused without calling the LLM.",
+    )
+    ask.add_argument("question")
+    ask.add_argument(
+        "--mode",
+        dest="search_mode",
+        choices=["hybrid", "dense"],
+        help="hybrid (dense + BM25) or dense only (SEARCH_MODE)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = {"index": _index, "search": _search, "ask": _ask}[args.command]
+    try:
+        return asyncio.run(command(args))
+    except RagError as exc:
+        log.debug("command failed", exc_info=True)
+        print(f"error: {exc.user_message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the live index is unchanged", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

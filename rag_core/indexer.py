@@ -1,0 +1,256 @@
+"""Indexer: sources -> load -> chunk -> embed -> write, incrementally, published atomically.
+
+A reindex never touches the live collection. It builds a new version beside it: unchanged
+documents are copied over with their vectors (no re-embedding), new and edited ones are
+embedded, and the alias is switched only when the version is complete. A run that fails
+leaves the live index exactly as it was; its unfinished version is dropped (or, after a
+crash, by the next run). A run that finds no change publishes nothing and costs no writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .chunking import Chunker
+from .config import Settings
+from .documents import Chunk, Document, SourceFailure
+from .embedding import Embedder
+from .errors import ReindexBusyError
+from .sources import load_sources
+from .store import DocRecord, KnowledgeStore
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["fetched", "chunked", "embedded", "written"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event: `fetched` counts documents; the other stages count chunks."""
+
+    stage: Stage
+    done: int
+
+
+@dataclass
+class IndexReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[SourceFailure] = field(default_factory=list)
+    chunks_embedded: int = 0  # chunks encoded in this run
+    chunks_total: int = 0  # chunks in the index after the run
+    seconds: float = 0.0
+    published: bool = False  # False when nothing changed: the live version was kept as is
+
+    def summary(self) -> str:
+        return (
+            f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"removed {self.removed}, failed {len(self.failed)} documents; "
+            f"{self.chunks_embedded} chunks embedded, {self.chunks_total} in the index; "
+            f"{self.seconds:.1f} s"
+        )
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def normalize_spec(spec: str) -> str:
+    """Local paths become absolute so a source is the same whatever the working directory."""
+    if spec.startswith(("http://", "https://", "crawl:")):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
+class Indexer:
+    """Owns the reindex procedure; one run at a time per process."""
+
+    def __init__(
+        self, settings: Settings, store: KnowledgeStore, embedder: Embedder, chunker: Chunker
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.chunker = chunker
+        self._lock = asyncio.Lock()
+        # Texts handed to the encoder per call: large enough for its length-sorted batching,
+        # small enough that loading, embedding and writing overlap.
+        self.embed_group = max(256, settings.embedding_batch_size * 8)
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    async def run(
+        self,
+        specs: Sequence[str],
+        *,
+        prune: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> IndexReport:
+        """Bring the index in line with `specs`. `prune` also removes documents of other sources."""
+        if self._lock.locked():
+            raise ReindexBusyError()
+        async with self._lock:
+            return await _Run(self, [normalize_spec(s) for s in specs], prune, on_progress).go()
+
+
+class _Run:
+    """The state of one reindex; see the module docstring for the procedure."""
+
+    def __init__(
+        self,
+        indexer: Indexer,
+        specs: list[str],
+        prune: bool,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.ix = indexer
+        self.store = indexer.store
+        self.specs = specs
+        self.prune = prune
+        self.on_progress = on_progress
+        self.report = IndexReport()
+        self.version: str | None = None  # the new collection, created at the first change
+        self.counts: dict[Stage, int] = dict.fromkeys(
+            ("fetched", "chunked", "embedded", "written"), 0
+        )
+        self.pending: list[Chunk] = []
+        self.writes: list[asyncio.Task[None]] = []
+
+    def progress(self, stage: Stage, n: int) -> None:
+        self.counts[stage] += n
+        if self.on_progress is not None:
+            self.on_progress(Progress(stage, self.counts[stage]))
+
+    async def go(self) -> IndexReport:
+        start = time.perf_counter()
+        store, embedder = self.store, self.ix.embedder
+        orphans = await asyncio.to_thread(store.drop_orphans)
+        if orphans:
+            log.info("dropped %d unfinished index versions from earlier runs", len(orphans))
+        live = await asyncio.to_thread(store.live)
+        # A different model means different vectors: everything is embedded again.
+        reuse = live is not None and live.model == embedder.model_name and live.dim == embedder.dim
+        old: dict[str, DocRecord] = await asyncio.to_thread(store.documents) if reuse else {}
+        keep: set[str] = set()  # old documents carried over unchanged
+        seen: set[str] = set()
+        failed_specs: set[str] = set()
+        gone: set[str] = set()
+        try:
+            async for item in load_sources(self.specs, self.ix.settings):
+                if isinstance(item, SourceFailure):
+                    self.report.failed.append(item)
+                    log.warning("skipped %s: %s", item.source, item.reason)
+                    if item.source == item.spec:
+                        failed_specs.add(item.spec)
+                    elif item.gone:
+                        gone.add(item.source)
+                    elif item.source in old:
+                        keep.add(item.source)  # a transient failure never deletes a page
+                    continue
+                self.progress("fetched", 1)
+                if item.doc_id in seen:
+                    continue  # a page reached twice (sitemap and crawl): first one wins
+                seen.add(item.doc_id)
+                record = old.get(item.doc_id)
+                if record is not None and record.doc_hash == item.content_hash:
+                    keep.add(item.doc_id)
+                    self.report.unchanged += 1
+                    continue
+                if record is None:
+                    self.report.added += 1
+                else:
+                    self.report.updated += 1
+                await self.add(item)
+            await self.flush()
+            # Old documents not seen again: removed if their source was read in full.
+            for doc_id, record in old.items():
+                if doc_id in seen or doc_id in keep:
+                    continue
+                in_run = record.source in self.specs
+                if (in_run and record.source not in failed_specs) or doc_id in gone:
+                    self.report.removed += 1
+                elif in_run or not self.prune:
+                    keep.add(doc_id)
+                else:
+                    self.report.removed += 1
+            if live is not None and not reuse:
+                log.warning(
+                    "embedding model changed (%s -> %s): every document is embedded again",
+                    live.model,
+                    embedder.model_name,
+                )
+            changed = self.report.added + self.report.updated + self.report.removed
+            if changed == 0:
+                # Nothing to publish: a no-change run writes nothing, and a first run that
+                # loaded nothing never publishes an empty index.
+                self.report.chunks_total = await asyncio.to_thread(store.count)
+                return self.finish(start)
+            if self.version is None:
+                self.version = await self.create_version()
+            if keep and live is not None:
+                await asyncio.to_thread(store.copy_documents, live.name, self.version, keep)
+            await asyncio.to_thread(store.publish, self.version)
+            self.version = None
+            self.report.published = True
+            self.report.chunks_total = await asyncio.to_thread(store.count)
+            return self.finish(start)
+        finally:
+            for task in self.writes:
+                task.cancel()
+            if self.version is not None:  # failed midway: the live index was never touched
+                log.warning("reindex failed; dropping unfinished version %s", self.version)
+                await asyncio.to_thread(store.drop, self.version)
+
+    def finish(self, start: float) -> IndexReport:
+        self.report.seconds = time.perf_counter() - start
+        log.info("reindex done: %s", self.report.summary())
+        return self.report
+
+    async def create_version(self) -> str:
+        embedder = self.ix.embedder
+        return await asyncio.to_thread(
+            self.store.create_version, model=embedder.model_name, dim=embedder.dim
+        )
+
+    async def add(self, doc: Document) -> None:
+        chunks = await asyncio.to_thread(self.ix.chunker.split, doc)
+        self.progress("chunked", len(chunks))
+        self.pending.extend(chunks)
+        if len(self.pending) >= self.ix.embed_group:
+            await self.flush(final=False)
+
+    async def flush(self, *, final: bool = True) -> None:
+        """Embed the pending chunks; write them while the next group is loaded and embedded."""
+        if self.pending:
+            batch, self.pending = self.pending, []
+            if self.version is None:
+                self.version = await self.create_version()
+            texts = [c.embed_text for c in batch]
+            vectors = await asyncio.to_thread(self.ix.embedder.embed_passages, texts)
+            self.report.chunks_embedded += len(batch)
+            self.progress("embedded", len(batch))
+            # At most one write in flight: it overlaps the next embedding, and order is kept.
+            await self.drain_writes()
+            self.writes.append(asyncio.create_task(self.write(batch, vectors)))
+        if final:
+            await self.drain_writes()
+
+    async def drain_writes(self) -> None:
+        while self.writes:
+            await self.writes.pop(0)
+
+    async def write(self, batch: list[Chunk], vectors: np.ndarray) -> None:
+        assert self.version is not None
+        await asyncio.to_thread(self.store.insert, self.version, batch, vectors)
+        self.progress("written", len(batch))
