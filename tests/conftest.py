@@ -51,3 +51,23 @@ def settings(tmp_path: Path):
 @pytest.fixture(scope="session")
 def tmp_session_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session")
+async def indexed_settings(tmp_session_dir: Path, embedder):
+    """Settings whose data folder holds the fixture docs, indexed once per session (read-only:
+    tests that change the index build their own)."""
+    from rag_core.config import Settings
+    from rag_core.runtime import open_rag
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_session_dir / "kb",
+        embedding_model=offline_model_path(),
+        embedding_device="cpu",
+        docs_base_url="https://milvus.io/docs/",
+    )
+    async with open_rag(settings, embedder=embedder) as rag:
+        report = await rag.indexer.run([str(FIXTURES / "milvus-docs")])
+        assert report.published and not report.failed
+    return settings

@@ -1,0 +1,286 @@
+"""Answering: `prepare()` retrieves and decides, then `stream()` generates with citations.
+
+The split lets a caller show the sources (or the refusal) before any text is generated, and
+surfaces retrieval errors before generation starts:
+
+    prepared = await answerer.prepare(question)
+    stream = answerer.stream(prepared)
+    async for delta in stream:
+        ...
+    answer = stream.result
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+
+from .config import Settings
+from .documents import Hit
+from .errors import GenerationError, RagError
+from .llm import Generator
+from .retrieval import Retriever
+
+REFUSAL = (
+    "I couldn't find this in the documentation, so I won't guess. "
+    "These pages are the closest matches:"
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A numbered passage as the prompt shows it, and where it links."""
+
+    n: int
+    title: str
+    url: str
+    heading_path: str
+    doc_id: str
+    score: float
+    similarity: float
+    text: str = field(repr=False, default="")
+
+
+@dataclass
+class Timings:
+    embed_s: float = 0.0
+    search_s: float = 0.0
+    first_token_s: float | None = None  # from the start of prepare()
+    total_s: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """The outcome of retrieval and the relevance gate, before any generation."""
+
+    question: str
+    sources: list[Source]  # the numbered passages in the prompt, or the closest pages if refused
+    refused: bool
+    prompt: str | None
+    prompt_tokens: int
+    timings: Timings
+    started: float  # perf_counter at the start of prepare()
+    best_similarity: float
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    sources: list[Source]  # the [n] the model cited; all passages if it cited none
+    refused: bool
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    timings: Timings
+
+
+class EmptyQuestionError(RagError):
+    user_message = "Please ask a question (it was empty)."
+
+
+class QuestionTooLongError(RagError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"That question is too long: please keep it under {limit} characters.")
+
+
+def load_prompt(name: str = "answer.txt") -> tuple[str, str]:
+    """The template file's [system] and [user] parts."""
+    text = resources.files("rag_core.prompts").joinpath(name).read_text(encoding="utf-8")
+    match = re.search(r"^\[system\]\n(.*?)^\[user\]\n(.*)\Z", text, re.S | re.M)
+    if match is None:
+        raise ValueError(f"prompt {name} needs [system] and [user] sections")
+    return match.group(1).strip(), match.group(2).strip()
+
+
+_CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+
+
+def cited_numbers(text: str, n_sources: int) -> list[int]:
+    """The source numbers a text cites ([1], [2][3], [1, 4]) in first-use order, in range only."""
+    seen: list[int] = []
+    for match in _CITATION.finditer(text):
+        for part in match.group(1).split(","):
+            n = int(part)
+            if 1 <= n <= n_sources and n not in seen:
+                seen.append(n)
+    return seen
+
+
+def _shingles(text: str, size: int = 5) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + size]) for i in range(max(1, len(words) - size + 1))}
+
+
+def fold_near_duplicates(hits: Sequence[Hit], threshold: float = 0.8) -> list[Hit]:
+    """Drop hits whose text mostly repeats a better one (same page versions, copied sections)."""
+    kept: list[tuple[Hit, set[tuple[str, ...]]]] = []
+    for hit in hits:
+        sh = _shingles(hit.text)
+        if any(len(sh & other) / max(1, len(sh | other)) >= threshold for _, other in kept):
+            continue
+        kept.append((hit, sh))
+    return [h for h, _ in kept]
+
+
+class Answerer:
+    """Retrieval, the 'not in the docs' gate, the grounded prompt and the streamed answer."""
+
+    def __init__(self, settings: Settings, retriever: Retriever, generator: Generator) -> None:
+        self.settings = settings
+        self.retriever = retriever
+        self.generator = generator
+        self.system_prompt, self.user_template = load_prompt()
+
+    async def prepare(self, question: str) -> Prepared:
+        started = time.perf_counter()
+        question = question.strip()
+        if not question:
+            raise EmptyQuestionError()
+        if len(question) > self.settings.max_question_chars:
+            raise QuestionTooLongError(self.settings.max_question_chars)
+        retrieval = await self.retriever.retrieve(question)
+        timings = Timings(embed_s=retrieval.embed_s, search_s=retrieval.search_s)
+        hits = fold_near_duplicates(retrieval.hits)
+        best = max((h.similarity for h in hits), default=0.0)
+        if best < self.settings.relevance_threshold:
+            return Prepared(question, _closest_pages(hits), True, None, 0, timings, started, best)
+        prompt, sources, tokens = self.build_prompt(question, hits)
+        return Prepared(question, sources, False, prompt, tokens, timings, started, best)
+
+    def context_budget(self) -> int:
+        """Prompt tokens available: the context window minus the answer's budget."""
+        return self.generator.max_model_len - self.settings.llm_max_tokens
+
+    def build_prompt(self, question: str, hits: Sequence[Hit]) -> tuple[str, list[Source], int]:
+        """Number passages best-first and keep as many as fit the LLM's token budget."""
+        budget = self.context_budget()
+        sources: list[Source] = []
+        blocks: list[str] = []
+        prompt = self._render(question, blocks)
+        tokens = self.generator.count_tokens(prompt)
+        for hit in hits:
+            n = len(sources) + 1
+            block = _passage_block(n, hit)
+            candidate = self._render(question, [*blocks, block])
+            candidate_tokens = self.generator.count_tokens(candidate)
+            if candidate_tokens > budget:
+                if sources:
+                    break  # the best passages are already in; lower-ranked ones are dropped
+                block = self._truncate_to_fit(question, n, hit, budget)
+                candidate = self._render(question, [block])
+                candidate_tokens = self.generator.count_tokens(candidate)
+            blocks.append(block)
+            prompt, tokens = candidate, candidate_tokens
+            sources.append(_source(n, hit))
+        return prompt, sources, tokens
+
+    def _truncate_to_fit(self, question: str, n: int, hit: Hit, budget: int) -> str:
+        """The best passage alone is too long: keep its head, cut at a word boundary."""
+        text = hit.text
+        while text:
+            text = text[: int(len(text) * 0.8)].rsplit(" ", 1)[0]
+            block = _passage_block(n, hit, text + " …")
+            if self.generator.count_tokens(self._render(question, [block])) <= budget:
+                return block
+        raise GenerationError(
+            "This question is too long for the answer engine's context window.",
+            detail="question alone exceeds the context budget",
+        )
+
+    def _render(self, question: str, blocks: Sequence[str]) -> str:
+        user = self.user_template.format(context="\n\n".join(blocks), question=question)
+        return self.generator.render(
+            [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
+        )
+
+    def stream(self, prepared: Prepared) -> AnswerStream:
+        return AnswerStream(self, prepared)
+
+
+class AnswerStream:
+    """Async iterator of text deltas; `result` holds the final Answer once it is exhausted."""
+
+    def __init__(self, answerer: Answerer, prepared: Prepared) -> None:
+        self.answerer = answerer
+        self.prepared = prepared
+        self.result: Answer | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[str]:
+        p = self.prepared
+        if p.refused:
+            # No engine call: the gate decided the docs don't cover this.
+            p.timings.total_s = time.perf_counter() - p.started
+            self.result = Answer(p.question, REFUSAL, p.sources, True, 0, 0, None, p.timings)
+            yield REFUSAL
+            return
+        assert p.prompt is not None
+        parts: list[str] = []
+        completion_tokens = 0
+        prompt_tokens = p.prompt_tokens
+        finish_reason: str | None = None
+        request_id = f"ask-{uuid.uuid4().hex[:12]}"
+        generator = self.answerer.generator
+        max_tokens = self.answerer.settings.llm_max_tokens
+        async for chunk in generator.stream(p.prompt, max_tokens=max_tokens, request_id=request_id):
+            if chunk.text:
+                if p.timings.first_token_s is None:
+                    p.timings.first_token_s = time.perf_counter() - p.started
+                parts.append(chunk.text)
+                yield chunk.text
+            completion_tokens = chunk.completion_tokens
+            prompt_tokens = chunk.prompt_tokens or prompt_tokens
+            finish_reason = chunk.finish_reason
+        text = "".join(parts)
+        numbers = cited_numbers(text, len(p.sources))
+        cited = [p.sources[n - 1] for n in numbers] or list(p.sources)
+        p.timings.total_s = time.perf_counter() - p.started
+        self.result = Answer(
+            p.question,
+            text,
+            cited,
+            False,
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
+            p.timings,
+        )
+
+
+def _passage_block(n: int, hit: Hit, text: str | None = None) -> str:
+    where = f" — {hit.heading_path}" if hit.heading_path else ""
+    return f"[{n}] {hit.title}{where}\nURL: {hit.url}\n{text if text is not None else hit.text}"
+
+
+def _source(n: int, hit: Hit) -> Source:
+    return Source(
+        n=n,
+        title=hit.title,
+        url=hit.url,
+        heading_path=hit.heading_path,
+        doc_id=hit.doc_id,
+        score=hit.score,
+        similarity=hit.similarity,
+        text=hit.text,
+    )
+
+
+def _closest_pages(hits: Sequence[Hit], limit: int = 3) -> list[Source]:
+    """One entry per page, best first: what a refusal points to."""
+    pages: list[Source] = []
+    seen: set[str] = set()
+    for hit in sorted(hits, key=lambda h: h.similarity, reverse=True):
+        if hit.doc_id in seen:
+            continue
+        seen.add(hit.doc_id)
+        pages.append(_source(len(pages) + 1, hit))
+        if len(pages) == limit:
+            break
+    return pages

@@ -1,0 +1,94 @@
+"""open_rag(settings): builds every rag_core resource once and closes them in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from .answering import Answerer
+from .chunking import Chunker
+from .config import Settings
+from .embedding import Embedder
+from .indexer import Indexer
+from .llm import Generator, create_generator
+from .retrieval import Retriever
+from .store import KnowledgeStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rag:
+    """The opened resources; the bot and the CLI hold one of these for their lifetime."""
+
+    settings: Settings
+    embedder: Embedder
+    store: KnowledgeStore
+    indexer: Indexer
+    retriever: Retriever
+    generator: Generator | None = None
+    answerer: Answerer | None = None
+
+    def require_answerer(self) -> Answerer:
+        if self.answerer is None:
+            raise RuntimeError("open_rag(..., with_llm=True) is needed to answer")
+        return self.answerer
+
+
+def _open_store(settings: Settings) -> KnowledgeStore:
+    if settings.is_milvus_lite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return KnowledgeStore(
+        settings.milvus_target,
+        token=settings.milvus_token.get_secret_value(),
+        alias=settings.collection,
+    )
+
+
+@asynccontextmanager
+async def open_rag(
+    settings: Settings,
+    *,
+    with_llm: bool = False,
+    embedder: Embedder | None = None,
+    generator: Generator | None = None,
+) -> AsyncIterator[Rag]:
+    """Open the store first (it fails fast when the database is locked), then the models.
+
+    `with_llm` also starts the answer engine (or uses `generator`, which the caller then owns).
+    """
+    store = await asyncio.to_thread(_open_store, settings)
+    owned: Generator | None = None
+    try:
+        if embedder is None:
+            embedder = await asyncio.to_thread(
+                Embedder,
+                settings.embedding_model,
+                device=settings.embedding_device,
+                batch_size=settings.embedding_batch_size,
+            )
+        chunker = Chunker(
+            embedder.count_tokens,
+            max_tokens=embedder.max_tokens,
+            chunk_tokens=settings.chunk_tokens,
+            overlap_tokens=settings.chunk_overlap_tokens,
+        )
+        retriever = Retriever(settings, store, embedder)
+        if with_llm and generator is None:
+            generator = owned = await create_generator(settings)
+        yield Rag(
+            settings=settings,
+            embedder=embedder,
+            store=store,
+            indexer=Indexer(settings, store, embedder, chunker),
+            retriever=retriever,
+            generator=generator,
+            answerer=Answerer(settings, retriever, generator) if generator else None,
+        )
+    finally:
+        if owned is not None:
+            await owned.aclose()
+        await asyncio.to_thread(store.close)

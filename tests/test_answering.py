@@ -1,0 +1,183 @@
+"""Answering: citations, the 'not in the docs' gate, the token budget, and streamed answers from
+the real tiny vLLM engine over the real knowledge base (its text is noise: mechanics only)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import pytest
+
+from rag_core.answering import REFUSAL, Answerer, cited_numbers, fold_near_duplicates
+from rag_core.documents import Hit
+from rag_core.llm import GenerationChunk, Generator
+from rag_core.runtime import Rag, open_rag
+
+pytest_plugins = ["tests.llm_fixtures"]
+
+# all-MiniLM-L6-v2 on the fixture docs: in-domain questions score >= 0.30, off-topic <= 0.25.
+MINILM_THRESHOLD = 0.28
+
+
+def hit(n: int, text: str, similarity: float = 0.5, doc: str | None = None) -> Hit:
+    return Hit(
+        chunk_id=f"c{n}",
+        doc_id=doc or f"d{n}",
+        url=f"https://docs.example/{n}#s",
+        title=f"Page {n}",
+        heading_path=f"Section {n}",
+        text=text,
+        score=1.0 / n,
+        similarity=similarity,
+    )
+
+
+# --- unit level: crafted text -------------------------------------------------------------
+
+
+def test_citations_map_in_range_numbers_in_first_use_order() -> None:
+    text = "Use HNSW [2]. M controls links [1][2]; efConstruction too [1, 3]. See [7] and [0]."
+    assert cited_numbers(text, 3) == [2, 1, 3]
+    assert cited_numbers(text, 2) == [2, 1]  # [3], [7] and [0] are out of range: ignored
+    assert cited_numbers("no citations here, [a] [] [-1]", 5) == []
+
+
+def test_near_duplicate_chunks_are_folded() -> None:
+    base = "The HNSW index builds a multi layer graph where M sets the number of links per node"
+    hits = [hit(1, base), hit(2, base + " in the graph."), hit(3, "IVF_FLAT splits vectors")]
+    assert [h.chunk_id for h in fold_near_duplicates(hits)] == ["c1", "c3"]
+
+
+# --- with the real engine and knowledge base ----------------------------------------------
+
+
+class CountingGenerator(Generator):
+    """The real engine, counting how often it is asked to generate (a spy, not a fake)."""
+
+    def __init__(self, inner: Generator) -> None:
+        super().__init__(inner.settings, inner._tokenizer, max_model_len=inner.max_model_len)
+        self.inner = inner
+        self.model_name = inner.model_name
+        self.calls = 0
+
+    def _generate(
+        self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        self.calls += 1
+        return self.inner._generate(prompt, prompt_ids, max_tokens, request_id)
+
+    async def aclose(self) -> None:
+        """The session fixture owns the engine."""
+
+
+@pytest.fixture
+async def rag(indexed_settings, embedder, local_generator) -> AsyncIterator[Rag]:
+    settings = indexed_settings.model_copy(
+        update={"relevance_threshold": MINILM_THRESHOLD, "llm_max_tokens": 48}
+    )
+    spy = CountingGenerator(local_generator)
+    async with open_rag(settings, embedder=embedder, generator=spy) as r:
+        yield r
+
+
+async def test_answer_streams_deltas_then_cites_sources(rag: Rag) -> None:
+    answerer = rag.require_answerer()
+    prepared = await answerer.prepare("What do the parameters for HNSW mean?")
+    assert not prepared.refused and prepared.sources and prepared.prompt
+    # Sources are known before any text is generated.
+    assert any(s.url.startswith("https://milvus.io/docs/index.md") for s in prepared.sources)
+    stream = answerer.stream(prepared)
+    arrivals: list[float] = []
+    async for delta in stream:
+        assert delta
+        arrivals.append(time.perf_counter())
+    answer = stream.result
+    assert answer is not None and not answer.refused
+    assert len(arrivals) >= 3 and arrivals[0] < arrivals[-1]  # streamed, not one final blob
+    assert answer.completion_tokens > 0 and answer.prompt_tokens == prepared.prompt_tokens
+    # The noise text cites nothing in range, so every passage is returned as a source.
+    numbers = cited_numbers(answer.text, len(prepared.sources))
+    expected = [prepared.sources[n - 1] for n in numbers] or prepared.sources
+    assert answer.sources == expected
+    t = answer.timings
+    assert t.embed_s > 0 and t.search_s > 0 and t.first_token_s is not None
+    assert t.first_token_s <= t.total_s
+
+
+async def test_off_topic_question_is_refused_without_calling_the_engine(rag: Rag) -> None:
+    answerer = rag.require_answerer()
+    spy = rag.generator
+    assert isinstance(spy, CountingGenerator)
+    before = spy.calls
+    prepared = await answerer.prepare("What is the capital of France?")
+    assert prepared.refused and prepared.prompt is None
+    stream = answerer.stream(prepared)
+    text = "".join([d async for d in stream])
+    assert text == REFUSAL and stream.result is not None and stream.result.refused
+    # The closest pages are listed, one per page.
+    pages = [s.doc_id for s in stream.result.sources]
+    assert 1 <= len(pages) <= 3 and len(set(pages)) == len(pages)
+    assert spy.calls == before
+
+
+async def test_eight_concurrent_answers_interleave_from_one_engine(rag: Rag) -> None:
+    answerer = rag.require_answerer()
+    questions = [
+        "What do the parameters for HNSW mean?",
+        "How do I set the log level?",
+        "What is a replica?",
+        "How does the chunk cache work?",
+        "How do I enable mmap?",
+        "Which GPU indexes are supported?",
+        "What does bounded staleness mean?",
+        "How do I grant privileges to a role?",
+    ]
+    order: list[int] = []
+
+    async def ask(i: int, q: str) -> None:
+        stream = answerer.stream(await answerer.prepare(q))
+        async for _ in stream:
+            order.append(i)
+        assert stream.result is not None and stream.result.completion_tokens > 0
+
+    await asyncio.gather(*(ask(i, q) for i, q in enumerate(questions)))
+    firsts = [order.index(i) for i in range(8)]
+    lasts = [len(order) - 1 - order[::-1].index(i) for i in range(8)]
+    # Continuous batching: every answer started before any finished.
+    assert max(firsts) < min(lasts)
+
+
+async def test_context_never_exceeds_the_token_budget(rag: Rag) -> None:
+    answerer: Answerer = rag.require_answerer()
+    generator = rag.generator
+    assert generator is not None
+    # A budget that leaves room for about 300 tokens of passages, and many long passages: the
+    # best ones are kept, in rank order.
+    question = "How are indexes built?"
+    bare = generator.count_tokens(answerer.build_prompt(question, [])[0])
+    answer_budget = generator.max_model_len - bare - 300
+    answerer.settings = answerer.settings.model_copy(update={"llm_max_tokens": answer_budget})
+    budget = answerer.context_budget()
+    assert budget == bare + 300
+    long = "Milvus builds indexes over vector fields and keeps segments in memory. " * 12
+    hits = [hit(n, f"{n} {long}") for n in range(1, 10)]
+    prompt, sources, tokens = answerer.build_prompt(question, hits)
+    assert tokens == generator.count_tokens(prompt) <= budget
+    assert 1 <= len(sources) < len(hits)
+    assert [s.n for s in sources] == list(range(1, len(sources) + 1))
+    assert [s.title for s in sources] == [f"Page {n}" for n in range(1, len(sources) + 1)]
+    # A single passage longer than the whole budget is cut to fit, not dropped.
+    huge = [hit(1, long * 20)]
+    prompt, sources, tokens = answerer.build_prompt(question, huge)
+    assert len(sources) == 1 and generator.count_tokens(prompt) <= budget
+
+
+async def test_empty_and_huge_questions_get_clear_messages(rag: Rag) -> None:
+    from rag_core.errors import RagError
+
+    answerer = rag.require_answerer()
+    for question in ("   ", "x" * (rag.settings.max_question_chars + 1)):
+        with pytest.raises(RagError) as info:
+            await answerer.prepare(question)
+        assert "question" in info.value.user_message
