@@ -62,7 +62,9 @@ class GenerationTimeout(GenerationError):
 
 
 class EngineDeadError(GenerationError):
-    user_message = "The answer engine stopped unexpectedly; it is being restarted. Please ask again."
+    user_message = (
+        "The answer engine stopped unexpectedly; it is being restarted. Please ask again."
+    )
 
 
 class ReindexBusyError(RagError):

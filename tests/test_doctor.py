@@ -1,0 +1,262 @@
+"""`python -m bot doctor`: real checks on good and broken settings (offline model, Milvus Lite)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bot import doctor
+from bot.doctor import Status
+from bot.metrics import Metrics, start_metrics_server
+from rag_core.config import Settings
+from tests.conftest import offline_model_path
+
+pytest_plugins = ["tests.llm_fixtures"]
+
+ROOT = Path(__file__).resolve().parents[1]
+# Shaped like a real bot token (base64 of a snowflake . timestamp . HMAC); not a real one.
+GOOD_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456"
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "embedding_model": offline_model_path(),
+        "embedding_device": "cpu",
+        "discord_token": GOOD_TOKEN,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg, arg-type]
+
+
+def by_name(results: list[doctor.CheckResult]) -> dict[str, doctor.CheckResult]:
+    return {r.name: r for r in results}
+
+
+# -- token ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "words"),
+    [
+        (GOOD_TOKEN, Status.OK, "looks valid"),
+        ("", Status.FAIL, "not set"),
+        ("not-a-token", Status.FAIL, "malformed"),
+        (f"Bot {GOOD_TOKEN}", Status.FAIL, "malformed"),
+        (f'"{GOOD_TOKEN}"', Status.FAIL, "malformed"),
+        ("abcdefghijklmnopqrstuvwxyz.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456", Status.WARN, "id"),
+    ],
+)
+def test_token_shape_never_printed(token: str, status: Status, words: str) -> None:
+    result = doctor.check_discord_token(token)
+    assert result.status is status and words in result.message
+    text = doctor.format_results([result])
+    for part in filter(None, token.replace(" ", ".").split(".")):
+        if len(part) > 6:  # the short middle part could appear in any text
+            assert part not in text
+    if status is not Status.OK:
+        assert "Developer Portal" in result.fix or "token" in result.fix
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def test_unwritable_data_dir(tmp_path: Path) -> None:
+    # Root may write anywhere, so block the folder with a file in its way instead of chmod.
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    settings = make_settings(tmp_path, data_dir=tmp_path / "blocker" / "data")
+    result = doctor.check_data_dir(settings)
+    assert result.status is Status.FAIL and "not writable" in result.message
+    assert "DATA_DIR" in result.message and "chown" in result.fix
+
+
+def test_remote_url_shape(tmp_path: Path) -> None:
+    check = doctor.check_llm_settings
+    assert check(make_settings(tmp_path, llm_backend="remote")).status is Status.FAIL
+    bad = make_settings(tmp_path, llm_backend="remote", llm_remote_url="gpu1:8000")
+    assert check(bad).status is Status.FAIL
+    no_v1 = check(make_settings(tmp_path, llm_backend="remote", llm_remote_url="http://g:8000"))
+    assert no_v1.status is Status.WARN and "http://g:8000/v1" in no_v1.fix
+    ok = make_settings(tmp_path, llm_backend="remote", llm_remote_url="http://g:8000/v1")
+    assert check(ok).status is Status.OK
+
+
+def test_milvus_uri_shape(tmp_path: Path) -> None:
+    bad = doctor.check_milvus_settings(make_settings(tmp_path, milvus_uri="localhost:19530"))
+    assert bad.status is Status.FAIL and "http://host:19530" in bad.fix
+    server = make_settings(tmp_path, milvus_uri="http://root:secret@milvus:19530")
+    result = doctor.check_milvus_settings(server)
+    assert result.status is Status.OK and "secret" not in result.message
+
+
+async def test_unreachable_remote_server(tmp_path: Path) -> None:
+    from tests.llm_fixtures import free_port
+
+    settings = make_settings(
+        tmp_path,
+        llm_backend="remote",
+        llm_remote_url=f"http://127.0.0.1:{free_port()}/v1",
+        llm_api_key="sk-secret-value",
+    )
+    result = await doctor.check_remote_engine(settings)
+    assert result.status is Status.FAIL and "cannot reach" in result.message
+    assert "sk-secret-value" not in doctor.format_results([result])
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def test_missing_local_model_paths(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        embedding_model=str(tmp_path / "no-such-model"),
+        llm_model=str(tmp_path / "no-such-llm"),
+    )
+    embedding, dim = doctor.check_embedding_model(settings)
+    assert embedding.status is Status.FAIL and dim is None
+    assert "does not exist" in embedding.message and "EMBEDDING_MODEL" in embedding.message
+    llm = doctor.check_llm_model(settings)
+    assert llm.status is Status.FAIL and "LLM_MODEL" in llm.message
+    (tmp_path / "empty").mkdir()
+    not_a_model = doctor.check_llm_model(make_settings(tmp_path, llm_model=str(tmp_path / "empty")))
+    assert not_a_model.status is Status.FAIL and "config.json" in not_a_model.message
+
+
+def test_uncached_hub_model_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = make_settings(tmp_path, llm_model="meta-llama/Llama-3.1-8B-Instruct-not-cached")
+    result = doctor.check_llm_model(settings)
+    assert result.status is Status.FAIL and "not in the Hugging Face cache" in result.message
+
+
+def test_gated_advice_names_hf_token() -> None:
+    problem = doctor._gated("meta-llama/Llama-3.1-8B-Instruct", None)
+    assert "HF_TOKEN is not set" in problem.message and "huggingface.co/meta-llama" in problem.fix
+
+
+# -- storage --------------------------------------------------------------------------------------
+
+_HOLD_LITE = textwrap.dedent(
+    """
+    import sys
+    from rag_core.store import KnowledgeStore
+    store = KnowledgeStore(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.read()  # hold the lock until the test closes our stdin
+    store.close()
+    """
+)
+
+
+def test_locked_lite_db_gives_in_use_advice(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    settings.data_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LITE, settings.milvus_target],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        result = doctor.check_milvus(settings, dim=None)
+        assert result.status is Status.WARN
+        assert "in use by another process" in result.message
+        assert "/reindex" in result.fix and "MILVUS_URI" in result.fix
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_empty_lite_folder_and_feedback_db(tmp_path: Path) -> None:
+    result = doctor.check_milvus(make_settings(tmp_path), dim=None)
+    assert result.status is Status.WARN and "no knowledge base yet" in result.message
+
+
+async def test_good_offline_settings_pass(
+    indexed_settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=indexed_settings.data_dir,
+        embedding_model=offline_model_path(),
+        embedding_device="cpu",
+        llm_model=str(tiny_model_dir),
+        discord_token=GOOD_TOKEN,  # type: ignore[arg-type]
+        feedback_db=tmp_path / "feedback.db",
+    )
+    results = await doctor.run_checks(settings)
+    report = doctor.format_results(results)
+    assert doctor.exit_code(results) == 0, report
+    assert all(r.status is Status.OK for r in results), report
+    checks = by_name(results)
+    assert "384-d" in checks["embedding model"].message
+    assert "chunks" in checks["knowledge base"].message
+    assert GOOD_TOKEN not in report
+
+
+async def test_index_built_with_another_model_fails(
+    indexed_settings: Settings, tmp_path: Path
+) -> None:
+    result = doctor.check_milvus(indexed_settings, dim=768)
+    assert result.status is Status.FAIL and "Reindex" in result.fix
+
+
+# -- liveness and the command ---------------------------------------------------------------------
+
+
+def test_quick_liveness_reads_the_heartbeat(tmp_path: Path) -> None:
+    metrics = Metrics(process=False)
+    server = start_metrics_server(0, metrics=metrics)
+    try:
+        settings = make_settings(tmp_path, metrics_port=server.port)
+        assert doctor.check_liveness(settings).status is Status.OK  # up, no beat yet
+        metrics.beat()
+        metrics.set_connected(True)
+        alive = doctor.check_liveness(settings)
+        assert alive.status is Status.OK and "Discord connected" in alive.message
+        metrics.heartbeat_ts.set(time.time() - 3600)
+        stuck = doctor.check_liveness(settings)
+        assert stuck.status is Status.FAIL and "stuck" in stuck.message
+    finally:
+        server.close()
+    down = doctor.check_liveness(settings)
+    assert down.status is Status.FAIL and "does not answer" in down.message
+
+
+def run_doctor(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATA_DIR": str(tmp_path / "data"),
+        "METRICS_PORT": "0",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot.doctor", *args],
+        cwd=tmp_path,  # no .env there
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_quick_command_exit_codes(tmp_path: Path) -> None:
+    good = run_doctor(tmp_path, "--quick", DISCORD_TOKEN=GOOD_TOKEN)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "looks valid" in good.stdout and GOOD_TOKEN not in good.stdout + good.stderr
+    bad = run_doctor(tmp_path, "--quick", DISCORD_TOKEN="oops.not-a-token")
+    assert bad.returncode == 1 and "malformed" in bad.stdout
+    assert "oops.not-a-token" not in bad.stdout + bad.stderr
+    invalid = run_doctor(tmp_path, "--quick", TOP_K="many", DISCORD_TOKEN=GOOD_TOKEN)
+    assert invalid.returncode == 1 and "TOP_K" in invalid.stdout
