@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,54 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-QUESTIONS = [
-    "What do the parameters for HNSW mean?",
-    "How do I enable TLS between Milvus components?",
-    "What is the difference between strong and bounded consistency?",
-    "How can I limit the memory used by a query node?",
-    "Which index types can run on a GPU?",
-    "How do I create a partition key?",
-    "What is a sparse vector and how do I search it?",
-    "How do I back up a collection?",
-    "What does the nlist parameter of IVF_FLAT control?",
-    "How do I upgrade a Milvus cluster installed with Helm?",
-    "How do I configure role-based access control?",
-    "What is mmap and when should I enable it?",
-    "How do I insert data into a collection?",
-    "What metric types does Milvus support?",
-    "How do I use Milvus Lite from Python?",
-    "What is the maximum dimension of a vector field?",
-    "How do I delete entities by a filter expression?",
-    "queryNode.segcore.chunkRows",
-    "What are resource groups used for?",
-    "How does Milvus handle time synchronization?",
-]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch threads "
-        f"{torch.get_num_threads()}, Python {platform.python_version()}"
-    )
+from common import QUESTIONS, SHARED_CORPUS, machine, pct  # noqa: E402
 
 
 def seed_way(corpus: Path, embedder, db: str) -> tuple[int, float]:
@@ -95,7 +51,7 @@ def seed_way(corpus: Path, embedder, db: str) -> tuple[int, float]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "milvus-docs"))
+    ap.add_argument("--corpus", default=str(SHARED_CORPUS))
     ap.add_argument("--model", default=None, help="embedding model (default: offline MiniLM)")
     ap.add_argument("--base-url", default="https://milvus.io/docs/")
     ap.add_argument("--out", default=None, help="also write the report here")

@@ -57,7 +57,9 @@ class Settings(BaseSettings):
         "BAAI/bge-base-en-v1.5", description="sentence-transformers model name or local path"
     )
     embedding_device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:1")
-    embedding_batch_size: int = Field(32, ge=1, description="Texts per encoder batch")
+    embedding_batch_size: int = Field(
+        0, ge=0, description="Texts per encoder batch (0 = 128 on GPU, 32 on CPU)"
+    )
     chunk_tokens: int = Field(256, ge=32, description="Chunk size in embedding-model tokens")
     chunk_overlap_tokens: int = Field(32, ge=0, description="Overlap between chunks, tokens")
 
@@ -136,6 +138,13 @@ class Settings(BaseSettings):
     )
     feedback_db: Path | None = Field(
         None, description="Feedback SQLite file (unset = data_dir/feedback.db)"
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0 = off)"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the metrics endpoint listens on (0.0.0.0 in containers)",
     )
 
     @cached_property

@@ -84,7 +84,7 @@ class Indexer:
         self._lock = asyncio.Lock()
         # Texts handed to the encoder per call: large enough for its length-sorted batching,
         # small enough that loading, embedding and writing overlap.
-        self.embed_group = max(256, settings.embedding_batch_size * 8)
+        self.embed_group = max(256, embedder.batch_size * 8)
 
     @property
     def running(self) -> bool:
