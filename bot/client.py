@@ -1,0 +1,103 @@
+"""RagBot: the discord.py bot that owns the Discord side; rag_core is opened by its caller."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from rag_core.config import Settings
+from rag_core.errors import RagError
+from rag_core.runtime import Rag
+
+from .cogs import EXTENSIONS
+from .feedback import FeedbackStore
+from .utils import GENERIC_ERROR, NO_MENTIONS, send_error
+
+log = logging.getLogger(__name__)
+
+
+def bot_intents() -> discord.Intents:
+    """Guilds (channels, roles) and reactions only: slash commands need no message content."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_reactions = True
+    return intents
+
+
+class RagTree(app_commands.CommandTree["RagBot"]):
+    """Every command error ends in a user-safe message; unexpected ones are logged in full."""
+
+    async def on_error(
+        self, interaction: discord.Interaction[RagBot], error: app_commands.AppCommandError
+    ) -> None:
+        original = getattr(error, "original", error)
+        name = interaction.command.qualified_name if interaction.command else "?"
+        if isinstance(error, app_commands.CommandOnCooldown):
+            message = f"Please wait {error.retry_after:.0f} s before asking again."
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            message = "This command only works in a server."
+        elif isinstance(error, app_commands.CheckFailure):
+            message = str(error) or "You are not allowed to use this command."
+        elif isinstance(original, RagError):
+            log.warning("/%s failed: %s", name, original.detail, exc_info=original)
+            message = original.user_message
+        else:
+            log.error("/%s failed", name, exc_info=original)
+            message = GENERIC_ERROR
+        await send_error(interaction, message)
+
+
+class RagBot(commands.Bot):
+    """The bot: slash commands and reactions over an opened `Rag` and a `FeedbackStore`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        rag: Rag,
+        feedback: FeedbackStore,
+        *,
+        sync_commands: bool = False,
+        **options: Any,
+    ) -> None:
+        options.setdefault("chunk_guilds_at_startup", False)
+        super().__init__(
+            # No text commands: without the message content intent only mentions would work.
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            intents=bot_intents(),
+            allowed_mentions=NO_MENTIONS,
+            tree_cls=RagTree,
+            **options,
+        )
+        self.settings = settings
+        self.rag = rag
+        self.feedback = feedback
+        self.sync_commands = sync_commands
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            try:
+                await self.load_extension(extension)
+            except Exception:
+                log.exception("failed to load extension %s", extension)
+        if self.sync_commands:
+            synced = await self.sync_app_commands()
+            log.info("synced %d application commands", len(synced))
+
+    async def sync_app_commands(
+        self, guild: discord.abc.Snowflake | None = None
+    ) -> list[app_commands.AppCommand]:
+        """Publish the commands: to `guild`, else the dev guild if set, else globally."""
+        if guild is None and self.settings.discord_dev_guild_id:
+            guild = discord.Object(id=self.settings.discord_dev_guild_id)
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        return await self.tree.sync(guild=guild)
+
+    async def on_ready(self) -> None:
+        # on_ready fires again after reconnects: only log here, never sync or load.
+        log.info("connected as %s to %d servers", self.user, len(self.guilds))

@@ -1,0 +1,282 @@
+"""Admin commands: /reindex (background, one at a time, progress in place) and /flags."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from rag_core.errors import RagError
+from rag_core.indexer import IndexReport, Progress
+
+from ..checks import admin_only, owner_only
+from ..streaming import MESSAGE_LIMIT, ThrottledEditor, escape_markdown, safe_truncate
+from ..utils import GENERIC_ERROR, NO_MENTIONS
+
+if TYPE_CHECKING:
+    from ..client import RagBot
+
+log = logging.getLogger(__name__)
+
+FLAGS_SHOWN = 10
+
+
+def _code(text: str) -> str:
+    """`text` as inline code (which cannot hold a backtick), kept short."""
+    return "`" + safe_truncate(text.replace("`", "'"), 150) + "`"
+
+
+class ReindexJob:
+    """One reindex run in the background; every /reindex caller watches its progress."""
+
+    def __init__(self, specs: Sequence[str], *, prune: bool, trigger: str) -> None:
+        self.specs = list(specs)
+        self.prune = prune
+        self.trigger = trigger
+        self.counts: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.report: IndexReport | None = None
+        self.error: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.watchers: list[ThrottledEditor] = []
+
+    @property
+    def done(self) -> bool:
+        return self.report is not None or self.error is not None
+
+    def on_progress(self, progress: Progress) -> None:
+        self.counts[progress.stage] = progress.done
+        self.notify()
+
+    def notify(self) -> None:
+        text = self.render()
+        for watcher in self.watchers:
+            watcher.update(text)
+
+    def render(self) -> str:
+        what = ", ".join(_code(s) for s in self.specs[:3])
+        if len(self.specs) > 3:
+            what += f" and {len(self.specs) - 3} more"
+        if self.error is not None:
+            return safe_truncate(f"❌ Reindex of {what} failed: {self.error}", MESSAGE_LIMIT)
+        if self.report is not None:
+            r = self.report
+            lines = [
+                f"✅ Reindex of {what} done in {r.seconds:.1f} s.",
+                f"added **{r.added}** · updated **{r.updated}** · unchanged **{r.unchanged}** "
+                f"· removed **{r.removed}** · failed **{len(r.failed)}**",
+                f"-# {r.chunks_embedded} chunks embedded, {r.chunks_total} in the index"
+                + ("" if r.published else " · nothing changed, the live index was kept"),
+            ]
+            for failure in r.failed[:5]:
+                reason = escape_markdown(safe_truncate(failure.reason, 150))
+                lines.append(f"- {_code(failure.source)}: {reason}")
+            if len(r.failed) > 5:
+                lines.append(f"- … and {len(r.failed) - 5} more failures (see the logs)")
+            return safe_truncate("\n".join(lines), MESSAGE_LIMIT)
+        c = self.counts
+        elapsed = time.monotonic() - self.started
+        return (
+            f"🔄 Reindexing {what} ({elapsed:.0f} s)…\n"
+            f"fetched **{c.get('fetched', 0)}** documents · embedded **{c.get('embedded', 0)}** "
+            f"chunks · written **{c.get('written', 0)}** chunks\n"
+            "-# /ask keeps answering from the current index until the new one is complete."
+        )
+
+
+class Admin(commands.Cog):
+    """Keeping the index fresh and reviewing feedback."""
+
+    def __init__(self, bot: RagBot) -> None:
+        self.bot = bot
+        self.job: ReindexJob | None = None
+        self.auto_task: asyncio.Task[None] | None = None
+
+    async def cog_load(self) -> None:
+        minutes = self.bot.settings.reindex_interval_min
+        if minutes > 0:
+            self.auto_task = asyncio.create_task(self._auto_reindex(minutes * 60))
+
+    async def cog_unload(self) -> None:
+        tasks = [t for t in (self.auto_task, self.job.task if self.job else None) if t]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    # -- /reindex -----------------------------------------------------------------------------
+
+    @app_commands.command(name="reindex", description="Re-read the docs and update the index")
+    @app_commands.describe(source="One configured source or an http(s) URL (default: all)")
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    @admin_only()
+    async def reindex(
+        self, interaction: discord.Interaction[RagBot], source: str | None = None
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = self.job
+        if job is None or job.done:
+            try:
+                job = self.start_reindex(source, trigger=f"/reindex by {interaction.user.id}")
+            except RagError as exc:
+                await interaction.followup.send(
+                    exc.user_message, ephemeral=True, allowed_mentions=NO_MENTIONS
+                )
+                return
+            prefix = ""
+        else:
+            prefix = "A reindex is already running; here is its progress.\n"
+        await self._watch(interaction, job, prefix)
+
+    @reindex.autocomplete("source")
+    async def _source_choices(
+        self, interaction: discord.Interaction[RagBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        sources = self.bot.settings.docs_sources
+        return [
+            app_commands.Choice(name=safe_truncate(s, 100), value=s)
+            for s in sources
+            if current.lower() in s.lower() and len(s) <= 100
+        ][:25]
+
+    def start_reindex(self, source: str | None, *, trigger: str) -> ReindexJob:
+        """Start a background run of `source` (or every configured source)."""
+        if self.bot.rag.indexer.running:
+            raise RagError("A reindex is already running (started from the command line?).")
+        configured = self.bot.settings.docs_sources
+        if source is None:
+            if not configured:
+                raise RagError("No sources are configured: set DOCS_SOURCES, or name one.")
+            specs, prune = configured, True
+        elif source in configured or source.startswith(("https://", "http://")):
+            # Local paths only from the configuration: a server admin is not a host admin.
+            specs, prune = [source], False
+        else:
+            raise RagError("Name one of the configured sources, or an http(s) URL.")
+        job = ReindexJob(specs, prune=prune, trigger=trigger)
+        job.task = asyncio.create_task(self._run(job), name="reindex")
+        self.job = job
+        return job
+
+    async def _run(self, job: ReindexJob) -> None:
+        log.info("reindex started (%s): %s", job.trigger, job.specs)
+        try:
+            job.report = await self.bot.rag.indexer.run(
+                job.specs, prune=job.prune, on_progress=job.on_progress
+            )
+        except RagError as exc:
+            log.warning("reindex failed: %s", exc.detail, exc_info=exc)
+            job.error = exc.user_message
+        except Exception:
+            log.exception("reindex failed")
+            job.error = GENERIC_ERROR
+        finally:
+            if not job.done:  # cancelled at shutdown
+                job.error = "the bot is shutting down."
+            job.notify()
+
+    async def _watch(
+        self, interaction: discord.Interaction[RagBot], job: ReindexJob, prefix: str
+    ) -> None:
+        """Edit this caller's ephemeral message with the job's progress until it is done."""
+
+        async def edit(text: str) -> None:
+            await interaction.edit_original_response(
+                content=safe_truncate(prefix + text, MESSAGE_LIMIT), allowed_mentions=NO_MENTIONS
+            )
+
+        settings = self.bot.settings
+        editor = ThrottledEditor(edit, interval=settings.edit_interval_s)
+        job.watchers.append(editor)
+        deadline = time.monotonic() + settings.interaction_edit_limit_s
+        try:
+            editor.update(job.render())
+            assert job.task is not None
+            remaining = deadline - time.monotonic()
+            await asyncio.wait([job.task], timeout=max(remaining, 0))
+            if job.done:
+                await editor.finish(job.render())
+            else:
+                # The token expires soon; the run goes on and its report reaches the logs.
+                await editor.finish(job.render() + "\n-# Progress updates stop here.")
+        except discord.HTTPException:
+            log.warning("could not update /reindex progress", exc_info=True)
+        finally:
+            await editor.aclose()
+            job.watchers.remove(editor)
+
+    async def _auto_reindex(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            if self.job is not None and not self.job.done:
+                continue
+            try:
+                job = self.start_reindex(None, trigger="interval")
+                assert job.task is not None
+                await asyncio.wait([job.task])
+            except RagError as exc:
+                log.warning("scheduled reindex skipped: %s", exc.detail)
+
+    # -- /flags -------------------------------------------------------------------------------
+
+    @app_commands.command(name="flags", description="Recently flagged answers (admins)")
+    @app_commands.describe(export="Also attach every flagged answer as a JSONL file")
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    @admin_only()
+    async def flags(self, interaction: discord.Interaction[RagBot], export: bool = False) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        store = self.bot.feedback
+        flagged = await store.flagged(limit=FLAGS_SHOWN, guild_id=interaction.guild_id)
+        stats = await store.stats(guild_id=interaction.guild_id)
+        embed = discord.Embed(title="Flagged answers", colour=discord.Colour.orange())
+        lines = []
+        for f in flagged:
+            a = f.answer
+            question = escape_markdown(safe_truncate(a.question, 90))
+            when = discord.utils.format_dt(f.last_flagged_at, "R")
+            lines.append(
+                f"**#{a.id}** [{question}]({a.jump_url}) · 👎 {f.flags} · 👍 {f.good} · {when}"
+            )
+        embed.description = safe_truncate("\n".join(lines), 4000) if lines else "No flags yet."
+        embed.set_footer(
+            text=f"{stats['answers']} answers · {stats['flagged_answers']} flagged · "
+            f"{stats['good']} 👍 · {stats['refused']} not in the docs"
+        )
+        files: list[discord.File] = []
+        if export:
+            buffer = io.StringIO()
+            count = await store.export_jsonl(buffer, guild_id=interaction.guild_id)
+            data = io.BytesIO(buffer.getvalue().encode("utf-8"))
+            files.append(discord.File(data, filename="flagged-answers.jsonl"))
+            embed.add_field(name="Export", value=f"{count} flagged answers in the attached file")
+        await interaction.followup.send(
+            embed=embed, files=files, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    # -- /sync (owner) ------------------------------------------------------------------------
+
+    @app_commands.command(name="sync", description="Publish the bot's commands (bot owner)")
+    @app_commands.describe(here="Only to this server (instant) instead of everywhere")
+    @app_commands.default_permissions(administrator=True)
+    @owner_only()
+    async def sync(self, interaction: discord.Interaction[RagBot], here: bool = False) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild = interaction.guild if here else None
+        synced = await self.bot.sync_app_commands(guild)
+        where = "this server" if guild else "every server (may take a while to show)"
+        await interaction.followup.send(
+            f"Synced {len(synced)} commands to {where}.", ephemeral=True
+        )
+
+
+async def setup(bot: RagBot) -> None:
+    await bot.add_cog(Admin(bot))
