@@ -1,4 +1,4 @@
-"""Command line: `python -m rag_core index|search|ask ...` (`--help` on each command)."""
+"""Command line: `python -m rag_core index|search|ask|eval ...` (`--help` on each command)."""
 
 from __future__ import annotations
 
@@ -109,6 +109,102 @@ async def _ask(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _eval(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from . import evaluation as ev
+    from .runtime import open_rag
+
+    settings = _settings(args)
+    updates: dict[str, object] = {}
+    if args.top_k is not None:
+        updates["top_k"] = args.top_k
+    if args.threshold is not None:
+        updates["relevance_threshold"] = args.threshold
+    settings = settings.model_copy(update=updates)
+    qset = ev.load_questions(args.questions, base_url=settings.docs_base_url)
+    if args.lang:
+        qset.questions = [q for q in qset.questions if q.lang in args.lang]
+        if not qset.questions:
+            print(f"no questions in {', '.join(args.lang)}", file=sys.stderr)
+            return 2
+    if qset.skipped:
+        print(
+            f"skipped {len(qset.skipped)} flagged answers without reviewed expected_sources: "
+            + ", ".join(qset.skipped),
+            file=sys.stderr,
+        )
+    previous = ev.load_results(args.compare) if args.compare else None  # fail before running
+    bar = tqdm(total=len(qset.questions), unit=" q", desc="eval", disable=args.quiet)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        async with open_rag(settings, with_llm=args.answers) as rag:
+            results = await ev.run_eval(
+                rag, qset.questions, answers=args.answers, on_progress=on_progress
+            )
+            llm = rag.generator.model_name if rag.generator else None
+    finally:
+        bar.close()
+    calibration = None
+    if args.calibrate:
+        pairs = [(r.best_similarity, r.answerable) for r in results]
+        calibration = ev.calibrate_threshold(pairs, max_refused_rate=args.max_refused)
+    run_settings = {
+        "embedding_model": settings.embedding_model,
+        "chunk_tokens": settings.chunk_tokens,
+        "chunk_overlap_tokens": settings.chunk_overlap_tokens,
+        "search_mode": settings.search_mode,
+        "top_k": settings.top_k,
+        "relevance_threshold": settings.relevance_threshold,
+        "collection": settings.collection,
+        "llm_model": llm,
+    }
+    doc = ev.to_json(
+        results, settings=run_settings, questions_file=str(args.questions), calibration=calibration
+    )
+    doc["created_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    out = (
+        Path(args.output)
+        if args.output
+        else (
+            settings.data_dir
+            / "eval"
+            / f"{Path(args.questions).stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
+        )
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(
+        f"{settings.search_mode}, top_k {settings.top_k}, "
+        f"threshold {settings.relevance_threshold:g}, {settings.embedding_model}"
+    )
+    print(ev.format_summary(doc["summary"]))
+    misses = ev.failures(results)
+    if misses and not args.quiet:
+        print(f"\nmissed ({len(misses)}):")
+        print("\n".join(f"  {line}" for line in misses))
+    if calibration is not None:
+        c = calibration
+        print(
+            f"\ncalibrated threshold {c.threshold:.3f} (margin {c.margin:.3f}): "
+            f"{c.unanswerable_answered} unanswerable answered, "
+            f"{c.answerable_refused} answerable refused"
+        )
+        print(ev.format_summary(ev.summarize(ev.regate(results, c.threshold))))
+    if previous is not None:
+        print(f"\ncompared with {args.compare}:")
+        print(ev.compare(previous, doc))
+    print(f"\nresults: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rag_core",
@@ -185,6 +281,59 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["hybrid", "dense"],
         help="hybrid (dense + BM25) or dense only (SEARCH_MODE)",
     )
+    evaluate = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="score retrieval, the gate and answers on a question set",
+        description="Run QUESTIONS (JSON lines: question, expected_sources, optional key_facts "
+        "and lang; expected_sources [] = the docs cannot answer it) through the retriever and "
+        "the 'not in the docs' gate, print a scorecard and write per-question results as JSON. "
+        "See docs/evaluation.md.",
+    )
+    evaluate.add_argument("questions", metavar="QUESTIONS")
+    evaluate.add_argument(
+        "--base-url",
+        dest="docs_base_url",
+        help="prefix for expected_sources given as bare ids, e.g. index.md (DOCS_BASE_URL)",
+    )
+    evaluate.add_argument("-k", "--top-k", type=int, help="passages per question (TOP_K)")
+    evaluate.add_argument(
+        "--mode",
+        dest="search_mode",
+        choices=["hybrid", "dense"],
+        help="hybrid (dense + BM25) or dense only (SEARCH_MODE)",
+    )
+    evaluate.add_argument(
+        "--threshold", type=float, help="gate threshold on cosine (RELEVANCE_THRESHOLD)"
+    )
+    evaluate.add_argument(
+        "--lang",
+        action="append",
+        help="only questions in this language (repeatable), e.g. --lang en to calibrate",
+    )
+    evaluate.add_argument(
+        "--answers",
+        action="store_true",
+        help="also generate answers with the LLM and check key facts and citations",
+    )
+    evaluate.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also suggest the gate threshold for this set and show its scorecard",
+    )
+    evaluate.add_argument(
+        "--max-refused",
+        type=float,
+        default=0.05,
+        help="share of answerable questions calibration may refuse (default 0.05)",
+    )
+    evaluate.add_argument(
+        "--compare", metavar="RESULTS", help="a previous run's JSON: show what changed"
+    )
+    evaluate.add_argument(
+        "-o", "--output", help="results JSON (default DATA_DIR/eval/<set>-<time>.json)"
+    )
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no misses")
     return parser
 
 
@@ -194,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = {"index": _index, "search": _search, "ask": _ask}[args.command]
+    command = {"index": _index, "search": _search, "ask": _ask, "eval": _eval}[args.command]
     try:
         return asyncio.run(command(args))
     except RagError as exc:
