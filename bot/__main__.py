@@ -1,4 +1,5 @@
-"""`python -m bot` (or `docs-bot`): run the Discord bot; `export-flags FILE` writes flags as JSONL.
+"""`python -m bot` (or `docs-bot`): run the Discord bot; `export-flags FILE` writes flags as JSONL;
+`doctor [--quick]` checks the settings and every part the bot needs (see bot/doctor.py).
 
 Every resource is opened and closed here, in one place:
 feedback database -> rag_core (Milvus, embedder, LLM engine) -> the bot. SIGTERM and Ctrl-C
@@ -21,7 +22,9 @@ import discord
 from rag_core.config import Settings, load_settings
 from rag_core.errors import RagError
 
+from . import metrics
 from .feedback import FeedbackStore, default_path
+from .logging_setup import configure_logging
 
 log = logging.getLogger("bot")
 
@@ -39,12 +42,39 @@ async def run_bot(settings: Settings, *, sync: bool) -> None:
     if not token:
         raise RagError("DISCORD_TOKEN is not set (environment or .env).")
     _cancel_on_signals()
-    async with (
-        FeedbackStore.open(feedback_path(settings)) as feedback,
-        open_rag(settings, with_llm=True) as rag,
-        RagBot(settings, rag, feedback, sync_commands=sync) as bot,
-    ):
-        await bot.start(token)
+    # Up before the models load, so the health check sees a live event loop while they do.
+    server = _start_metrics(settings)
+    beat = asyncio.create_task(metrics.heartbeat(), name="metrics-heartbeat")
+    try:
+        async with (
+            FeedbackStore.open(feedback_path(settings)) as feedback,
+            open_rag(settings, with_llm=True) as rag,
+            RagBot(settings, rag, feedback, sync_commands=sync) as bot,
+        ):
+            # bot.start, not bot.run: run would install discord.py's own log handler.
+            await bot.start(token)
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+        if server is not None:
+            server.close()
+
+
+def _start_metrics(settings: Settings) -> metrics.MetricsServer | None:
+    """The /metrics endpoint on METRICS_HOST:METRICS_PORT, or None when METRICS_PORT=0."""
+    if not settings.metrics_port:
+        return None
+    host, port = settings.metrics_host, settings.metrics_port
+    try:
+        server = metrics.start_metrics_server(port, host)
+    except OSError as exc:
+        raise RagError(
+            f"Cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
+            "set METRICS_PORT to a free port, or 0 to turn metrics off."
+        ) from exc
+    log.info("metrics on http://%s:%d/metrics", host, server.port)
+    return server
 
 
 def _cancel_on_signals() -> None:
@@ -81,14 +111,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     export = sub.add_parser("export-flags", help="write every flagged answer as JSONL")
     export.add_argument("file", type=Path)
     export.add_argument("--guild", type=int, default=None, help="only this server's answers")
+    # Listed for --help only: main() hands `doctor ...` to bot.doctor.main before parsing.
+    sub.add_parser(
+        "doctor",
+        help="check the settings and every part the bot needs; --quick: liveness only",
+        add_help=False,
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["doctor"]:
+        from . import doctor
+
+        return doctor.main(argv[1:])
     args = parse_args(argv)
-    discord.utils.setup_logging(level=logging.getLevelName(args.log_level.upper()), root=True)
+    if args.command == "doctor":  # after global options (`--log-level DEBUG doctor`)
+        from . import doctor
+
+        return doctor.main([])
     try:
         settings = load_settings()
+        configure_logging(args.log_level, settings)
         if args.command == "export-flags":
             count = asyncio.run(export_flags(settings, args.file, args.guild))
             print(f"wrote {count} flagged answers to {args.file}")

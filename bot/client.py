@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ from rag_core.config import Settings
 from rag_core.errors import RagError
 from rag_core.runtime import Rag
 
+from . import metrics
 from .cogs import EXTENSIONS
 from .feedback import FeedbackStore
 from .utils import GENERIC_ERROR, NO_MENTIONS, send_error
@@ -87,6 +89,15 @@ class RagBot(commands.Bot):
         if self.sync_commands:
             synced = await self.sync_app_commands()
             log.info("synced %d application commands", len(synced))
+        try:
+            # 0 when nothing is published yet: the bot starts and says so when asked.
+            chunks = await asyncio.to_thread(self.rag.store.count)
+        except Exception:
+            log.warning("could not count the chunks in the knowledge base", exc_info=True)
+        else:
+            metrics.set_index_size(chunks)
+            if not chunks:
+                log.warning("the knowledge base is empty: run /reindex or python -m rag_core index")
 
     async def sync_app_commands(
         self, guild: discord.abc.Snowflake | None = None
@@ -101,3 +112,10 @@ class RagBot(commands.Bot):
     async def on_ready(self) -> None:
         # on_ready fires again after reconnects: only log here, never sync or load.
         log.info("connected as %s to %d servers", self.user, len(self.guilds))
+        metrics.set_connected(True)
+
+    async def on_disconnect(self) -> None:
+        metrics.set_connected(False)
+
+    async def on_resumed(self) -> None:
+        metrics.set_connected(True)

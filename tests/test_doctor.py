@@ -192,7 +192,7 @@ async def test_good_offline_settings_pass(
         embedding_device="cpu",
         llm_model=str(tiny_model_dir),
         discord_token=GOOD_TOKEN,  # type: ignore[arg-type]
-        feedback_db=tmp_path / "feedback.db",
+        feedback_db=str(tmp_path / "feedback.db"),
     )
     results = await doctor.run_checks(settings)
     report = doctor.format_results(results)
@@ -233,7 +233,9 @@ def test_quick_liveness_reads_the_heartbeat(tmp_path: Path) -> None:
     assert down.status is Status.FAIL and "does not answer" in down.message
 
 
-def run_doctor(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_doctor(
+    tmp_path: Path, *args: str, module: str = "bot.doctor", **env: str
+) -> subprocess.CompletedProcess[str]:
     environ = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -242,7 +244,7 @@ def run_doctor(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPr
         **env,
     }
     return subprocess.run(
-        [sys.executable, "-m", "bot.doctor", *args],
+        [sys.executable, "-m", module, *args],
         cwd=tmp_path,  # no .env there
         env=environ,
         capture_output=True,
@@ -260,3 +262,23 @@ def test_quick_command_exit_codes(tmp_path: Path) -> None:
     assert "oops.not-a-token" not in bad.stdout + bad.stderr
     invalid = run_doctor(tmp_path, "--quick", TOP_K="many", DISCORD_TOKEN=GOOD_TOKEN)
     assert invalid.returncode == 1 and "TOP_K" in invalid.stdout
+
+
+def test_bot_doctor_subcommand_runs_every_check(tmp_path: Path) -> None:
+    """`python -m bot doctor` is the full doctor (the bot's own CLI hands it over)."""
+    token = f"Bot {GOOD_TOKEN}"  # pasted with its prefix: malformed, and never printed
+    result = run_doctor(
+        tmp_path,
+        "doctor",
+        module="bot",
+        DISCORD_TOKEN=token,
+        EMBEDDING_MODEL=offline_model_path(),
+        EMBEDDING_DEVICE="cpu",
+        LLM_MODEL=str(tmp_path / "no-such-llm"),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "malformed" in result.stdout and "384-d" in result.stdout  # not just --quick
+    for part in GOOD_TOKEN.split("."):
+        if len(part) > 6:
+            assert part not in output

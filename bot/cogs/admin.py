@@ -1,4 +1,4 @@
-"""Admin commands: /reindex (background, one at a time, progress in place) and /flags."""
+"""Admin commands: /reindex (background, one at a time, progress in place), /flags, /stats."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -16,6 +17,7 @@ from discord.ext import commands
 from rag_core.errors import RagError
 from rag_core.indexer import IndexReport, Progress
 
+from .. import metrics
 from ..checks import admin_only, owner_only
 from ..streaming import MESSAGE_LIMIT, ThrottledEditor, escape_markdown, safe_truncate
 from ..utils import GENERIC_ERROR, NO_MENTIONS
@@ -175,9 +177,17 @@ class Admin(commands.Cog):
         except RagError as exc:
             log.warning("reindex failed: %s", exc.detail, exc_info=exc)
             job.error = exc.user_message
+            metrics.observe_reindex(None, False, seconds=time.monotonic() - job.started)
         except Exception:
             log.exception("reindex failed")
             job.error = GENERIC_ERROR
+            metrics.observe_reindex(None, False, seconds=time.monotonic() - job.started)
+        else:
+            metrics.observe_reindex(job.report, True)
+            try:
+                metrics.set_index_size(await asyncio.to_thread(self.bot.rag.store.count))
+            except Exception:
+                log.warning("could not count the chunks after the reindex", exc_info=True)
         finally:
             if not job.done:  # cancelled at shutdown
                 job.error = "the bot is shutting down."
@@ -262,6 +272,18 @@ class Admin(commands.Cog):
             embed=embed, files=files, ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
+    # -- /stats ------------------------------------------------------------------------------
+
+    @app_commands.command(name="stats", description="Questions, latency and feedback (admins)")
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    @admin_only()
+    async def stats(self, interaction: discord.Interaction[RagBot]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        feedback = await self.bot.feedback.stats(guild_id=interaction.guild_id)
+        embed = stats_embed(metrics.snapshot(), feedback)
+        await interaction.followup.send(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
     # -- /sync (owner) ------------------------------------------------------------------------
 
     @app_commands.command(name="sync", description="Publish the bot's commands (bot owner)")
@@ -276,6 +298,75 @@ class Admin(commands.Cog):
         await interaction.followup.send(
             f"Synced {len(synced)} commands to {where}.", ephemeral=True
         )
+
+
+def _pairs(values: Mapping[str, int], empty: str = "none") -> str:
+    shown = [f"{k} **{v}**" for k, v in sorted(values.items()) if v]
+    return " · ".join(shown) if shown else empty
+
+
+def _ms(value: float | int | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+STAGE_NAMES = {
+    "ack": "acknowledge",
+    "embed": "embed",
+    "search": "search",
+    "first_token": "first token",
+    "total": "total",
+}
+
+
+def stats_embed(snap: Mapping[str, Any], feedback: Mapping[str, int]) -> discord.Embed:
+    """`/stats`: the process's metrics (every server, since start) and this server's feedback."""
+    embed = discord.Embed(
+        title="Bot statistics",
+        description="Since the bot started, every server; feedback: this server, all time.",
+        colour=discord.Colour.blurple(),
+    )
+
+    def field(name: str, value: str, *, inline: bool = True) -> None:
+        embed.add_field(name=name, value=safe_truncate(value, 1024), inline=inline)
+
+    questions, refusals = snap["questions"], snap["refusals"]
+    field("Questions", f"**{questions}** · not in the docs **{refusals}**")
+    field("Errors", _pairs(snap["errors"]))
+    votes = snap["votes"]
+    field(
+        "Votes",
+        f"👍 **{votes.get('good', 0)}** · 👎 **{votes.get('flag', 0)}**"
+        f" · withdrawn **{votes.get('ungood', 0) + votes.get('unflag', 0)}**",
+    )
+    tokens = snap["tokens"]
+    field(
+        "Tokens",
+        f"prompt **{tokens.get('prompt', 0)}** · completion **{tokens.get('completion', 0)}**",
+    )
+    field("Queue", f"**{snap['queue_depth']}** waiting")
+    field("Index", f"**{snap['index_chunks']}** chunks")
+    reindex = snap["reindex"]
+    last = reindex["last_success"]
+    when = discord.utils.format_dt(datetime.fromtimestamp(last, UTC), "R") if last else "never"
+    mean = f" · mean {reindex['mean_s']} s" if reindex["mean_s"] is not None else ""
+    field("Reindex runs", f"{_pairs(reindex['runs'])}{mean}\nlast success: {when}", inline=False)
+    lines = []
+    for stage, name in STAGE_NAMES.items():
+        lat = snap["latency"].get(stage) or {}
+        lines.append(
+            f"{name}: p50 **{_ms(lat.get('p50_ms'))}** · p95 **{_ms(lat.get('p95_ms'))}**"
+            f" ({lat.get('count', 0)} observed)"
+        )
+    field("Latency (ms)", "\n".join(lines), inline=False)
+    fb = {k: feedback.get(k, 0) for k in ("answers", "refused", "good", "flags", "flagged_answers")}
+    field(
+        "Feedback (this server)",
+        f"answers **{fb['answers']}** · not in the docs **{fb['refused']}**"
+        f" · 👍 **{fb['good']}** · 👎 **{fb['flags']}**"
+        f" · flagged answers **{fb['flagged_answers']}**",
+        inline=False,
+    )
+    return embed
 
 
 async def setup(bot: RagBot) -> None:

@@ -14,9 +14,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from rag_core.answering import REFUSAL, Answer, AnswerStream, Source
+from rag_core.answering import REFUSAL, Answer, AnswerStream, Prepared, Source
 from rag_core.errors import RagError
 
+from .. import metrics
 from ..checks import ask_cooldown
 from ..feedback import SourceRecord
 from ..streaming import MESSAGE_LIMIT, ThrottledEditor, render_sources, split_message
@@ -255,6 +256,7 @@ class Ask(commands.Cog):
     async def ask(
         self, interaction: discord.Interaction[RagBot], question: str, private: bool = False
     ) -> None:
+        t0 = time.perf_counter()
         settings = self.bot.settings
         question = question.strip()
         # Cheap checks answered ephemerally at once; nothing slow may run before the defer.
@@ -269,9 +271,12 @@ class Ask(commands.Cog):
             )
             return
         if self.queue.full():
+            metrics.observe_error("busy")
+            _log_question(interaction, "error", None, time.perf_counter() - t0, error="busy")
             await self._refuse(interaction, BUSY)
             return
         await interaction.response.defer(thinking=True, ephemeral=private)
+        metrics.observe_ack(time.perf_counter() - t0)
 
         task = asyncio.current_task()
         if task is not None:
@@ -292,6 +297,8 @@ class Ask(commands.Cog):
     ) -> None:
         settings = self.bot.settings
         started = time.perf_counter()
+        log.debug("/ask by %s: %r", interaction.user.id, question)
+        prepared: Prepared | None = None
         writer = AnswerWriter(
             interaction,
             private=private,
@@ -307,38 +314,52 @@ class Ask(commands.Cog):
                 # No generation: the gate decided, so no slot in the queue is needed.
                 await _consume(stream, writer)
             else:
-                async with self.queue.slot(_queue_display(writer)):
-                    await _consume(stream, writer)
+                try:
+                    async with self.queue.slot(_queue_display(writer, self.queue)):
+                        await _consume(stream, writer)
+                finally:  # released, or gave up waiting: one fewer either way
+                    metrics.set_queue_depth(self.queue.waiting)
             answer = stream.result
             assert answer is not None
+            metrics.observe_answer(answer)
             seconds = time.perf_counter() - started
             contents = render_answer(answer, seconds=seconds, votes_hint=not private)
             messages = await writer.finish(contents)
         except asyncio.CancelledError:
+            _log_question(interaction, "error", prepared, _since(started), error="shutdown")
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(writer.fail(SHUTTING_DOWN)), timeout=3)
             raise
         except QueueFull:
+            metrics.observe_error("busy")
+            _log_question(interaction, "error", prepared, _since(started), error="busy")
             await writer.fail(BUSY)
             return
         except RagError as exc:
+            kind = type(exc).__name__
+            metrics.observe_error(kind)
             log.warning("/ask failed for %s: %s", interaction.user.id, exc.detail, exc_info=exc)
+            _log_question(interaction, "error", prepared, _since(started), error=kind)
             await writer.fail(exc.user_message)
             return
         except InteractionExpired:
+            metrics.observe_error("expired")
             log.warning("/ask by %s outlived its interaction token", interaction.user.id)
+            _log_question(interaction, "error", prepared, _since(started), error="expired")
             return
         except Exception:
+            metrics.observe_error("unexpected")
             log.exception("/ask failed for %s", interaction.user.id)
+            _log_question(interaction, "error", prepared, _since(started), error="unexpected")
             await writer.fail(GENERIC_ERROR)
             return
-        log.info(
-            "answered %s in %.2f s (%d edits, %d messages, refused=%s)",
-            interaction.user.id,
+        _log_question(
+            interaction,
+            "refused" if answer.refused else "answered",
+            prepared,
             seconds,
-            writer.edits,
-            len(messages),
-            answer.refused,
+            answer=answer,
+            extra=f"edits={writer.edits} messages={len(messages)}",
         )
         await self._record(interaction, answer, messages, seconds)
         if not private and messages:
@@ -384,17 +405,57 @@ class Ask(commands.Cog):
                 return
 
 
-def _queue_display(writer: AnswerWriter) -> Callable[[int], None]:
+def _queue_display(writer: AnswerWriter, queue: AnswerQueue) -> Callable[[int], None]:
     """Show the place in the queue: every step near the front, every fifth one further back,
-    so a long queue does not turn into a storm of edits."""
+    so a long queue does not turn into a storm of edits. Each move updates the depth gauge."""
     shown: list[int] = []
 
     def show(ahead: int) -> None:
+        metrics.set_queue_depth(queue.waiting)
         if not shown or ahead < 5 or ahead % 5 == 0:
             shown.append(ahead)
             writer.status(queue_text(ahead))
 
     return show
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def _log_question(
+    interaction: discord.Interaction[RagBot],
+    outcome: str,
+    prepared: Prepared | None,
+    total_s: float,
+    *,
+    answer: Answer | None = None,
+    error: str | None = None,
+    extra: str = "",
+) -> None:
+    """The one INFO line per question: outcome and timings, never the question or the answer."""
+    timings = answer.timings if answer else prepared.timings if prepared else None
+    prompt = answer.prompt_tokens if answer else prepared.prompt_tokens if prepared else 0
+    completion = answer.completion_tokens if answer else 0
+    log.info(
+        "question by %s in %s: outcome=%s%s embed_ms=%s search_ms=%s first_token_ms=%s "
+        "total_ms=%s prompt_tokens=%d completion_tokens=%d%s",
+        interaction.user.id,
+        interaction.guild_id or "DM",
+        outcome,
+        f" error={error}" if error else "",
+        _ms(timings.embed_s if timings else None),
+        _ms(timings.search_s if timings else None),
+        _ms(timings.first_token_s if timings else None),
+        _ms(total_s),
+        prompt,
+        completion,
+        f" {extra}" if extra else "",
+    )
 
 
 async def _consume(stream: AnswerStream, writer: AnswerWriter) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
+from .. import metrics
 from ..feedback import FLAG, GOOD, AnswerRecord, VoteChange
 from ..streaming import escape_markdown, safe_truncate
 from ..utils import NO_MENTIONS
@@ -90,6 +91,7 @@ class Feedback(commands.Cog):
         change = await self.bot.feedback.set_vote(payload.message_id, payload.user_id, vote)
         if change is None:
             return
+        metrics.observe_vote("flag" if vote == FLAG else "good")
         log.info(
             "vote %+d by %s on answer %d (%d flags, %d good)",
             vote,
@@ -108,6 +110,7 @@ class Feedback(commands.Cog):
         if vote is None:
             return
         if await self.bot.feedback.remove_vote(payload.message_id, payload.user_id, vote):
+            metrics.observe_vote("unflag" if vote == FLAG else "ungood")
             log.info(
                 "vote %+d by %s on message %d withdrawn", vote, payload.user_id, payload.message_id
             )

@@ -1,8 +1,5 @@
 """What the fake tracks about one interaction it sent, and ways for a test to wait on it."""
 
-# The waiting helpers take `timeout=` (ASYNC109) so that a timeout can report the fake's state.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import asyncio

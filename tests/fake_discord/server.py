@@ -3,9 +3,6 @@
 See the package docstring (``tests/fake_discord/__init__.py``) for a guided tour.
 """
 
-# The waiting helpers take `timeout=` (ASYNC109) so that a timeout can report the fake's state.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import asyncio
