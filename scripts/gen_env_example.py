@@ -36,6 +36,17 @@ def groups() -> dict[str, str]:
     return out
 
 
+def default_text(name: str) -> str:
+    default = Settings.model_fields[name].get_default(call_default_factory=True)
+    if isinstance(default, SecretStr):
+        return ""  # secrets are never written out
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, list | dict):
+        return json.dumps(default, ensure_ascii=False)
+    return str(default)
+
+
 def render() -> str:
     lines = [HEADER]
     current = None
@@ -45,26 +56,41 @@ def render() -> str:
         if group != current:
             lines.append(f"\n# === {group} ===")
             current = group
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, SecretStr):
-            value = ""  # secrets are never written here
-        elif isinstance(default, bool):
-            value = str(default).lower()
-        elif isinstance(default, list | dict):
-            value = json.dumps(default)
-        else:
-            value = str(default)
         lines.append(f"# {field.description}")
-        lines.append(f"{name.upper()}={value}")
+        lines.append(f"{name.upper()}={default_text(name)}")
     return "\n".join(lines) + "\n"
 
 
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def render_table() -> str:
+    rows = ["| setting | default | what |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = default_text(name).replace("|", "\\|")
+        shown = f"`{default}`" if default else "(empty)"
+        what = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{name.upper()}` | {shown} | {what} |")
+    return "\n".join(rows)
+
+
+def with_table(readme: str) -> str:
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{render_table()}\n{END}{tail}"
+
+
 if __name__ == "__main__":
-    path = ROOT / ".env.example"
-    text = render()
+    targets = {ROOT / ".env.example": render()}
+    readme = ROOT / "README.md"
+    targets[readme] = with_table(readme.read_text())
+    stale = [p.name for p, text in targets.items() if not p.exists() or p.read_text() != text]
     if "--check" in sys.argv:
-        if not path.exists() or path.read_text() != text:
-            print(".env.example is out of date: run scripts/gen_env_example.py", file=sys.stderr)
+        if stale:
+            print(
+                f"{', '.join(stale)} out of date: run scripts/gen_env_example.py", file=sys.stderr
+            )
             sys.exit(1)
     else:
-        path.write_text(text)
+        for path, text in targets.items():
+            path.write_text(text)

@@ -11,8 +11,8 @@ from rag_core.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_env_example_lists_every_setting() -> None:
-    """Adding a setting without regenerating .env.example fails here."""
+def test_env_example_and_readme_table_list_every_setting() -> None:
+    """Adding a setting without regenerating .env.example and the README table fails here."""
     result = subprocess.run(
         [sys.executable, "scripts/gen_env_example.py", "--check"], cwd=ROOT, capture_output=True
     )
