@@ -168,8 +168,12 @@ async def test_killed_indexer_process_leaves_index_identical(
         "DOCS_BASE_URL": BASE,
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
+    # Two copies of the docs make more chunks than one embedding group (256): the run writes its
+    # first group to the new version and is still embedding the second when it is killed.
+    second = tmp_path / "docs-copy"
+    shutil.copytree(corpus, second)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rag_core", "index", str(corpus)],
+        [sys.executable, "-m", "rag_core", "index", str(corpus), str(second)],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
@@ -184,7 +188,6 @@ async def test_killed_indexer_process_leaves_index_identical(
         if ready:
             seen += os.read(proc.stderr.fileno(), 4096).decode(errors="replace")
     assert "embedded" in seen, seen[-2000:]
-    await asyncio.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     async with open_rag(cfg, embedder=embedder) as rag:
