@@ -175,7 +175,7 @@ async def main() -> None:
             prompts.append((await answerer.prepare(q)).prompt or "")
     lines.append(
         f"{len(questions)} questions per level, {args.max_tokens} tokens per answer, "
-        "top-5 hybrid retrieval over the Milvus docs (all-MiniLM-L6-v2)"
+        f"top-{settings.top_k} hybrid retrieval over the Milvus docs (all-MiniLM-L6-v2)"
     )
     lines.append("")
     lines.append(
