@@ -52,7 +52,9 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    # The load average says whether other work shared the machine during the run.
+    load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {load}"
     )

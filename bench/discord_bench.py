@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 # The tiny model's fastest, smallest layout on CPU (the product keeps vLLM's default).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import machine, pct  # noqa: E402
 
 QUESTIONS = [
     "What do the parameters for HNSW mean?",
@@ -45,28 +47,6 @@ QUESTIONS = [
     "What does the chunk cache do?",
     "How does multi-tenancy work?",
 ]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python "
-        f"{platform.python_version()}, {platform.system()} {platform.release()}{load}"
-    )
 
 
 def ms(seconds: float) -> str:
