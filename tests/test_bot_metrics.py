@@ -11,35 +11,22 @@ import asyncio
 import logging
 import re
 import time
-import urllib.request
 from pathlib import Path
 
 import discord
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bot import metrics
 from bot.cogs.admin import stats_embed
 from tests.bot_fixtures import Indexed, ShapedGenerator, World, running_bot
 from tests.fake_discord import FakeInteraction, FakeMessage
+from tests.test_metrics import scrape  # parsed as in bot/metrics.py's unit tests
 
 pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]
 
 QUESTION = "How do I configure a GPU index such as CAGRA?"
 FOOTER = "-# Answered in"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    """Every sample of the /metrics endpoint, parsed as Prometheus would."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
