@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# Fixture modules are also imported by tests directly (helpers): have their asserts rewritten
+# before that first import, not only when pytest_plugins loads them.
+pytest.register_assert_rewrite("tests.llm_fixtures", "tests.bot_fixtures")
+
 # Nothing may reach a model hub from tests; vLLM and Milvus Lite keep their files in our temp dirs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -31,7 +35,9 @@ def offline_model_path() -> str:
 def embedder():
     from rag_core.embedding import Embedder
 
-    return Embedder(offline_model_path(), device="cpu")
+    embedder = Embedder(offline_model_path(), device="cpu")
+    yield embedder
+    embedder.close()
 
 
 @pytest.fixture
