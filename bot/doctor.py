@@ -328,6 +328,7 @@ def check_embedding_model(settings: Settings) -> tuple[CheckResult, int | None]:
             "downloaded copy from the Hugging Face cache and retry.",
         ), None
     seconds = time.perf_counter() - started
+    embedder.close()
     return _ok(
         name,
         f"{model} loads on {embedder.device} in {seconds:.1f} s "

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     )
     embedding_device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:1")
     embedding_batch_size: int = Field(
-        0, ge=0, description="Texts per encoder batch (0 = 128 on GPU, 32 on CPU)"
+        0, ge=0, description="Texts per encoder batch (0 = 128 on GPU, 8 on CPU)"
     )
     chunk_tokens: int = Field(256, ge=32, description="Chunk size in embedding-model tokens")
     chunk_overlap_tokens: int = Field(32, ge=0, description="Overlap between chunks, tokens")

@@ -237,7 +237,7 @@ class _Run:
             if self.version is None:
                 self.version = await self.create_version()
             texts = [c.embed_text for c in batch]
-            vectors = await asyncio.to_thread(self.ix.embedder.embed_passages, texts)
+            vectors = await self.ix.embedder.aembed_passages(texts)
             self.report.chunks_embedded += len(batch)
             self.progress("embedded", len(batch))
             # At most one write in flight: it overlaps the next embedding, and order is kept.

@@ -28,9 +28,9 @@ class Retriever:
     async def retrieve(
         self, question: str, *, top_k: int | None = None, filter: str | None = None
     ) -> Retrieval:
-        """Embed and search in worker threads so the event loop (and Discord) stays responsive."""
+        """Embed (the embedder's own thread) and search (a worker thread): the loop stays free."""
         t0 = time.perf_counter()
-        vector = await asyncio.to_thread(self.embedder.embed_query, question)
+        vector = await self.embedder.aembed_query(question)
         t1 = time.perf_counter()
         hits = await asyncio.to_thread(
             self.store.search,

@@ -62,9 +62,10 @@ async def open_rag(
     """
     store = await asyncio.to_thread(_open_store, settings)
     owned: Generator | None = None
+    owned_embedder: Embedder | None = None
     try:
         if embedder is None:
-            embedder = await asyncio.to_thread(
+            embedder = owned_embedder = await asyncio.to_thread(
                 Embedder,
                 settings.embedding_model,
                 device=settings.embedding_device,
@@ -91,4 +92,6 @@ async def open_rag(
     finally:
         if owned is not None:
             await owned.aclose()
+        if owned_embedder is not None:
+            await asyncio.to_thread(owned_embedder.close)
         await asyncio.to_thread(store.close)
