@@ -56,6 +56,9 @@ _COPY_FIELDS = [*_MAX_BYTES, "vector", "indexed_at"]
 _PROP_MODEL = "rag.model"
 _PROP_DIM = "rag.dim"
 _RRF_K = 60
+# Candidates each side of a hybrid search proposes: top_k * factor, at least the minimum.
+_HYBRID_FACTOR = 4
+_HYBRID_MIN = 20
 _INSERT_BATCH = 512
 _COPY_IDS_PER_QUERY = 64  # doc ids per `doc_id in [...]` filter (ids may be long URLs)
 _ITER_BATCH = 5000  # query_iterator page size (a plain query caps at 16384 rows); each page
@@ -311,7 +314,7 @@ class KnowledgeStore:
 
         # Each side proposes more candidates than asked, so RRF can promote a chunk that ranks
         # well on both without being first on either.
-        candidates = max(top_k * 4, 20)
+        candidates = max(top_k * _HYBRID_FACTOR, _HYBRID_MIN)
         requests = [
             AnnSearchRequest(
                 data=[query.tolist()],
