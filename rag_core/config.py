@@ -80,7 +80,10 @@ class Settings(BaseSettings):
         "", description="Base URL of a vLLM OpenAI-compatible server, e.g. http://gpu1:8000/v1"
     )
     llm_api_key: SecretStr = Field(SecretStr(""), description="API key for the remote server")
-    llm_dtype: str = Field("auto", description="Engine dtype: auto, bfloat16, float16")
+    llm_dtype: str = Field(
+        "auto",
+        description="auto (float32 on CPUs without bf16 instructions), bfloat16, float16, float32",
+    )
     llm_max_model_len: int = Field(8192, ge=256, description="Context window given to the engine")
     llm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU memory share")
     llm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")

@@ -77,7 +77,7 @@ def llm_settings(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         data_dir=tmp_path_factory.mktemp("llm-data"),
         llm_backend="local",
         llm_model=str(tiny_model_dir),
-        llm_dtype="bfloat16",
+        llm_dtype="auto",  # the product default: float32 on CPUs without bf16 instructions
         llm_max_model_len=1024,
         llm_enforce_eager=True,
         llm_kv_cache_bytes=64 * 2**20,

@@ -21,7 +21,14 @@ from pydantic import SecretStr
 pytest.register_assert_rewrite("tests.llm_fixtures")  # before its import below, as a plugin
 
 from rag_core import errors  # noqa: E402
-from rag_core.llm import GenerationChunk, Generator, RemoteGenerator, create_generator  # noqa: E402
+from rag_core.llm import (  # noqa: E402
+    GenerationChunk,
+    Generator,
+    RemoteGenerator,
+    create_generator,
+    engine_dtype,
+    read_cpu_flags,
+)
 from tests.llm_fixtures import (  # noqa: E402
     SERVER_API_KEY,
     engine_processes,
@@ -184,6 +191,26 @@ async def test_http_errors_are_mapped(llm_settings, scripted_server):
 
 
 # --- the local engine ---------------------------------------------------------------------------
+
+
+def test_auto_dtype_is_float32_only_on_cpus_without_bf16() -> None:
+    assert engine_dtype("auto", on_cpu=True, cpu_flags="fpu sse2 avx2 fma") == "float32"
+    assert engine_dtype("auto", on_cpu=True, cpu_flags="avx2 avx512f avx512_bf16") == "auto"
+    assert engine_dtype("auto", on_cpu=True, cpu_flags="avx2 amx_bf16 amx_tile") == "auto"
+    assert engine_dtype("auto", on_cpu=False, cpu_flags="avx2") == "auto"  # a GPU build
+    assert engine_dtype("bfloat16", on_cpu=True, cpu_flags="avx2") == "bfloat16"  # explicit wins
+
+
+async def test_the_engine_runs_the_dtype_auto_chose_here(local_generator, llm_settings):
+    import torch
+
+    assert llm_settings.llm_dtype == "auto"
+    chosen = engine_dtype("auto", on_cpu=True, cpu_flags=read_cpu_flags())
+    running = local_generator.engine.vllm_config.model_config.dtype
+    if chosen == "float32":
+        assert running == torch.float32
+    else:  # a CPU with bf16 instructions: vLLM's own choice for the bf16 checkpoint
+        assert running in (torch.bfloat16, torch.float16, torch.float32)
 
 
 @pytest.mark.slow
