@@ -104,9 +104,15 @@ def seed_baseline(settings, prompts: list[str], max_tokens: int) -> tuple[float,
     kwargs: dict[str, object] = {}
     if settings.llm_kv_cache_bytes:
         kwargs["kv_cache_memory_bytes"] = settings.llm_kv_cache_bytes
+    from vllm.platforms import current_platform
+
+    from rag_core.llm import engine_dtype, read_cpu_flags
+
     llm = LLM(
         model=settings.llm_model,
-        dtype=settings.llm_dtype,
+        dtype=engine_dtype(
+            settings.llm_dtype, on_cpu=current_platform.is_cpu(), cpu_flags=read_cpu_flags()
+        ),
         max_model_len=settings.llm_max_model_len,
         enforce_eager=True,
         **kwargs,
@@ -133,6 +139,7 @@ async def main() -> None:
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--requests", type=int, default=32, help="questions per level")
     ap.add_argument("--kv-cache-mib", type=int, default=512)
+    ap.add_argument("--dtype", default="auto", help="LLM_DTYPE (auto: fp32 on CPUs without bf16)")
     ap.add_argument("--out", default=None, help="also write the report here")
     ap.add_argument("--skip-seed", action="store_true")
     args = ap.parse_args()
@@ -151,7 +158,7 @@ async def main() -> None:
         docs_base_url="https://milvus.io/docs/",
         relevance_threshold=-1.0,  # measure generation for every question
         llm_model=str(model_dir),
-        llm_dtype="bfloat16",
+        llm_dtype=args.dtype,
         llm_max_model_len=2048,
         llm_enforce_eager=True,
         llm_kv_cache_bytes=args.kv_cache_mib * 2**20,
@@ -159,7 +166,7 @@ async def main() -> None:
         llm_timeout_s=600,
     )
     questions = (QUESTIONS * 4)[: args.requests]
-    lines = [f"Machine: {machine()}", f"LLM: {args.model} ({model_dir.name}), bf16, CPU"]
+    lines = [f"Machine: {machine()}", f"LLM: {args.model} ({model_dir.name}), dtype {args.dtype}"]
     prompts: list[str] = []
     async with open_rag(settings, with_llm=True) as rag:
         if await asyncio.to_thread(rag.store.count) == 0:
@@ -168,7 +175,10 @@ async def main() -> None:
         answerer = rag.require_answerer()
         await run_level(answerer, questions[:2], 2)  # warm-up: first query, first batch
         results = {}
+        engine = rag.generator.engine  # type: ignore[union-attr]
         for level in (int(x) for x in args.levels.split(",")):
+            # Every level starts cold: prompts an earlier level cached must not skip prefill.
+            await engine.reset_prefix_cache()
             results[level] = r = await run_level(answerer, questions, level)
             print(f"level {level}: {r}", file=sys.stderr)
         for q in questions:

@@ -54,7 +54,8 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     # The load average says whether other work shared the machine during the run.
     load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch {torch.__version__} "
+        f"{cpu}, {os.cpu_count()} cores{gpu}, {mem:.0f} GiB RAM, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {load}"
     )
