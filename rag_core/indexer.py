@@ -21,7 +21,7 @@ import numpy as np
 
 from .chunking import Chunker
 from .config import Settings
-from .documents import Chunk, Document, SourceFailure
+from .documents import Chunk, SourceFailure
 from .embedding import Embedder
 from .errors import ReindexBusyError
 from .sources import load_sources
@@ -167,11 +167,20 @@ class _Run:
                     keep.add(item.doc_id)
                     self.report.unchanged += 1
                     continue
+                chunks = await asyncio.to_thread(self.ix.chunker.split, item)
+                if not chunks:
+                    # No text to index (an empty page): nothing is stored for it, so it is not
+                    # "added" (else every run would publish a new version for it); a page that
+                    # had text and lost it is removed.
+                    log.info("no text to index in %s", item.doc_id)
+                    if record is not None:
+                        self.report.removed += 1
+                    continue
                 if record is None:
                     self.report.added += 1
                 else:
                     self.report.updated += 1
-                await self.add(item)
+                await self.add(chunks)
             await self.flush()
             # Old documents not seen again: removed if their source was read in full.
             for doc_id, record in old.items():
@@ -223,8 +232,7 @@ class _Run:
             self.store.create_version, model=embedder.model_name, dim=embedder.dim
         )
 
-    async def add(self, doc: Document) -> None:
-        chunks = await asyncio.to_thread(self.ix.chunker.split, doc)
+    async def add(self, chunks: list[Chunk]) -> None:
         self.progress("chunked", len(chunks))
         self.pending.extend(chunks)
         if len(self.pending) >= self.ix.embed_group:

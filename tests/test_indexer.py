@@ -203,3 +203,22 @@ async def test_killed_indexer_process_leaves_index_identical(
         report = await rag.indexer.run([str(corpus / "reference" / "sys_config")])
         assert report.chunks_embedded == 0  # the crash left nothing behind that counts as data
         assert await snapshot(rag, QUESTIONS) == before
+
+
+async def test_a_page_without_text_is_not_added_again_on_every_run(rag: Rag, corpus: Path) -> None:
+    """A heading-only page (the Milvus docs have one) makes no chunks and stores nothing: the next
+    run must still be a no-change run, not a new version copied for it every time."""
+    (corpus / "heading-only.md").write_text("# Upgrade Embedded Milvus\n")
+    first = await rag.indexer.run([str(corpus)])
+    again = await rag.indexer.run([str(corpus)])
+    assert first.published and first.added == len(list(corpus.rglob("*.md"))) - 1
+    assert (again.added, again.updated, again.removed, again.published) == (0, 0, 0, False)
+    # A page that had text and now has none is removed, and its chunks leave the index.
+    index_page = corpus / "reference" / "index.md"
+    before = await asyncio.to_thread(rag.store.documents)
+    assert any(doc.endswith("reference/index.md") for doc in before)
+    index_page.write_text("# Index\n")
+    emptied = await rag.indexer.run([str(corpus)])
+    assert (emptied.removed, emptied.published) == (1, True)
+    after = await asyncio.to_thread(rag.store.documents)
+    assert not any(doc.endswith("reference/index.md") for doc in after)
