@@ -168,6 +168,9 @@ class KnowledgeStore:
         self._info_cache: dict[str, VersionInfo] = {}
         self._loaded: set[str] = set()
         self._state_lock = threading.Lock()
+        # One load at a time: Lite fails searches that race a second load_collection() of the
+        # same collection ("in state 'released'"), which is what many first questions at once do.
+        self._load_lock = threading.Lock()
         if is_lite_uri(uri):
             self._lite_path = self._open_lite(uri)
             _quiet_lite_warnings()
@@ -566,11 +569,15 @@ class KnowledgeStore:
         with self._state_lock:
             if name in self._loaded:
                 return
-        state = self.client.get_load_state(name)["state"]
-        if getattr(state, "name", str(state)) != "Loaded":
-            self.client.load_collection(name)
-        with self._state_lock:
-            self._loaded.add(name)
+        with self._load_lock:
+            with self._state_lock:
+                if name in self._loaded:  # another thread loaded it while this one waited
+                    return
+            state = self.client.get_load_state(name)["state"]
+            if getattr(state, "name", str(state)) != "Loaded":
+                self.client.load_collection(name)
+            with self._state_lock:
+                self._loaded.add(name)
 
 
 def _to_row(chunk: Chunk, vector: np.ndarray, now: int) -> dict[str, Any]:

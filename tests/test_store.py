@@ -210,6 +210,37 @@ def test_concurrent_searches_from_threads_match_serial_results(kb, corpus, embed
     assert [results[i] for i in range(len(probes))] == expected
 
 
+def test_many_first_searches_at_once_on_a_reopened_database(tmp_path, corpus):
+    """A reopened db has its collections released: searches that all arrive together (questions
+    embedded in one batch) must load the collection once and all succeed."""
+    chunks, vectors = corpus
+    path = str(tmp_path / "kb.db")
+    first = KnowledgeStore(path)
+    publish_corpus(first, corpus)
+    first.close()
+    for _ in range(3):
+        store = KnowledgeStore(path)
+        try:
+            start = threading.Barrier(16)
+            errors: list[Exception] = []
+
+            def search(i: int, store: KnowledgeStore = store, start=start, errors=errors) -> None:
+                start.wait()
+                try:
+                    store.search(vectors[i], chunks[i].text[:80], top_k=5)
+                except Exception as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=search, args=(i,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+        finally:
+            store.close()
+
+
 def test_search_reloads_a_released_collection_and_reports_bad_filters(store, corpus):
     chunks, vectors = corpus
     version = publish_corpus(store, corpus, limit=20)
