@@ -101,18 +101,14 @@ def seed_baseline(settings, prompts: list[str], max_tokens: int) -> tuple[float,
     """The walkthrough's way: a synchronous vllm.LLM, generate() one prompt at a time."""
     from vllm import LLM, SamplingParams
 
+    from rag_core.llm import local_dtype
+
     kwargs: dict[str, object] = {}
     if settings.llm_kv_cache_bytes:
         kwargs["kv_cache_memory_bytes"] = settings.llm_kv_cache_bytes
-    from vllm.platforms import current_platform
-
-    from rag_core.llm import engine_dtype, read_cpu_flags
-
     llm = LLM(
         model=settings.llm_model,
-        dtype=engine_dtype(
-            settings.llm_dtype, on_cpu=current_platform.is_cpu(), cpu_flags=read_cpu_flags()
-        ),
+        dtype=local_dtype(settings.llm_dtype),
         max_model_len=settings.llm_max_model_len,
         enforce_eager=True,
         **kwargs,

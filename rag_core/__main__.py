@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--collection", help="collection alias to use (COLLECTION)")
     common.add_argument("--embedding-model", help="sentence-transformers model (EMBEDDING_MODEL)")
     common.add_argument("--embedding-device", help="auto, cpu, cuda (EMBEDDING_DEVICE)")
+    retrieval = argparse.ArgumentParser(add_help=False)
+    retrieval.add_argument(
+        "--mode",
+        dest="search_mode",
+        choices=["hybrid", "dense"],
+        help="hybrid (dense + BM25) or dense only (SEARCH_MODE)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     index = sub.add_parser(
@@ -250,40 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser(
         "search",
-        parents=[common],
+        parents=[common, retrieval],
         help="show the passages a question retrieves",
         description="Print the top-k passages for QUESTION with scores, titles and deep links.",
     )
     search.add_argument("question")
     search.add_argument("-k", type=int, default=None, help="how many passages (TOP_K)")
     search.add_argument(
-        "--mode",
-        dest="search_mode",
-        choices=["hybrid", "dense"],
-        help="hybrid (dense + BM25) or dense only (SEARCH_MODE)",
-    )
-    search.add_argument(
         "--filter", help="Milvus filter expression, e.g. 'title like \"%%Index%%\"'"
     )
 
     ask = sub.add_parser(
         "ask",
-        parents=[common],
+        parents=[common, retrieval],
         help="answer a question from the docs, streamed",
         description="Retrieve passages for QUESTION, stream a grounded answer from the LLM "
         "(LLM_BACKEND: in-process vLLM or a remote server), then print the numbered sources "
         "and timings. Off-topic questions are refused without calling the LLM.",
     )
     ask.add_argument("question")
-    ask.add_argument(
-        "--mode",
-        dest="search_mode",
-        choices=["hybrid", "dense"],
-        help="hybrid (dense + BM25) or dense only (SEARCH_MODE)",
-    )
     evaluate = sub.add_parser(
         "eval",
-        parents=[common],
+        parents=[common, retrieval],
         help="score retrieval, the gate and answers on a question set",
         description="Run QUESTIONS (JSON lines: question, expected_sources, optional key_facts "
         "and lang; expected_sources [] = the docs cannot answer it) through the retriever and "
@@ -297,12 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix for expected_sources given as bare ids, e.g. index.md (DOCS_BASE_URL)",
     )
     evaluate.add_argument("-k", "--top-k", type=int, help="passages per question (TOP_K)")
-    evaluate.add_argument(
-        "--mode",
-        dest="search_mode",
-        choices=["hybrid", "dense"],
-        help="hybrid (dense + BM25) or dense only (SEARCH_MODE)",
-    )
     evaluate.add_argument(
         "--threshold", type=float, help="gate threshold on cosine (RELEVANCE_THRESHOLD)"
     )

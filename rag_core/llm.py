@@ -191,15 +191,19 @@ def read_cpu_flags() -> str:
     return next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "")
 
 
+def local_dtype(dtype: str) -> str:
+    """The dtype this machine's vLLM build should run `dtype` (a setting) in."""
+    from vllm.platforms import current_platform
+
+    return engine_dtype(dtype, on_cpu=current_platform.is_cpu(), cpu_flags=read_cpu_flags())
+
+
 def _build_engine(settings: Settings) -> AsyncLLM:
     """Blocking (12-35 s on a small CPU host, minutes for a large model): run it in a thread."""
     from vllm import AsyncEngineArgs
-    from vllm.platforms import current_platform
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    dtype = engine_dtype(
-        settings.llm_dtype, on_cpu=current_platform.is_cpu(), cpu_flags=read_cpu_flags()
-    )
+    dtype = local_dtype(settings.llm_dtype)
     args = AsyncEngineArgs(
         model=settings.llm_model,
         dtype=dtype,  # type: ignore[arg-type]
