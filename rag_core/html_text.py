@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from urllib.parse import urldefrag, urljoin
+from typing import Any, TypeAlias, TypeVar, cast
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
@@ -32,6 +34,13 @@ _PERMALINK_TEXTS = frozenset({"", "#", "¶", "§", "🔗", "link"})
 _SPACE = re.compile(r"[ \t\n\r\f\v\xa0]+")
 _BR = "\x00"  # stands for <br> while whitespace is squashed
 _LANG_CLASS = re.compile(r"^(?:language|lang|highlight|sourceCode)-(.+)$")
+
+# Lists and quotes nested deeper than this are not indented further (see _Renderer._indent).
+_MAX_INDENTED_LEVELS = 8
+
+T = TypeVar("T")
+# A step of the tree walk: yields the steps it needs, receives their results, returns its own.
+_Step: TypeAlias = Generator[Any, Any, T]
 
 
 @dataclass
@@ -70,8 +79,8 @@ def html_to_page(html: str, url: str = "") -> HtmlPage:
     articles = [tag for tag in tags["article"] if not tag.decomposed]
     root = mains[0] if mains else articles[0] if len(articles) == 1 else soup.body or soup
 
-    renderer = _Renderer()
-    text = "\n\n".join(renderer.blocks(root))
+    renderer = _Renderer(root)
+    text = "\n\n".join(renderer.render())
     return HtmlPage(title=title, text=text, anchors=renderer.anchors, links=links)
 
 
@@ -85,14 +94,23 @@ def _is_hidden_or_navigation(tag: Tag) -> bool:
 
 def _links(tags: dict[str, list[Tag]], url: str) -> list[str]:
     bases = [tag for tag in tags["base"] if tag.get("href")]
-    base = urljoin(url, str(bases[0]["href"])) if bases else url
+    base = (_absolute(url, str(bases[0]["href"])) or url) if bases else url
     seen: dict[str, None] = {}  # ordered set
     for a in tags["a"]:
-        if href := a.get("href"):
-            link = urldefrag(urljoin(base, str(href).strip())).url
+        if (href := a.get("href")) and (link := _absolute(base, str(href))):
             if link.startswith(("http://", "https://")):
                 seen.setdefault(link, None)
     return list(seen)
+
+
+def _absolute(base: str, href: str) -> str:
+    """`href` resolved against `base`, without fragment; "" when it is not a valid URL."""
+    try:
+        link = urldefrag(urljoin(base, href.strip())).url
+        urlsplit(link).port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:  # `http://[host]/`: brackets hold an IPv6 address or nothing
+        return ""
+    return link
 
 
 def _squash(text: str) -> str:
@@ -106,12 +124,24 @@ def _inline_text(text: str) -> str:
 
 
 class _Renderer:
-    """Walks the tree once, producing Markdown blocks and collecting heading anchors."""
+    """Walks the tree once, producing Markdown blocks and collecting heading anchors.
 
-    def __init__(self) -> None:
+    The methods are generators run by `_run`: each yields the sub-steps it needs (a child's
+    blocks, an element's inline text) and receives their results, so the walk keeps its stack
+    in a list, not in Python frames. Documents nest arbitrarily deep: a run of `<li>`, `<p>` or
+    `<tr><td>` without end tags (valid HTML) nests one level per element with html.parser.
+    """
+
+    def __init__(self, root: Tag) -> None:
         self.anchors: dict[str, str] = {}
+        self._nesting = 0  # lists and quotes the walk is inside
+        self._root = root
+        self._with_blocks, self._with_tables = _containers(root)
 
-    def blocks(self, node: Tag) -> list[str]:
+    def render(self) -> list[str]:
+        return _run(self.blocks(self._root))
+
+    def blocks(self, node: Tag) -> _Step[list[str]]:
         """Render a container: runs of inline content become paragraphs between child blocks."""
         out: list[str] = []
         inline: list[str] = []
@@ -129,34 +159,42 @@ class _Renderer:
             elif isinstance(child, Tag):
                 if child.name == "br":
                     inline.append(_BR)
-                elif child.name in _INLINE_TAGS and not _has_block(child):
-                    inline.append(self.inline(child))
+                elif child.name in _INLINE_TAGS and id(child) not in self._with_blocks:
+                    inline.append((yield self.inline(child)))
                 else:
                     flush()
-                    out.extend(self.block(child))
+                    out.extend((yield self.block(child)))
         flush()
         return out
 
-    def block(self, tag: Tag) -> list[str]:
+    def block(self, tag: Tag) -> _Step[list[str]]:
         name = tag.name
         if name in _HEADINGS:
-            return self.heading(tag)
+            return (yield self.heading(tag))
         if name == "pre":
             return [_fenced(tag)]
         if name in ("ul", "ol"):
-            return self.list_block(tag)
-        if name == "li":  # an item outside a list
-            return _prefixed(self.blocks(tag), "- ")
+            return (yield self.list_block(tag))
+        if name == "li":  # an item outside a list (or in an unclosed <li> before it)
+            self._nesting += 1
+            body = yield self.blocks(tag)
+            self._nesting -= 1
+            return _prefixed(body, "- ", indent=self._indent())
         if name == "table":
-            return self.table(tag)
+            return (yield self.table(tag))
         if name == "blockquote":
-            quoted = "\n\n".join(self.blocks(tag))
+            self._nesting += 1
+            quoted = "\n\n".join((yield self.blocks(tag)))
+            self._nesting -= 1
+            if not self._indent():
+                return [quoted] if quoted else []
             return ["\n".join(f"> {line}".rstrip() for line in quoted.splitlines())]
         if name in ("hr", "img"):
             return []
-        return self.blocks(tag)  # div, section, p, dl, figure, details, unknown elements...
+        # div, section, p, dl, figure, details, unknown elements...
+        return (yield self.blocks(tag))
 
-    def inline(self, tag: Tag) -> str:
+    def inline(self, tag: Tag) -> _Step[str]:
         if tag.name in _CODE_TAGS:
             code = _squash(tag.get_text())
             if not code:
@@ -168,43 +206,54 @@ class _Renderer:
         parts: list[str] = []
         for child in tag.children:
             if isinstance(child, Tag):
-                parts.append(_BR if child.name == "br" else self.inline(child))
+                parts.append(_BR if child.name == "br" else (yield self.inline(child)))
             elif not isinstance(child, Comment):
                 parts.append(str(child))
         return "".join(parts)
 
-    def heading(self, tag: Tag) -> list[str]:
+    def heading(self, tag: Tag) -> _Step[list[str]]:
         anchor = _heading_anchor(tag)
         for a in tag.find_all("a"):
             if str(a.get("href", "")).startswith("#") and _squash(a.get_text()) in _PERMALINK_TEXTS:
                 a.decompose()
-        text = _squash(self.inline(tag).replace(_BR, " "))
+        text = _squash((yield self.inline(tag)).replace(_BR, " "))
         if not text:
             return []
         if anchor:
             self.anchors.setdefault(text, anchor)
         return [f"{'#' * int(tag.name[1])} {text}"]
 
-    def list_block(self, tag: Tag) -> list[str]:
+    def list_block(self, tag: Tag) -> _Step[list[str]]:
         ordered = tag.name == "ol"
         start = str(tag.get("start", "1"))
         number = int(start) if start.isdigit() else 1
         items: list[str] = []
+        self._nesting += 1
         for li in _children(tag, "li"):
             marker = f"{number}. " if ordered else "- "
             number += 1
             # Tight list: an item's paragraphs and nested lists are joined by single newlines.
-            body = "\n".join(self.blocks(li))
+            body = "\n".join((yield self.blocks(li)))
             if body:
-                items.append(_prefixed([body], marker)[0])
+                items.append(_prefixed([body], marker, indent=self._indent(inside=1))[0])
+        self._nesting -= 1
         return ["\n".join(items)] if items else []
 
-    def table(self, tag: Tag) -> list[str]:
+    def _indent(self, inside: int = 0) -> bool:
+        """Whether a list or quote (`inside` levels deep in the walk) indents its content.
+
+        Each level re-indents every line below it: past a few levels that costs the square of
+        the depth and adds only spaces, so deeper content keeps the outer levels' indentation.
+        """
+        return self._nesting - inside < _MAX_INDENTED_LEVELS
+
+    def table(self, tag: Tag) -> _Step[list[str]]:
         rows: list[list[str]] = []
         sections = [tag, *_children(tag, "thead", "tbody", "tfoot")]
         for tr in (tr for section in sections for tr in _children(section, "tr")):
-            cells = _children(tr, "th", "td")
-            row = [self.cell(cell).replace("|", "\\|") for cell in cells]
+            row: list[str] = []
+            for cell in _children(tr, "th", "td"):
+                row.append((yield self.cell(cell)).replace("|", "\\|"))
             if any(row):
                 rows.append(row)
         if not rows:
@@ -215,31 +264,61 @@ class _Renderer:
         lines.insert(1, "|" + " --- |" * width)
         return ["\n".join(lines)]
 
-    def cell(self, cell: Tag) -> str:
+    def cell(self, cell: Tag) -> _Step[str]:
         """A table cell on one line; a table nested in it becomes plain text."""
-        if any(isinstance(node, Tag) and node.name == "table" for node in cell.descendants):
+        if id(cell) in self._with_tables:
             return _squash(cell.get_text(" "))
-        return " ".join(self.blocks(cell)).replace("\n", " ")
+        return " ".join((yield self.blocks(cell))).replace("\n", " ")
 
 
-def _has_block(tag: Tag) -> bool:
-    """Whether an inline element wraps blocks (`<a><div>...</div></a>` cards)."""
-    return any(
-        isinstance(node, Tag) and node.name not in _INLINE_TAGS and node.name != "br"
-        for node in tag.descendants
-    )
+def _run(step: _Step[T]) -> T:
+    """Run a render step: each step it yields runs next, and its result is sent back."""
+    stack: list[_Step[Any]] = [step]
+    value: Any = None
+    while True:
+        try:
+            sub = stack[-1].send(value)
+        except StopIteration as done:
+            stack.pop()
+            if not stack:
+                return cast(T, done.value)
+            value = done.value
+        else:
+            stack.append(sub)
+            value = None
+
+
+def _containers(root: Tag) -> tuple[set[int], set[int]]:
+    """ids of the elements holding a block element, and of those holding a <table>.
+
+    One pass, children before parents: asking each element's descendants instead would make
+    nested inline-and-block markup (`<a><div><a><div>...`) cost the square of its depth.
+    """
+    with_blocks: set[int] = set()
+    with_tables: set[int] = set()
+    for node in reversed(list(root.descendants)):
+        if not isinstance(node, Tag) or node.parent is None:
+            continue
+        parent = id(node.parent)
+        if id(node) in with_blocks or (node.name not in _INLINE_TAGS and node.name != "br"):
+            with_blocks.add(parent)
+        if id(node) in with_tables or node.name == "table":
+            with_tables.add(parent)
+    return with_blocks, with_tables
 
 
 def _children(tag: Tag, *names: str) -> list[Tag]:
     return [child for child in tag.children if isinstance(child, Tag) and child.name in names]
 
 
-def _prefixed(blocks: list[str], marker: str) -> list[str]:
+def _prefixed(blocks: list[str], marker: str, *, indent: bool = True) -> list[str]:
     """Prefix the first line with a list marker and indent the rest under it."""
     text = "\n".join(blocks)
-    indent = " " * len(marker)
+    if not indent:
+        return [marker + text]
+    spaces = " " * len(marker)
     lines = text.splitlines() or [""]
-    rest = [f"{indent}{line}" if line else "" for line in lines[1:]]
+    rest = [f"{spaces}{line}" if line else "" for line in lines[1:]]
     return ["\n".join([marker + lines[0], *rest])]
 
 
