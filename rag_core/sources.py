@@ -9,27 +9,38 @@ A source is given as one spec string (Settings.docs_sources, the `index` command
   the file's `file://` URI. doc_id is the file's absolute path.
 - `https://site/page`: one page. It is read as a sitemap instead when the URL path ends in `.xml`
   or the reply is XML whose root is <urlset> or <sitemapindex>; sitemap indexes are followed
-  (nested up to MAX_SITEMAP_DEPTH levels) and every listed page is loaded.
+  (nested up to MAX_SITEMAP_DEPTH levels, Settings.sitemap_max_fetches sitemap files in all)
+  and the listed pages are loaded, up to Settings.source_max_pages.
 - `crawl:https://site/docs/`: a crawl from that page following <a href> links that stay on the
   same scheme, host and port and under the root's folder (`/docs/` here), up to
-  Settings.crawl_max_pages pages.
-- anything else with a scheme (`ftp://`, `file://`) is refused.
+  Settings.source_max_pages pages.
+- anything else with a scheme (`ftp://`, `file://`) is refused, and so is a malformed URL.
+
+A sitemap or crawl cut short by a cap yields a SourceFailure for the whole spec that names the
+setting ("stopped at 5000 pages (SOURCE_MAX_PAGES)"); the pages loaded up to then are kept, and
+so are indexed pages the run did not reach. Sitemaps are parsed incrementally and parsing stops
+at a cap, so a huge sitemap costs neither the memory nor the time of URLs never loaded.
 
 Web pages: doc_id and url are the final URL (after redirects) without its fragment. Only HTML,
 Markdown and plain text are read; HTML becomes Markdown (see html_text.py).
 
 Each page becomes a Document or a SourceFailure, yielded as soon as it is ready; nothing raises
-out of load_sources. A failure's `gone` is True only for a page answering 404/410, so a flaky
-network or a missing sitemap never deletes indexed pages.
+out of load_sources. Any error on one file or page fails that file or page only, with a one-line
+reason (an unexpected one is logged as one line; its traceback only at DEBUG). A failure's
+`gone` is True only for a page answering 404/410, so a flaky network or a missing sitemap never
+deletes indexed pages.
 
 Fetching is polite and guarded: bounded concurrency, per-request timeouts, retries with
 exponential backoff (Settings.fetch_backoff_s, doubled each time) on 429/5xx/timeouts/connection
-errors (a Retry-After up to MAX_RETRY_AFTER_S is honoured; a longer one fails the page),
-robots.txt (Settings.user_agent), a size cap, bounded redirects. URLs resolving to loopback,
-private, link-local or other non-public addresses are refused unless Settings.allow_private_urls
-(SSRF guard); unspecified, multicast and reserved addresses are refused always. The check runs
-in the connection's DNS resolver, so it covers redirect targets and DNS answers that change
-between a check and the connection (DNS rebinding).
+errors (a Retry-After up to MAX_RETRY_AFTER_S is honoured; a longer one fails the page), a total
+time per page over its tries and redirects (Settings.fetch_page_deadline_s; waiting for a free
+connection slot does not count), robots.txt (Settings.user_agent; only its first
+ROBOTS_MAX_BYTES are read, as RFC 9309 allows), a size cap, bounded redirects. Parsing
+robots.txt, sitemaps and pages runs off the event loop: a huge file stalls no other fetch.
+URLs resolving to loopback, private, link-local or other non-public addresses are refused
+unless Settings.allow_private_urls (SSRF guard); unspecified, multicast and reserved addresses
+are refused always. The check runs in the connection's DNS resolver, so it covers redirect
+targets and DNS answers that change between a check and the connection (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import logging
 import os
 import re
 import socket
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +59,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Literal, TypeAlias
-from urllib.parse import quote, urldefrag, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, urldefrag, urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
 import aiohttp
@@ -68,10 +80,18 @@ HTML_SUFFIXES = (".html", ".htm")
 TEXT_SUFFIXES = (".txt", ".rst")
 MAX_SITEMAP_DEPTH = 5
 MAX_RETRY_AFTER_S = 30.0  # a server asking for a longer pause gets a failure, not a stalled index
+# RFC 9309 lets crawlers ignore what follows the first 500 KiB (Google does): a bigger robots.txt
+# would only cost parsing time and a slower check per page.
+ROBOTS_MAX_BYTES = 500 * 1024
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _ACCEPT = "text/html, application/xhtml+xml, text/markdown, text/plain;q=0.9, */*;q=0.5"
 _READ_CHUNK = 64 * 1024
+# Sitemap XML is fed to the parser in pieces: each piece is one short hold of the GIL, so the
+# event loop's thread keeps running while a thread parses megabytes.
+_PARSE_CHUNK = 64 * 1024
+# Below this size, checking a URL against robots.txt takes well under a millisecond: no thread.
+_ROBOTS_INLINE_BYTES = 32 * 1024
 # Crawl links to these are not pages: don't spend the page budget on them.
 _NOT_PAGE_SUFFIXES = (
     ".pdf", ".zip", ".gz", ".tgz", ".tar", ".whl", ".exe", ".dmg", ".png", ".jpg", ".jpeg",
@@ -91,8 +111,7 @@ async def load_sources(specs: Sequence[str], settings: Settings) -> AsyncIterato
             try:
                 await _load_spec(spec, settings, web, queue.put)
             except Exception as exc:  # a bug in one source must not end the others
-                log.exception("loading %s failed", spec)
-                await queue.put(SourceFailure(spec, f"unexpected error: {exc!r}", spec))
+                await queue.put(SourceFailure(spec, _unexpected(spec, exc), spec))
             await queue.put(None)  # this spec is done
 
         tasks = [asyncio.create_task(run(spec)) for spec in specs]
@@ -117,13 +136,17 @@ async def _load_spec(
         root = spec.removeprefix("crawl:").strip()
         if not root.startswith(("http://", "https://")):
             await emit(SourceFailure(spec, "a crawl needs an http(s) root URL", spec))
-            return
-        await web.crawl(root, spec, emit)
-    elif match := re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*)://", spec):
-        if match.group(1).lower() in ("http", "https"):
-            await web.load_url(spec, emit)
+        elif problem := _url_problem(root):
+            await emit(SourceFailure(spec, problem, spec))
         else:
+            await web.crawl(root, spec, emit)
+    elif match := re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*)://", spec):
+        if match.group(1).lower() not in ("http", "https"):
             await emit(SourceFailure(spec, f"refused: unsupported URL scheme {match[1]!r}", spec))
+        elif problem := _url_problem(spec):
+            await emit(SourceFailure(spec, problem, spec))
+        else:
+            await web.load_url(spec, emit)
     else:
         folder = load_folder(Path(spec), spec, settings.docs_base_url, settings.fetch_max_bytes)
         for item in await asyncio.to_thread(list, folder):  # file reads off the event loop
@@ -179,12 +202,15 @@ def _load_file(path: Path, rel: str, spec: str, base_url: str, max_bytes: int) -
         return SourceFailure(doc_id, f"unreadable: {exc.strerror or exc}", spec)
     except _PageError as exc:
         return SourceFailure(doc_id, exc.reason, spec)
+    except Exception as exc:  # a bug on one file must not stop the rest of the folder
+        return SourceFailure(doc_id, _unexpected(doc_id, exc), spec)
 
 
 def _public_url(base_url: str, rel: str, path: Path) -> str:
     if not base_url:
         return path.as_uri()
-    return base_url.rstrip("/") + "/" + quote(rel.lstrip("/"), safe="/#")
+    # surrogateescape: a file name that is not UTF-8 (`caf\xe9.md`) keeps its bytes, %-escaped.
+    return base_url.rstrip("/") + "/" + quote(rel.lstrip("/"), safe="/#", errors="surrogateescape")
 
 
 # --- text formats ---
@@ -286,7 +312,7 @@ def _decode(data: bytes, charset: str | None, *, html: bool = False) -> str:
         text = data.decode("utf-8-sig" if charset.lower() in ("utf-8", "utf8") else charset)
     except LookupError:
         raise _PageError(f"unknown charset {charset!r}") from None
-    except UnicodeDecodeError:
+    except UnicodeError:  # also the idna codec's errors, which are not UnicodeDecodeError
         raise _PageError(f"not valid {charset} text") from None
     return text.replace("\r\n", "\n")
 
@@ -322,14 +348,70 @@ class _PageError(Exception):
         return self.status in (404, 410)
 
 
+def _unexpected(where: str, exc: BaseException) -> str:
+    """A one-line reason for an error nobody planned for; the traceback is logged at DEBUG only.
+
+    A RecursionError's traceback alone is thousands of lines: one bad page must not flood the log.
+    """
+    lines = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+    log.warning("%s: unexpected error: %s", where, detail)
+    log.debug("%s: traceback of the unexpected error", where, exc_info=exc)
+    return f"unexpected error: {detail}"
+
+
+def _split(url: str) -> SplitResult:
+    """urlsplit, refusing what cannot be a URL (`http://[host]/`, a port that is not a number)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed lazily: raises here on a bad port
+    except ValueError as exc:
+        raise _PageError(f"invalid URL: {exc}") from None
+    return parts
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` is not a usable URL, or None."""
+    try:
+        if not _split(url).hostname:
+            return "invalid URL: no host"
+    except _PageError as exc:
+        return exc.reason
+    return None
+
+
 @dataclass(frozen=True)
 class _Reply:
-    """A successful (2xx) response, read in full."""
+    """A successful (2xx) response, read in full (or up to a cap, when `truncated`)."""
 
     url: str  # final URL, no fragment
     kind: Kind
     charset: str | None
     body: bytes
+    truncated: bool = False
+
+
+@dataclass
+class _Clock:
+    """The time one page has left, over all its tries and redirects."""
+
+    limit: float
+    left: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.left = self.limit
+
+    def expired(self, last_error: str = "") -> _PageError:
+        ran_out = f"page deadline of {self.limit:g} s reached (FETCH_PAGE_DEADLINE_S)"
+        return _PageError(f"{last_error}; {ran_out}" if last_error else f"timed out: {ran_out}")
+
+
+@dataclass
+class _Robots:
+    """A site's robots.txt rules, and their size (a big file makes each check slow)."""
+
+    rules: RobotFileParser
+    size: int = 0
 
 
 class _Web:
@@ -338,7 +420,7 @@ class _Web:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._slots = asyncio.Semaphore(settings.fetch_concurrency)
-        self._robots: dict[str, asyncio.Task[RobotFileParser | str]] = {}
+        self._robots: dict[str, asyncio.Task[_Robots | str]] = {}
 
     async def __aenter__(self) -> _Web:
         self._resolver = _GuardedResolver(allow_private=self.settings.allow_private_urls)
@@ -359,7 +441,7 @@ class _Web:
     # -- specs --
 
     async def load_url(self, spec: str, emit: Callable[[LoadResult], Awaitable[None]]) -> None:
-        """A page, or a sitemap whose pages are all loaded."""
+        """A page, or a sitemap whose pages are loaded."""
         sitemap_by_name = urlsplit(spec).path.lower().endswith(".xml")
         try:
             reply = await self.fetch(spec)
@@ -377,50 +459,61 @@ class _Web:
     async def crawl(
         self, root: str, spec: str, emit: Callable[[LoadResult], Awaitable[None]]
     ) -> None:
-        """Follow links from `root` within its site and folder, up to crawl_max_pages pages."""
-        await self._load_pages(
-            [urldefrag(root).url],
-            spec,
-            emit,
-            follow=_crawl_scope(root),
-            max_pages=self.settings.crawl_max_pages,
-        )
+        """Follow links from `root` within its site and folder, up to source_max_pages pages."""
+        await self._load_pages([urldefrag(root).url], spec, emit, follow=_crawl_scope(root))
 
     async def _sitemap_pages(
         self, top: _Reply, spec: str, emit: Callable[[LoadResult], Awaitable[None]]
     ) -> list[str]:
-        """Page URLs of a sitemap, following sitemap indexes; failing sitemaps are reported."""
-        pages: dict[str, None] = {}  # an ordered set
-        seen = {top.url}
+        """Page URLs of a sitemap, following sitemap indexes, within the source's caps.
 
-        async def walk(reply: _Reply, depth: int) -> None:
-            source = spec if depth == 0 else reply.url
-            try:
-                root_tag, locs = _parse_sitemap(reply.body)
-            except _PageError as exc:
-                await emit(SourceFailure(source, exc.reason, spec))
-                return
-            if root_tag == "urlset":
-                for loc in locs:
-                    pages.setdefault(urldefrag(loc).url, None)
-                return
-            if depth >= MAX_SITEMAP_DEPTH:
-                await emit(SourceFailure(source, "sitemap indexes nested too deep", spec))
-                return
-            children = [loc for loc in dict.fromkeys(locs) if loc not in seen]
-            seen.update(children)
-            await asyncio.gather(*(child(url, depth + 1) for url in children))
+        Failing sitemaps are reported, and so is a cap that cut the list short.
+        """
+        found = _SitemapWalk(
+            max_pages=self.settings.source_max_pages,
+            max_sitemaps=self.settings.sitemap_max_fetches,
+            sitemaps={top.url},
+        )
+        parsing = asyncio.Lock()  # one parse at a time: it reads and extends `found`
+        # Bounds the sitemap bodies held at once (each up to fetch_max_bytes).
+        fetching = asyncio.Semaphore(self.settings.fetch_concurrency)
+
+        async def read(reply: _Reply, depth: int) -> list[str]:
+            """Parse one sitemap into `found`; the new child sitemaps of an index."""
+            async with parsing:
+                try:
+                    # Off the event loop: a sitemap of megabytes takes a good part of a second.
+                    return await asyncio.to_thread(
+                        _read_sitemap, reply.body, found, index_allowed=depth < MAX_SITEMAP_DEPTH
+                    )
+                except _PageError as exc:
+                    failure = SourceFailure(spec if depth == 0 else reply.url, exc.reason, spec)
+            await emit(failure)
+            return []
+
+        async def walk(children: list[str], depth: int) -> None:
+            await asyncio.gather(*(child(url, depth) for url in children))
 
         async def child(url: str, depth: int) -> None:
-            try:
-                reply = await self.fetch(url)
-            except _PageError as exc:
-                await emit(SourceFailure(url, exc.reason, spec))
-                return
-            await walk(reply, depth)
+            async with fetching:
+                if found.pages_cut:
+                    return  # the page cap is reached: this sitemap could add nothing
+                try:
+                    reply = await self.fetch(url)
+                except _PageError as exc:
+                    await emit(SourceFailure(url, exc.reason, spec))
+                    return
+                children = await read(reply, depth)
+                del reply  # the body is parsed: don't hold it while the children load
+            await walk(children, depth + 1)
 
-        await walk(top, 0)
-        return list(pages)
+        await walk(await read(top, 0), 1)
+        if found.sitemaps_cut:
+            reason = f"stopped at {found.max_sitemaps} sitemaps (SITEMAP_MAX_FETCHES)"
+            await emit(SourceFailure(spec, reason, spec))
+        if found.pages_cut:
+            await emit(SourceFailure(spec, _pages_cap_reason(found.max_pages), spec))
+        return list(found.pages)
 
     async def _load_pages(
         self,
@@ -429,20 +522,25 @@ class _Web:
         emit: Callable[[LoadResult], Awaitable[None]],
         *,
         follow: Callable[[str], bool] | None = None,
-        max_pages: int | None = None,
     ) -> None:
         """Fetch pages with a pool of workers; with `follow`, also the links it accepts."""
         todo: asyncio.Queue[str] = asyncio.Queue()
         queued: set[str] = set()  # URLs asked for, and the final URLs they redirected to
         loaded: set[str] = set()  # final URLs: two links redirecting to one page load it once
-        budget = max_pages if max_pages is not None else len(urls)
+        max_pages = self.settings.source_max_pages
+        budget = max_pages
+        cut = False  # a page was left out for the cap
 
         def add(url: str) -> None:
-            nonlocal budget
-            if url not in queued and budget > 0:
-                budget -= 1
-                queued.add(url)
-                todo.put_nowait(url)
+            nonlocal budget, cut
+            if url in queued:
+                return
+            if budget <= 0:
+                cut = True
+                return
+            budget -= 1
+            queued.add(url)
+            todo.put_nowait(url)
 
         async def worker() -> None:
             while True:
@@ -473,6 +571,8 @@ class _Web:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+        if cut:
+            await emit(SourceFailure(spec, _pages_cap_reason(max_pages), spec))
 
     async def _load_page(self, url: str, spec: str) -> tuple[LoadResult, list[str]]:
         """One page as a Document (and its links), or a SourceFailure; never raises."""
@@ -485,8 +585,7 @@ class _Web:
         except _PageError as exc:
             return SourceFailure(url, exc.reason, spec, gone=exc.gone), []
         except Exception as exc:  # a parser bug on one page must not stop the others
-            log.exception("loading %s failed", url)
-            return SourceFailure(url, f"unexpected error: {exc!r}", spec), []
+            return SourceFailure(url, _unexpected(url, exc), spec), []
 
     async def _to_result(self, reply: _Reply, spec: str) -> LoadResult:
         try:
@@ -494,12 +593,27 @@ class _Web:
             return doc
         except _PageError as exc:
             return SourceFailure(reply.url, exc.reason, spec)
+        except Exception as exc:
+            return SourceFailure(reply.url, _unexpected(reply.url, exc), spec)
 
     # -- HTTP --
 
-    async def fetch(self, url: str, *, check_robots: bool = True) -> _Reply:
-        """GET a URL: guarded, robots-checked, retried, following a bounded number of redirects."""
-        url = urldefrag(url).url
+    async def fetch(
+        self,
+        url: str,
+        *,
+        check_robots: bool = True,
+        max_bytes: int | None = None,
+        truncate: bool = False,
+    ) -> _Reply:
+        """GET a URL: guarded, robots-checked, retried, following a bounded number of redirects.
+
+        The body is capped at `max_bytes` (default fetch_max_bytes): a longer one fails the
+        page, or with `truncate` is cut there. All tries and redirects share one deadline.
+        """
+        clock = _Clock(self.settings.fetch_page_deadline_s)
+        limit = max_bytes or self.settings.fetch_max_bytes
+        url = _defrag(url)
         visited: set[str] = set()
         for _ in range(self.settings.fetch_max_redirects + 1):
             if url in visited:
@@ -508,17 +622,19 @@ class _Web:
             _check_url(url, allow_private=self.settings.allow_private_urls)
             if check_robots:
                 await self._check_robots(url)
-            result = await self._get_with_retries(url)
+            result = await self._get_with_retries(url, clock, limit, truncate)
             if isinstance(result, _Reply):
                 return result
             url = result
         raise _PageError(f"too many redirects (more than {self.settings.fetch_max_redirects})")
 
-    async def _get_with_retries(self, url: str) -> _Reply | str:
+    async def _get_with_retries(
+        self, url: str, clock: _Clock, limit: int, truncate: bool
+    ) -> _Reply | str:
         attempt = 0
         while True:
             try:
-                return await self._get(url)
+                return await self._get(url, clock, limit, truncate)
             except _PageError as exc:
                 if not exc.retryable or attempt >= self.settings.fetch_retries:
                     if exc.retryable and self.settings.fetch_retries:
@@ -530,17 +646,41 @@ class _Web:
                         exc.reason += f" (Retry-After {exc.retry_after:.0f} s is too long)"
                         raise
                     delay = max(delay, exc.retry_after)
+                if delay >= clock.left:  # no time left for another try
+                    raise clock.expired(f"{exc.reason} (after {attempt} retries)") from None
                 log.debug("%s: %s, retrying in %.2f s", url, exc.reason, delay)
                 attempt += 1
                 await asyncio.sleep(delay)
+                clock.left -= delay
 
-    async def _get(self, url: str) -> _Reply | str:
-        """One GET: the page, or the absolute URL a redirect points to."""
+    async def _get(self, url: str, clock: _Clock, limit: int, truncate: bool) -> _Reply | str:
+        """One GET within the page's time left: the page, or where a redirect points to."""
+        async with self._slots:  # waiting for a free slot is not the page's time
+            if clock.left <= 0:
+                raise clock.expired()
+            start = time.monotonic()
+            deadline = asyncio.timeout(clock.left)
+            try:
+                async with deadline:
+                    return await self._request(url, limit, truncate)
+            except TimeoutError:
+                if deadline.expired():
+                    raise clock.expired() from None
+                raise _PageError(
+                    f"timed out after {self.settings.fetch_timeout_s:g} s", retryable=True
+                ) from None
+            finally:
+                clock.left -= time.monotonic() - start
+
+    async def _request(self, url: str, limit: int, truncate: bool) -> _Reply | str:
         try:
-            async with self._slots, self.session.get(url, allow_redirects=False) as resp:
+            async with self.session.get(url, allow_redirects=False) as resp:
                 status = resp.status
                 if status in _REDIRECT_STATUSES and "Location" in resp.headers:
-                    return urldefrag(urljoin(url, resp.headers["Location"])).url
+                    try:
+                        return _defrag(urljoin(url, resp.headers["Location"]))
+                    except ValueError:
+                        raise _PageError("invalid redirect URL") from None
                 if status == 429 or status >= 500:
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
                     raise _PageError(
@@ -552,19 +692,17 @@ class _Web:
                 kind = _kind_from_content_type(resp.content_type if declared else "", url)
                 if kind is None:
                     raise _PageError(f"unsupported content type: {resp.content_type}")
-                body = await _read_capped(resp, self.settings.fetch_max_bytes)
-                return _Reply(url, kind, resp.charset, body)
+                body, truncated = await _read_capped(resp, limit, truncate=truncate)
+                return _Reply(url, kind, resp.charset, body, truncated)
         except TimeoutError:
-            raise _PageError(
-                f"timed out after {self.settings.fetch_timeout_s:g} s", retryable=True
-            ) from None
+            raise  # _get tells a slow try from the page's deadline
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, _RefusedAddress):
                 raise _PageError(str(exc.os_error)) from None
             if isinstance(exc, aiohttp.ClientSSLError):
                 raise _PageError(f"TLS error: {exc}") from None
             raise _PageError(f"cannot connect: {exc}", retryable=True) from None
-        except aiohttp.InvalidURL:
+        except (aiohttp.InvalidURL, ValueError):
             raise _PageError("invalid URL") from None
         except aiohttp.ClientError as exc:
             raise _PageError(
@@ -577,43 +715,76 @@ class _Web:
         if origin not in self._robots:  # one fetch per site, shared by concurrent pages
             self._robots[origin] = asyncio.create_task(self._load_robots(origin))
         # shield: a cancelled page must not cancel the fetch other pages wait on
-        rules = await asyncio.shield(self._robots[origin])
-        if isinstance(rules, str):
-            raise _PageError(rules)
-        if not rules.can_fetch(self.settings.user_agent, url):
+        robots = await asyncio.shield(self._robots[origin])
+        if isinstance(robots, str):
+            raise _PageError(robots)
+        agent = self.settings.user_agent
+        if robots.size <= _ROBOTS_INLINE_BYTES:
+            allowed = robots.rules.can_fetch(agent, url)
+        else:  # each check walks every rule: milliseconds on a big file
+            allowed = await asyncio.to_thread(robots.rules.can_fetch, agent, url)
+        if not allowed:
             raise _PageError("disallowed by robots.txt")
 
-    async def _load_robots(self, origin: str) -> RobotFileParser | str:
+    async def _load_robots(self, origin: str) -> _Robots | str:
         """The site's rules, or why nothing may be fetched (RFC 9309: unreachable = disallow)."""
-        rules = RobotFileParser(origin + "/robots.txt")
         try:
-            reply = await self.fetch(origin + "/robots.txt", check_robots=False)
+            reply = await self.fetch(
+                origin + "/robots.txt",
+                check_robots=False,
+                max_bytes=ROBOTS_MAX_BYTES,
+                truncate=True,
+            )
         except _PageError as exc:
             if exc.reason.startswith("refused"):
                 return exc.reason
             if exc.retryable:  # 5xx, timeouts, network errors, after the retries
                 return f"robots.txt unreachable: {exc.reason}"
-            rules.parse([])  # missing (4xx) or unusable: everything is allowed
-            return rules
+            return _Robots(_parse_robots(origin, b""))  # missing (4xx): everything is allowed
         if reply.kind not in ("text", "markdown"):  # e.g. an HTML "not found" page served as 200
-            rules.parse([])
-            return rules
-        rules.parse(reply.body.decode("utf-8", errors="replace").splitlines())
-        return rules
+            return _Robots(_parse_robots(origin, b""))
+        body = reply.body
+        if reply.truncated:  # the last line may be cut in the middle of a path
+            body = body[: body.rfind(b"\n") + 1]
+        # Off the event loop: the stdlib parser takes about a second per megabyte.
+        return _Robots(await asyncio.to_thread(_parse_robots, origin, body), len(body))
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, refusing to read past `limit` bytes (decompressed)."""
-    if resp.content_length is not None and resp.content_length > limit:
+def _parse_robots(origin: str, body: bytes) -> RobotFileParser:
+    rules = RobotFileParser(origin + "/robots.txt")
+    rules.parse(body.decode("utf-8", errors="replace").splitlines())
+    return rules
+
+
+def _pages_cap_reason(max_pages: int) -> str:
+    return f"stopped at {max_pages} pages (SOURCE_MAX_PAGES)"
+
+
+def _defrag(url: str) -> str:
+    try:
+        return urldefrag(url).url
+    except ValueError as exc:
+        raise _PageError(f"invalid URL: {exc}") from None
+
+
+async def _read_capped(
+    resp: aiohttp.ClientResponse, limit: int, *, truncate: bool = False
+) -> tuple[bytes, bool]:
+    """The body, refusing to read past `limit` bytes (decompressed), or with `truncate` cut
+    there; and whether it was cut."""
+    if not truncate and resp.content_length is not None and resp.content_length > limit:
         raise _PageError(f"too large: {resp.content_length} bytes (limit {limit})")
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(_READ_CHUNK):
         size += len(chunk)
         if size > limit:
-            raise _PageError(f"too large: over {limit} bytes")
+            if not truncate:
+                raise _PageError(f"too large: over {limit} bytes")
+            chunks.append(chunk[: len(chunk) - (size - limit)])
+            return b"".join(chunks), True
         chunks.append(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks), False
 
 
 def _kind_from_content_type(content_type: str, url: str) -> Kind | None:
@@ -658,18 +829,85 @@ def _title_from_url(url: str) -> str:
     return name.rsplit(".", 1)[0] if name else parts.hostname or url
 
 
-def _parse_sitemap(body: bytes) -> tuple[str, list[str]]:
-    """('urlset' | 'sitemapindex', the <loc> URLs it lists)."""
+@dataclass
+class _SitemapWalk:
+    """What a sitemap source found so far; one parse at a time reads and extends it."""
+
+    max_pages: int
+    max_sitemaps: int
+    sitemaps: set[str]  # sitemap URLs fetched or to fetch, the top one included
+    pages: dict[str, None] = field(default_factory=dict)  # an ordered set of page URLs
+    pages_cut: bool = False  # pages were left out for max_pages
+    sitemaps_cut: bool = False  # sitemaps were left out for max_sitemaps
+
+
+def _read_sitemap(body: bytes, found: _SitemapWalk, *, index_allowed: bool) -> list[str]:
+    """Add a sitemap's pages to `found`; returns the new sitemaps an index lists.
+
+    Incremental: finished elements are dropped as it goes and parsing stops at a cap, so a
+    sitemap of millions of URLs costs neither a whole tree in memory nor the URLs beyond it.
+    """
+    # The stdlib parser resolves no external entities; expat caps entity expansion.
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
+    root: ET.Element | None = None
+    kind = ""
+    depth = 0
+    children: list[str] = []
     try:
-        # The stdlib parser resolves no external entities; expat caps entity expansion.
-        root = ET.fromstring(body)
+        for event, element in _xml_events(parser, body):
+            tag = element.tag.rsplit("}", 1)[-1]  # drop the namespace
+            if event == "start":
+                depth += 1
+                if root is None:
+                    root, kind = element, tag
+                    if kind not in ("urlset", "sitemapindex"):
+                        raise _PageError(f"unsupported content type: XML <{tag}> is not a sitemap")
+                    if kind == "sitemapindex" and not index_allowed:
+                        raise _PageError("sitemap indexes nested too deep")
+                continue
+            depth -= 1
+            if tag == "loc" and (loc := (element.text or "").strip()).startswith(
+                ("http://", "https://")
+            ):
+                if kind == "urlset":
+                    try:
+                        loc = urldefrag(loc).url
+                    except ValueError:
+                        pass  # kept as is: its fetch reports the invalid URL
+                    if loc in found.pages:
+                        continue
+                    if len(found.pages) >= found.max_pages:
+                        found.pages_cut = True
+                        break
+                    found.pages[loc] = None
+                elif loc not in found.sitemaps:
+                    if len(found.sitemaps) >= found.max_sitemaps:
+                        found.sitemaps_cut = True
+                        break
+                    found.sitemaps.add(loc)
+                    children.append(loc)
+            elif depth == 1 and root is not None:
+                root.clear()  # a finished <url> or <sitemap>: nothing more to read in it
     except ET.ParseError as exc:
         raise _PageError(f"invalid XML: {exc}") from None
-    tag = root.tag.rsplit("}", 1)[-1]  # drop the namespace
-    if tag not in ("urlset", "sitemapindex"):
-        raise _PageError(f"unsupported content type: XML <{tag}> is not a sitemap")
-    locs = [(el.text or "").strip() for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "loc"]
-    return tag, [loc for loc in locs if loc.startswith(("http://", "https://"))]
+    return children
+
+
+def _xml_events(
+    parser: ET.XMLPullParser[ET.Element], body: bytes
+) -> Iterator[tuple[str, ET.Element]]:
+    """The parser's start and end events for `body`, fed a piece at a time."""
+    for offset in range(0, len(body), _PARSE_CHUNK):
+        parser.feed(body[offset : offset + _PARSE_CHUNK])
+        yield from _elements(parser)
+    parser.close()
+    yield from _elements(parser)
+
+
+def _elements(parser: ET.XMLPullParser[ET.Element]) -> Iterator[tuple[str, ET.Element]]:
+    for item in parser.read_events():
+        if len(item) == 2 and isinstance(item[1], ET.Element):  # start and end events
+            yield item[0], item[1]
 
 
 def _crawl_scope(root: str) -> Callable[[str], bool]:
@@ -684,7 +922,10 @@ def _crawl_scope(root: str) -> Callable[[str], bool]:
     root = urldefrag(root).url
 
     def in_scope(url: str) -> bool:
-        link = urlsplit(url)
+        try:
+            link = _split(url)
+        except _PageError:
+            return False
         return (
             (link.scheme, link.hostname, link.port) == origin
             and (link.path.startswith(prefix) or url == root)
@@ -739,7 +980,7 @@ def _refusal(ip: IPAddress, *, allow_private: bool) -> str | None:
 
 def _check_url(url: str, *, allow_private: bool) -> None:
     """Refuse non-http(s) URLs and IP-literal hosts the guard refuses (names: see the resolver)."""
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in ("http", "https"):
         raise _PageError(f"refused: unsupported URL scheme {parts.scheme!r}")
     host = parts.hostname

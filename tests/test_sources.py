@@ -477,11 +477,13 @@ async def test_crawl_respects_the_page_cap(site: LocalSite, web_settings: Settin
     site.routes["/docs/"] = Reply.html(page("Home", links=links))
     for link in links:
         site.routes[link] = Reply.html(page(link, links=links))
-    settings = web_settings.model_copy(update={"crawl_max_pages": 5})
+    settings = web_settings.model_copy(update={"source_max_pages": 5})
+    spec = f"crawl:{site.url('/docs/')}"
 
-    docs, failures = await load([f"crawl:{site.url('/docs/')}"], settings)
+    docs, failures = await load([spec], settings)
 
-    assert len(docs) + len(failures) == 5
+    assert len(docs) == 5
+    assert failures == {spec: SourceFailure(spec, "stopped at 5 pages (SOURCE_MAX_PAGES)", spec)}
     assert sum(site.hits[path] for path in site.routes) == 5
 
 
