@@ -16,9 +16,11 @@ Milvus Lite (milvus-lite 3.x) quirks handled here:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -29,7 +31,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from .documents import Chunk, Hit
-from .errors import IndexMissingError, StoreError, StoreLockedError
+from .errors import IndexMissingError, StoreError, StoreFullError, StoreLockedError
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +130,33 @@ class _DropLiteIteratorWarning(logging.Filter):
 
 
 def _quiet_lite_warnings() -> None:
+    # pymilvus logs every failed call with a full traceback at ERROR; each failure reaches our
+    # callers as a StoreError with its message, logged once where it is handled.
+    logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+    logging.getLogger("milvus_lite.adapter.grpc.servicer").setLevel(logging.CRITICAL)
     logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
     if not any(isinstance(f, _DropLiteIteratorWarning) for f in logger.filters):
         logger.addFilter(_DropLiteIteratorWarning())
+
+
+# Space held beside a Milvus Lite database and given up when the disk fills, so that a failed
+# reindex can still drop its unfinished version (dropping writes metadata too).
+RESERVE_SUFFIX = ".reserve"
+RESERVE_BYTES = 4 * 2**20
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the chain; servers and Lite report it only as text."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if "no space left on device" in str(current).lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _lite_lock_held_elsewhere(db_path: Path) -> bool:
@@ -189,6 +215,8 @@ class KnowledgeStore:
                 f"Milvus Lite database {lite_path}" if lite_path else f"Milvus at {_redact(uri)}"
             )
             raise StoreError(detail=f"cannot open {where}: {exc}") from exc
+        self._reserve = Path(lite_path + RESERVE_SUFFIX) if lite_path else None
+        self._keep_reserve()
         log.info("knowledge store opened: %s (alias %s)", lite_path or _redact(uri), alias)
 
     @staticmethod
@@ -491,6 +519,7 @@ class KnowledgeStore:
         log.info("published %s as %s (was %s)", collection, self.alias, previous)
         if previous is not None and previous != collection:
             self.drop(previous)
+        self._keep_reserve()  # given up on a full disk earlier: take it back if there is room
 
     def drop(self, collection: str) -> None:
         """Drop a version (never the live one)."""
@@ -502,7 +531,14 @@ class KnowledgeStore:
             if self.client.has_collection(collection):
                 self.client.drop_collection(collection)
 
-        self._call(run, f"drop {collection}")
+        try:
+            self._call(run, f"drop {collection}")
+        except StoreFullError:
+            # Dropping writes a little metadata too: on a full disk, give up the reserve so the
+            # unfinished version (what filled the disk) can go now, not at the next run.
+            if not self._release_reserve():
+                raise
+            self._call(run, f"drop {collection}")
         with self._state_lock:
             self._loaded.discard(collection)
             self._info_cache.pop(collection, None)
@@ -523,6 +559,29 @@ class KnowledgeStore:
 
     # ------------------------------------------------------------------ helpers
 
+    def _keep_reserve(self) -> None:
+        """Lite only: hold RESERVE_BYTES beside the database while the disk has room for them."""
+        reserve = self._reserve
+        if reserve is None or reserve.exists():
+            return
+        try:
+            if shutil.disk_usage(reserve.parent).free < 4 * RESERVE_BYTES:
+                return  # nearly full already: the reserve would only make it worse
+            with open(reserve, "wb") as f:
+                f.truncate(0)
+                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        except OSError:
+            log.debug("no disk reserve beside %s", reserve, exc_info=True)
+            reserve.unlink(missing_ok=True)
+
+    def _release_reserve(self) -> bool:
+        """Free the reserve; True when there was one to free."""
+        if self._reserve is None or not self._reserve.exists():
+            return False
+        log.warning("disk full: releasing the %d-byte reserve to drop a version", RESERVE_BYTES)
+        self._reserve.unlink(missing_ok=True)
+        return True
+
     @property
     def client(self) -> Any:
         if self._client is None:
@@ -536,6 +595,8 @@ class KnowledgeStore:
         except StoreError:
             raise
         except Exception as exc:
+            if _disk_full(exc):
+                raise StoreFullError(detail=f"{what} failed, disk full: {exc}") from exc
             raise StoreError(detail=f"{what} failed: {exc}") from exc
 
     def _live_name(self) -> str | None:
