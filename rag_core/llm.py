@@ -13,7 +13,10 @@ model never runs on the bot's event loop. The product leaves VLLM_ENABLE_V1_MULT
 vLLM's default (1: EngineCore plus a worker process, the layout vLLM serves and tests with);
 setting it to 0 keeps the model inside the EngineCore process, which starts faster and uses less
 memory on small CPU hosts (the tests do that). vLLM starts its engine with the `spawn` method, so
-a script that creates a LocalGenerator needs the `if __name__ == "__main__":` guard.
+a script that creates a LocalGenerator needs the `if __name__ == "__main__":` guard. The EngineCore
+never outlives this process: it kills itself when this process is gone, even after a SIGKILL or
+the OOM killer, so an orphan cannot keep the GPU memory a restarted bot needs (see
+`_exit_with_parent`).
 
 Engine death policy (local): if the EngineCore dies (OOM kill, crash), requests in flight get
 `EngineDeadError` (user-safe message); the next request rebuilds the engine, once, shared by all
@@ -24,12 +27,19 @@ event loop (Discord heartbeats) keeps running and a waiter's timeout does not ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,11 +208,90 @@ def local_dtype(dtype: str) -> str:
     return engine_dtype(dtype, on_cpu=current_platform.is_cpu(), cpu_flags=read_cpu_flags())
 
 
+# EngineCore processes end with this one. vLLM starts them with multiprocessing (spawn or fork)
+# and has no parent-death handling of its own (its workers watch EngineCore through a pipe, but
+# EngineCore watches nobody), so after a SIGKILL of this process EngineCore runs on as an orphan.
+# Its target, EngineCoreProc.run_engine_core, is wrapped by a module-level function: spawn pickles
+# it by name, fork inherits it. In the child a thread waits on multiprocessing's parent sentinel, a
+# pipe whose write end this process holds: it reads EOF once the whole process is gone, whichever
+# thread started the engine. (PR_SET_PDEATHSIG fires when the creating thread exits, and engines
+# are built in worker threads.) vLLM's own death pipe then stops EngineCore's worker processes.
+_original_run_engine_core: Callable[..., None] | None = None
+
+
+def _exit_with_parent() -> None:
+    """In an EngineCore process: SIGKILL itself as soon as the process that started it is gone.
+
+    SIGKILL, not a graceful stop: nobody is left to receive results, a graceful vLLM shutdown
+    waits on a busy or hung model, and the kernel frees the memory (GPU memory too) at exit.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent's end of the sentinel pipe closes
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _run_engine_core(*args: Any, **kwargs: Any) -> None:
+    """EngineCoreProc.run_engine_core, bound to the life of the process that started it."""
+    _exit_with_parent()
+    run = _original_run_engine_core
+    if run is None:  # spawned: this process imported vLLM afresh, unwrapped
+        from vllm.v1.engine.core import EngineCoreProc
+
+        run = EngineCoreProc.run_engine_core
+    run(*args, **kwargs)
+
+
+def _bind_engine_core_to_this_process() -> None:
+    global _original_run_engine_core
+    from vllm.v1.engine.core import EngineCoreProc
+
+    current = getattr(EngineCoreProc, "run_engine_core", None)
+    if current is None:
+        log.warning("vLLM has no EngineCoreProc.run_engine_core: a killed bot may leave its engine")
+        return
+    if current is _run_engine_core:
+        return
+    _original_run_engine_core = current
+    setattr(EngineCoreProc, "run_engine_core", staticmethod(_run_engine_core))  # noqa: B010
+
+
+@functools.cache
+def _engine_class() -> type[AsyncLLM]:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    class OwnedAsyncLLM(AsyncLLM):
+        """AsyncLLM whose finalizer does nothing once the engine is shut down.
+
+        AsyncLLM.__del__ shuts down again; for an engine still referenced at interpreter exit that
+        runs after vLLM's module globals are cleared and prints a TypeError traceback.
+        """
+
+        _shut_down = False
+        _finalizing = staticmethod(sys.is_finalizing)  # the module global may be gone by then
+
+        def shutdown(self, timeout: float | None = None) -> None:
+            self._shut_down = True
+            super().shutdown(timeout)
+
+        def __del__(self) -> None:
+            # At interpreter exit vLLM's atexit hooks and EngineCore's parent watch clean up.
+            if not self._shut_down and not self._finalizing():
+                super().__del__()
+
+    return OwnedAsyncLLM
+
+
 def _build_engine(settings: Settings) -> AsyncLLM:
     """Blocking (12-35 s on a small CPU host, minutes for a large model): run it in a thread."""
     from vllm import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
 
+    _bind_engine_core_to_this_process()
     dtype = local_dtype(settings.llm_dtype)
     args = AsyncEngineArgs(
         model=settings.llm_model,
@@ -217,7 +306,7 @@ def _build_engine(settings: Settings) -> AsyncLLM:
     )
     started = time.perf_counter()
     try:
-        engine = AsyncLLM.from_engine_args(args)
+        engine = _engine_class().from_engine_args(args)
     except Exception as exc:  # bad model, out of memory, unsupported hardware
         raise GenerationError(
             "The answer engine could not start. Please try again later.",
@@ -239,6 +328,7 @@ class LocalGenerator(Generator):
         super().__init__(settings, tokenizer, max_model_len=engine.model_config.max_model_len)
         self._engine: AsyncLLM | None = engine
         self._rebuild: asyncio.Task[AsyncLLM] | None = None
+        self._requests: set[str] = set()  # in flight, aborted by aclose()
         self.restarts = 0  # engine rebuilds after a death, for metrics and tests
 
     @classmethod
@@ -282,10 +372,10 @@ class LocalGenerator(Generator):
         old, self._engine = self._engine, None
         if old is not None:
             log.warning("vLLM engine is dead; shutting it down and starting a new one")
-            await asyncio.to_thread(old.shutdown)  # frees its sockets and any surviving process
+            await self._shutdown(old)  # frees its sockets and any surviving process
         engine = await asyncio.to_thread(_build_engine, self.settings)
         if self._closed:  # aclose() ran while we were building
-            await asyncio.to_thread(engine.shutdown)
+            await self._shutdown(engine)
             raise GenerationError(detail="generator is closed")
         self._engine = engine
         self.restarts += 1
@@ -303,6 +393,7 @@ class LocalGenerator(Generator):
         # Already-tokenized input: no second BOS, no deprecated raw-prompt path in vLLM.
         inputs = tokens_input(prompt_ids, prompt=prompt)
         done = 0
+        self._requests.add(request_id)
         try:
             # Cancelling or closing this generator makes vLLM's generate() abort the request.
             async for out in engine.generate(inputs, self._sampling_params(max_tokens), request_id):
@@ -325,6 +416,22 @@ class LocalGenerator(Generator):
             raise GenerationError(_BUSY, detail=f"request {request_id}: {exc}") from exc
         except VLLMClientError as exc:  # request validation
             raise GenerationError(detail=f"request {request_id} rejected: {exc}") from exc
+        finally:
+            self._requests.discard(request_id)
+
+    async def _shutdown(self, engine: AsyncLLM) -> None:
+        """Stop `engine` quietly: streams still running end with finish_reason 'abort'."""
+        if self._requests and not engine.errored:
+            with contextlib.suppress(Exception):  # best effort: the engine goes away anyway
+                await engine.abort(list(self._requests))
+        # Stop the output task first: if it saw EngineCore go away under it, it would log an
+        # "output_handler failed" traceback for an ordinary shutdown.
+        handler = engine.output_handler
+        if handler is not None and handler.get_loop() is asyncio.get_running_loop():
+            handler.cancel()
+            await asyncio.wait({handler}, timeout=10)
+        # Blocking (a few seconds while EngineCore exits): keep the event loop free.
+        await asyncio.to_thread(engine.shutdown)
 
     async def aclose(self) -> None:
         """Shut the engine down (EngineCore process included); idempotent."""
@@ -335,8 +442,7 @@ class LocalGenerator(Generator):
             await asyncio.gather(self._rebuild, return_exceptions=True)
         engine, self._engine = self._engine, None
         if engine is not None:
-            # Blocking (a few seconds while EngineCore exits): keep the event loop free.
-            await asyncio.to_thread(engine.shutdown)
+            await self._shutdown(engine)
             log.info("vLLM engine shut down")
 
 

@@ -11,7 +11,6 @@ leaves a rebuilt one behind (LocalGenerator's death policy).
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket
@@ -99,8 +98,6 @@ async def local_generator(vllm_env: Path, llm_settings) -> AsyncIterator:
     assert generator.engine is None
     _, alive = psutil.wait_procs(engine_processes(), timeout=10)
     assert not alive, f"EngineCore still running after aclose(): {alive}"
-    # Finalize shut-down engines now: AsyncLLM.__del__ fails noisily at interpreter exit.
-    gc.collect()
 
 
 def free_port() -> int:
