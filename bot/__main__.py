@@ -1,5 +1,6 @@
-"""`python -m bot` (or `docs-bot`): run the Discord bot; `export-flags FILE` writes flags as JSONL;
-`doctor [--quick]` checks the settings and every part the bot needs (see bot/doctor.py).
+"""`python -m bot` (or `docs-bot`): run the Discord bot; `sync` publishes its slash commands and
+exits (it needs only Discord: no models, no knowledge base); `export-flags FILE` writes flags as
+JSONL; `doctor [--quick]` checks the settings and every part the bot needs (see bot/doctor.py).
 
 Every resource is opened and closed here, in one place:
 feedback database -> rag_core (Milvus, embedder, LLM engine) -> the bot. SIGTERM and Ctrl-C
@@ -17,10 +18,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 import discord
 
 from rag_core.config import Settings, load_settings
-from rag_core.errors import RagError
+from rag_core.errors import ConfigError, RagError, error_lines
 
 from . import metrics
 from .feedback import FeedbackStore, default_path
@@ -33,14 +35,28 @@ def feedback_path(settings: Settings) -> Path:
     return Path(settings.feedback_db) if settings.feedback_db else default_path(settings.data_dir)
 
 
-async def run_bot(settings: Settings, *, sync: bool) -> None:
+def _token(settings: Settings) -> str:
+    token = settings.discord_token.get_secret_value()
+    if not token:
+        raise ConfigError("DISCORD_TOKEN is not set (environment or .env).")
+    return token
+
+
+async def sync_commands(settings: Settings) -> None:
+    """Log in over HTTP (no gateway), publish the commands, log out: Discord is all it needs."""
+    from .client import RagBot
+
+    token = _token(settings)
+    async with RagBot(settings, None, None, sync_commands=True) as bot:
+        await bot.login(token)  # runs setup_hook, which loads the cogs and syncs
+
+
+async def run_bot(settings: Settings) -> None:
     from rag_core.runtime import open_rag
 
     from .client import RagBot
 
-    token = settings.discord_token.get_secret_value()
-    if not token:
-        raise RagError("DISCORD_TOKEN is not set (environment or .env).")
+    token = _token(settings)
     _cancel_on_signals()
     # Up before the models load, so the health check sees a live event loop while they do.
     server = _start_metrics(settings)
@@ -49,7 +65,7 @@ async def run_bot(settings: Settings, *, sync: bool) -> None:
         async with (
             FeedbackStore.open(feedback_path(settings)) as feedback,
             open_rag(settings, with_llm=True) as rag,
-            RagBot(settings, rag, feedback, sync_commands=sync) as bot,
+            RagBot(settings, rag, feedback) as bot,
         ):
             # bot.start, not bot.run: run would install discord.py's own log handler.
             await bot.start(token)
@@ -102,12 +118,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="docs-bot", description="Discord bot that answers questions from your docs."
     )
     parser.add_argument(
-        "--sync",
-        action="store_true",
-        help="publish the slash commands at start-up (to DISCORD_DEV_GUILD_ID if set)",
+        "--sync", action="store_true", help="same as the `sync` command (publish, then exit)"
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser(
+        "sync",
+        help="publish the slash commands (to DISCORD_DEV_GUILD_ID if set) and exit",
+    )
     export = sub.add_parser("export-flags", help="write every flagged answer as JSONL")
     export.add_argument("file", type=Path)
     export.add_argument("--guild", type=int, default=None, help="only this server's answers")
@@ -138,18 +156,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             count = asyncio.run(export_flags(settings, args.file, args.guild))
             print(f"wrote {count} flagged answers to {args.file}")
             return 0
-        asyncio.run(run_bot(settings, sync=args.sync))
+        if args.command == "sync" or args.sync:
+            asyncio.run(sync_commands(settings))
+            print("slash commands published")
+            return 0
+        asyncio.run(run_bot(settings))
     except RagError as exc:
         log.debug("fatal error", exc_info=exc)
-        print(f"error: {exc.user_message}", file=sys.stderr)
+        print("\n".join(error_lines(exc)), file=sys.stderr)
         return 2
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except discord.LoginFailure:
         print("error: Discord refused the token (DISCORD_TOKEN).", file=sys.stderr)
         return 2
+    except (aiohttp.ClientError, OSError, discord.GatewayNotFound) as exc:
+        log.debug("cannot reach Discord", exc_info=exc)
+        print(
+            f"error: cannot reach Discord ({_network_reason(exc)}): check this machine's "
+            "network, DNS and proxy settings, then start the bot again.",
+            file=sys.stderr,
+        )
+        return 2
+    except discord.HTTPException as exc:
+        log.debug("Discord refused a request", exc_info=exc)
+        print(f"error: Discord answered {exc.status}: {exc.text or exc}", file=sys.stderr)
+        return 2
     log.info("stopped")
     return 0
+
+
+def _network_reason(exc: BaseException) -> str:
+    """One line, no traceback: what went wrong on the way to Discord."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -59,12 +59,13 @@ class RagBot(commands.Bot):
     def __init__(
         self,
         settings: Settings,
-        rag: Rag,
-        feedback: FeedbackStore,
+        rag: Rag | None,
+        feedback: FeedbackStore | None,
         *,
         sync_commands: bool = False,
         **options: Any,
     ) -> None:
+        """`rag` and `feedback` are None only for `python -m bot sync`, which needs neither."""
         options.setdefault("chunk_guilds_at_startup", False)
         super().__init__(
             # No text commands: without the message content intent only mentions would work.
@@ -76,9 +77,26 @@ class RagBot(commands.Bot):
             **options,
         )
         self.settings = settings
-        self.rag = rag
-        self.feedback = feedback
+        self._rag = rag
+        self._feedback = feedback
         self.sync_commands = sync_commands
+
+    @property
+    def serving(self) -> bool:
+        """False when opened only to publish the commands (no knowledge base, no models)."""
+        return self._rag is not None
+
+    @property
+    def rag(self) -> Rag:
+        if self._rag is None:
+            raise RuntimeError("this bot was opened to sync commands only")
+        return self._rag
+
+    @property
+    def feedback(self) -> FeedbackStore:
+        if self._feedback is None:
+            raise RuntimeError("this bot was opened to sync commands only")
+        return self._feedback
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -89,6 +107,8 @@ class RagBot(commands.Bot):
         if self.sync_commands:
             synced = await self.sync_app_commands()
             log.info("synced %d application commands", len(synced))
+        if not self.serving:
+            return
         try:
             # 0 when nothing is published yet: the bot starts and says so when asked.
             chunks = await asyncio.to_thread(self.rag.store.count)

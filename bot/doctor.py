@@ -25,7 +25,6 @@ import base64
 import binascii
 import contextlib
 import json
-import os
 import re
 import sqlite3
 import sys
@@ -39,6 +38,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from rag_core.model_source import hub_offline, looks_like_path
 
 if TYPE_CHECKING:
     from rag_core.config import Settings
@@ -151,6 +152,46 @@ def check_llm_settings(settings: Settings) -> CheckResult:
     return _ok(name, f"remote vLLM server at {_safe_url(url)}")
 
 
+# Gate thresholds measured per embedding family (docs/evaluation.md): a cosine that means
+# "on topic" for one model means little for another.
+KNOWN_THRESHOLDS = (
+    ("minilm", 0.44),
+    ("bge-small-en-v1.5", 0.5),
+    ("bge-base-en-v1.5", 0.5),
+    ("bge-large-en-v1.5", 0.5),
+)
+
+
+def check_relevance_threshold(settings: Settings) -> CheckResult:
+    """RELEVANCE_THRESHOLD fits the embedding model (the default suits BGE v1.5 only)."""
+    name = "relevance threshold"
+    model = settings.embedding_model.lower()
+    value = settings.relevance_threshold
+    calibrate = (
+        "Calibrate it on your own questions: `python -m rag_core eval QUESTIONS.jsonl "
+        "--calibrate` (see docs/evaluation.md), then set RELEVANCE_THRESHOLD."
+    )
+    expected = next((t for marker, t in KNOWN_THRESHOLDS if marker in model), None)
+    chosen = "relevance_threshold" in settings.model_fields_set
+    if expected is None:
+        if chosen:
+            return _ok(name, f"{value:g} (set for {settings.embedding_model})")
+        return _warn(
+            name,
+            f"RELEVANCE_THRESHOLD={value:g} is the default for BGE v1.5 and was never "
+            f"calibrated for {settings.embedding_model}",
+            calibrate,
+        )
+    if abs(value - expected) > 0.1 and not chosen:
+        return _warn(
+            name,
+            f"RELEVANCE_THRESHOLD={value:g} (the default) does not suit "
+            f"{settings.embedding_model}: about {expected:g} was measured for it",
+            f"Set RELEVANCE_THRESHOLD={expected:g}. {calibrate}",
+        )
+    return _ok(name, f"{value:g} for {settings.embedding_model}")
+
+
 def check_discord_token(token: str) -> CheckResult:
     """The token's shape only (Discord itself is not asked); the value is never printed."""
     name = "discord token"
@@ -199,24 +240,12 @@ class _Located:
     note: str = ""
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name).exists()
-
-
-def _hf_offline() -> bool:
-    import huggingface_hub
-
-    return bool(huggingface_hub.is_offline_mode()) or os.environ.get(
-        "TRANSFORMERS_OFFLINE", ""
-    ).lower() in ("1", "true", "yes", "on")
-
-
 def locate_model(name: str, *, setting: str, token: str | None) -> _Located:
     """Find a model: a local folder, the Hugging Face cache, or (asked, not downloaded) the hub.
 
     Raises _ModelProblem with the fix when it cannot be had.
     """
-    if _looks_like_path(name):
+    if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.is_dir():
             raise _ModelProblem(
@@ -237,7 +266,7 @@ def locate_model(name: str, *, setting: str, token: str | None) -> _Located:
     cached = try_to_load_from_cache(name, "config.json")
     if isinstance(cached, str):
         return _Located("cached", Path(cached).parent)
-    if _hf_offline():
+    if hub_offline():
         raise _ModelProblem(
             f"{name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub is "
             "off (HF_HUB_OFFLINE)",
@@ -629,6 +658,7 @@ async def run_checks(settings: Settings, *, quick: bool = False) -> list[CheckRe
         check_data_dir(settings),
         milvus_settings,
         llm_settings,
+        check_relevance_threshold(settings),
         check_discord_token(settings.discord_token.get_secret_value()),
     ]
     if quick:
@@ -685,24 +715,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from pydantic import ValidationError
-
     from rag_core.config import load_settings
+    from rag_core.errors import ConfigError
 
     from .logging_setup import configure_logging
 
     try:
         settings = load_settings()
-    except ValidationError as exc:
-        # include_input=False: a rejected value may be a secret.
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-            for e in exc.errors(include_input=False)
-        )
+    except ConfigError as exc:
+        # One line per bad setting; a rejected secret's value is never shown.
         print(
-            format_results([_fail("settings", problems, "Fix these in .env or the environment.")])
+            format_results(
+                [
+                    _fail(name="settings", message=line, fix="")
+                    for line in exc.user_message.splitlines()
+                ]
+                + [_skip("other checks", "fix the settings above in .env or the environment")]
+            )
         )
-        return 1
+        return 2
     # Library chatter (model loading, Milvus) stays out of the report; warnings still show.
     configure_logging("ERROR" if args.quick else "WARNING", settings)
     if not args.quick:

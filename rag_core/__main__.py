@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings, load_settings
-from .errors import RagError
+from .errors import ConfigError, RagError, error_lines
+
+if TYPE_CHECKING:
+    from .indexer import Progress
 
 log = logging.getLogger("rag_core")
 
@@ -23,56 +29,87 @@ def _settings(args: argparse.Namespace) -> Settings:
         "embedding_model",
         "embedding_device",
         "docs_base_url",
-        "crawl_max_pages",
+        "source_max_pages",
         "search_mode",
+        "top_k",
     ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    if getattr(args, "threshold", None) is not None:
+        overrides["relevance_threshold"] = args.threshold
     if getattr(args, "allow_private_urls", False):
         overrides["allow_private_urls"] = True
     return load_settings(**overrides)
 
 
-async def _index(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class _ProgressPrinter:
+    """Index progress on stderr: live bars on a terminal, a plain line every few seconds elsewhere
+    (logs, CI, pipes), where redrawn bars would garble the output."""
 
-    from .indexer import Progress
+    def __init__(self, *, quiet: bool, every_s: float = 5.0) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s
+        self.bars: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+        self.last_line = 0.0
+
+    def __call__(self, event: Progress) -> None:
+        if self.quiet:
+            return
+        self.counts[event.stage] = event.done
+        if self.tty:
+            from tqdm import tqdm
+
+            unit = "docs" if event.stage == "fetched" else "chunks"
+            if event.stage not in self.bars:
+                self.bars[event.stage] = tqdm(
+                    desc=f"{event.stage:>8}", unit=f" {unit}", position=len(self.bars)
+                )
+            bar = self.bars[event.stage]
+            bar.update(event.done - bar.n)
+        elif time.monotonic() - self.last_line >= self.every_s:
+            self.print_line()
+
+    def print_line(self) -> None:
+        self.last_line = time.monotonic()
+        parts = [f"{stage} {n}" for stage, n in self.counts.items()]
+        print("progress: " + ", ".join(parts), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        if not self.quiet and not self.tty and self.counts:
+            self.print_line()
+
+
+async def _index(args: argparse.Namespace, settings: Settings) -> int:
     from .runtime import open_rag
 
-    settings = _settings(args)
     specs = args.sources or settings.docs_sources
     if not specs:
         print("nothing to index: give SOURCE arguments or set DOCS_SOURCES", file=sys.stderr)
         return 2
-    bars: dict[str, tqdm] = {}
-
-    def on_progress(event: Progress) -> None:
-        if args.quiet:
-            return
-        unit = "docs" if event.stage == "fetched" else "chunks"
-        if event.stage not in bars:
-            bars[event.stage] = tqdm(desc=f"{event.stage:>8}", unit=f" {unit}", position=len(bars))
-        bar = bars[event.stage]
-        bar.update(event.done - bar.n)
-
+    progress = _ProgressPrinter(quiet=args.quiet)
     async with open_rag(settings) as rag:
         try:
-            report = await rag.indexer.run(specs, prune=args.prune, on_progress=on_progress)
+            report = await rag.indexer.run(specs, prune=args.prune, on_progress=progress)
         finally:
-            for bar in bars.values():
-                bar.close()
+            progress.close()
     for failure in report.failed:
         print(f"skipped {failure.source}: {failure.reason}")
     state = "published" if report.published else "no change, live index kept"
     print(f"{report.summary()} ({state})")
+    if report.nothing_loaded:
+        print("error: no document could be read from any source", file=sys.stderr)
+        return 1
     return 0
 
 
-async def _search(args: argparse.Namespace) -> int:
+async def _search(args: argparse.Namespace, settings: Settings) -> int:
     from .runtime import open_rag
 
-    settings = _settings(args)
     async with open_rag(settings) as rag:
         result = await rag.retriever.retrieve(args.question, top_k=args.k, filter=args.filter)
     for n, hit in enumerate(result.hits, 1):
@@ -83,10 +120,9 @@ async def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ask(args: argparse.Namespace) -> int:
+async def _ask(args: argparse.Namespace, settings: Settings) -> int:
     from .runtime import open_rag
 
-    settings = _settings(args)
     async with open_rag(settings, with_llm=True) as rag:
         answerer = rag.require_answerer()
         prepared = await answerer.prepare(args.question)
@@ -109,7 +145,7 @@ async def _ask(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _eval(args: argparse.Namespace) -> int:
+async def _eval(args: argparse.Namespace, settings: Settings) -> int:
     import json
     from datetime import datetime
     from pathlib import Path
@@ -119,13 +155,6 @@ async def _eval(args: argparse.Namespace) -> int:
     from . import evaluation as ev
     from .runtime import open_rag
 
-    settings = _settings(args)
-    updates: dict[str, object] = {}
-    if args.top_k is not None:
-        updates["top_k"] = args.top_k
-    if args.threshold is not None:
-        updates["relevance_threshold"] = args.threshold
-    settings = settings.model_copy(update=updates)
     qset = ev.load_questions(args.questions, base_url=settings.docs_base_url)
     if args.lang:
         qset.questions = [q for q in qset.questions if q.lang in args.lang]
@@ -247,7 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also remove documents from sources not named in this run",
     )
-    index.add_argument("--crawl-max-pages", type=int, help="page cap for crawl: (CRAWL_MAX_PAGES)")
+    index.add_argument(
+        "--max-pages",
+        "--crawl-max-pages",
+        dest="source_max_pages",
+        type=int,
+        help="page cap per sitemap or crawl source (SOURCE_MAX_PAGES)",
+    )
     index.add_argument(
         "--allow-private-urls",
         action="store_true",
@@ -326,19 +361,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Library logs go to stderr, at WARNING unless -v: stdout carries only the command's output.
+
+    Both variables are read when the libraries load, so this runs before any heavy import.
+    """
+    # vLLM otherwise installs its own handler, printing INFO lines to stdout.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    # gRPC's C core prints keepalive chatter (GOAWAY too_many_pings) straight to stderr.
+    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if verbose else "NONE")
+    if not sys.stderr.isatty():
+        # Redrawn bars (model loading, eval) garble logs and pipes; index progress is printed
+        # as plain lines instead.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    quiet_libraries(args.verbose)
     command = {"index": _index, "search": _search, "ask": _ask, "eval": _eval}[args.command]
     try:
-        return asyncio.run(command(args))
+        # Settings first: a bad one is reported before any model or library loads.
+        settings = _settings(args)
+        return asyncio.run(command(args, settings))
     except RagError as exc:
         log.debug("command failed", exc_info=True)
-        print(f"error: {exc.user_message}", file=sys.stderr)
-        return 1
+        print("\n".join(error_lines(exc)), file=sys.stderr)
+        # 2 = fix the configuration; 1 = the run itself failed.
+        return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         print("interrupted: the live index is unchanged", file=sys.stderr)
         return 130

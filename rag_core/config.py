@@ -5,12 +5,22 @@ Every field is documented in `.env.example` (a test checks they match).
 
 from __future__ import annotations
 
+import json
+import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from .errors import ConfigError
+
+# List settings take a JSON list (`["docs/", "https://x/sitemap.xml"]`) or, friendlier in a
+# .env file, a plain comma-separated value (`docs/,https://x/sitemap.xml`). NoDecode hands the
+# raw string to `_split_list` instead of failing on JSON.
+StrList = Annotated[list[str], NoDecode]
+IntList = Annotated[list[int], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -32,8 +42,9 @@ class Settings(BaseSettings):
     collection: str = Field("docs", description="Alias searchers use; versions live beside it")
 
     # --- sources ---
-    docs_sources: list[str] = Field(
-        default_factory=list, description="Default sources for `index` and /reindex (JSON list)"
+    docs_sources: StrList = Field(
+        default_factory=list,
+        description="Default sources for `index` and /reindex (JSON list or comma-separated)",
     )
     docs_base_url: str = Field(
         "", description="Public URL prefix for local files (front-matter id, else relative path)"
@@ -46,7 +57,19 @@ class Settings(BaseSettings):
     )
     fetch_max_bytes: int = Field(5_000_000, gt=0, description="Pages larger than this are skipped")
     fetch_max_redirects: int = Field(5, ge=0, description="Redirects followed per request")
-    crawl_max_pages: int = Field(500, ge=1, description="Page cap for a same-site crawl")
+    # CRAWL_MAX_PAGES: the former name, when this cap applied to crawls only.
+    source_max_pages: int = Field(
+        5000,
+        ge=1,
+        validation_alias=AliasChoices("source_max_pages", "crawl_max_pages"),
+        description="Pages loaded per sitemap or crawl source at most",
+    )
+    sitemap_max_fetches: int = Field(
+        50, ge=1, description="Sitemap files fetched per source at most, indexes included"
+    )
+    fetch_page_deadline_s: float = Field(
+        60.0, gt=0, description="Total time for one page over all its tries and redirects, seconds"
+    )
     allow_private_urls: bool = Field(
         False, description="Allow URLs resolving to loopback/private/link-local addresses (SSRF)"
     )
@@ -70,6 +93,14 @@ class Settings(BaseSettings):
     # 8, not 5: on eval/questions.jsonl (docs/evaluation.md) hybrid search's larger candidate
     # pool (4 x top_k per side) lifts English recall@5 0.957 -> 0.978 and MRR 0.743 -> 0.751.
     top_k: int = Field(8, ge=1, le=50, description="Passages retrieved per question")
+
+    # --- reindex ---
+    reindex_timeout_min: float = Field(
+        120.0,
+        ge=0,
+        description="A reindex still running after this many minutes is stopped and the live "
+        "index kept (0 = no limit)",
+    )
 
     # --- answering (LLM) ---
     llm_backend: Literal["local", "remote"] = Field(
@@ -111,17 +142,17 @@ class Settings(BaseSettings):
     discord_dev_guild_id: int = Field(
         0, description="`--sync` publishes the commands to this guild only, instantly (0 = global)"
     )
-    discord_admin_role_ids: list[int] = Field(
+    discord_admin_role_ids: IntList = Field(
         default_factory=list,
         description="Roles allowed to run admin commands besides Manage Server (JSON list)",
     )
     moderators_channel_id: int = Field(
         0, description="Channel id for review cards of flagged answers (0 = no cards)"
     )
-    flag_emojis: list[str] = Field(
+    flag_emojis: StrList = Field(
         default_factory=lambda: ["👎", "🚩"], description="Reactions that flag an answer"
     )
-    good_emojis: list[str] = Field(
+    good_emojis: StrList = Field(
         default_factory=lambda: ["👍"], description="Reactions that mark an answer as good"
     )
     ask_cooldown_s: float = Field(
@@ -151,6 +182,28 @@ class Settings(BaseSettings):
         description="Address the metrics endpoint listens on (0.0.0.0 in containers)",
     )
 
+    @field_validator(
+        "docs_sources", "discord_admin_role_ids", "flag_emojis", "good_emojis", mode="before"
+    )
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("not a valid JSON list") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_a_folder(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("this is a file; DATA_DIR must be a folder (it is created if missing)")
+        return value
+
     @cached_property
     def milvus_target(self) -> str:
         """What MilvusClient connects to: a server URI, else the Lite file in data_dir."""
@@ -162,5 +215,37 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings once (environment, then `.env`); keyword overrides win (tests, CLI flags)."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Read settings once (environment, then `.env`); keyword overrides win (tests, CLI flags).
+
+    Raises ConfigError with one line per bad setting (see `describe_invalid_settings`).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except (ValidationError, SettingsError) as exc:
+        raise ConfigError("\n".join(describe_invalid_settings(exc)), detail=str(exc)) from None
+
+
+_SECRET_FIELDS = frozenset(
+    name for name, f in Settings.model_fields.items() if f.annotation is SecretStr
+)
+
+
+def describe_invalid_settings(exc: ValidationError | SettingsError) -> list[str]:
+    """One line per bad setting: the variable, the value (never a secret's) and what is allowed."""
+    if isinstance(exc, SettingsError):
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = match.group(1).upper() if match else "a setting"
+        return [f"{name}: cannot be read ({exc.__cause__ or exc})"]
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        value = "" if field in _SECRET_FIELDS else f"={_shown(error.get('input'))}"
+        allowed = error["msg"].removeprefix("Value error, ")
+        allowed = allowed[:1].lower() + allowed[1:]
+        lines.append(f"{field.upper()}{value}: {allowed}")
+    return lines
+
+
+def _shown(value: object) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:80] + ("…" if len(text) > 80 else ""))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EmbeddingError
+from .model_source import check_model_available
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Embedder:
     """Turns passages and queries into unit-length vectors (cosine = inner product)."""
 
     def __init__(self, model_name: str, *, device: str = "auto", batch_size: int = 0) -> None:
+        check_model_available(model_name, setting="EMBEDDING_MODEL", what="embedding model")
         from sentence_transformers import SentenceTransformer
 
         self.model_name = model_name

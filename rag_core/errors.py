@@ -39,6 +39,16 @@ class StoreLockedError(StoreError):
     )
 
 
+class StoreFullError(StoreError):
+    """The disk under the knowledge base is full (ENOSPC)."""
+
+    user_message = (
+        "No space left on device for the knowledge base: free disk space where it is stored "
+        "(DATA_DIR, or the Milvus server's disk), then run the reindex again. The live index "
+        "is unchanged."
+    )
+
+
 class IndexMissingError(StoreError):
     """Nothing has been indexed yet."""
 
@@ -69,3 +79,16 @@ class EngineDeadError(GenerationError):
 
 class ReindexBusyError(RagError):
     user_message = "A reindex is already running."
+
+
+class ReindexTimeoutError(RagError):
+    """The run passed REINDEX_TIMEOUT_MIN; its unfinished version was dropped."""
+
+
+class ModelUnavailableError(ConfigError):
+    """A model cannot be loaded: not a local folder, not cached, and the hub cannot be reached."""
+
+
+def error_lines(exc: RagError) -> list[str]:
+    """The user message as `error: ...` lines (a ConfigError lists one bad setting a line)."""
+    return [f"error: {line}" for line in exc.user_message.splitlines() if line.strip()]

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .answering import Answerer
 from .chunking import Chunker
@@ -58,9 +59,14 @@ async def open_rag(
 ) -> AsyncIterator[Rag]:
     """Open the store first (it fails fast when the database is locked), then the models.
 
+    A Milvus Lite file that does not exist yet is created last, once the models have loaded,
+    so a model that cannot be had leaves no empty database behind.
     `with_llm` also starts the answer engine (or uses `generator`, which the caller then owns).
     """
-    store = await asyncio.to_thread(_open_store, settings)
+    new_lite_file = settings.is_milvus_lite and not await asyncio.to_thread(
+        Path(settings.milvus_target).exists
+    )
+    store = None if new_lite_file else await asyncio.to_thread(_open_store, settings)
     owned: Generator | None = None
     owned_embedder: Embedder | None = None
     try:
@@ -77,9 +83,11 @@ async def open_rag(
             chunk_tokens=settings.chunk_tokens,
             overlap_tokens=settings.chunk_overlap_tokens,
         )
-        retriever = Retriever(settings, store, embedder)
         if with_llm and generator is None:
             generator = owned = await create_generator(settings)
+        if store is None:
+            store = await asyncio.to_thread(_open_store, settings)
+        retriever = Retriever(settings, store, embedder)
         yield Rag(
             settings=settings,
             embedder=embedder,
@@ -94,4 +102,5 @@ async def open_rag(
             await owned.aclose()
         if owned_embedder is not None:
             await asyncio.to_thread(owned_embedder.close)
-        await asyncio.to_thread(store.close)
+        if store is not None:
+            await asyncio.to_thread(store.close)

@@ -193,6 +193,7 @@ async def test_good_offline_settings_pass(
         llm_model=str(tiny_model_dir),
         discord_token=GOOD_TOKEN,  # type: ignore[arg-type]
         feedback_db=str(tmp_path / "feedback.db"),
+        relevance_threshold=0.44,
     )
     results = await doctor.run_checks(settings)
     report = doctor.format_results(results)
@@ -261,7 +262,26 @@ def test_quick_command_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "malformed" in bad.stdout
     assert "oops.not-a-token" not in bad.stdout + bad.stderr
     invalid = run_doctor(tmp_path, "--quick", TOP_K="many", DISCORD_TOKEN=GOOD_TOKEN)
-    assert invalid.returncode == 1 and "TOP_K" in invalid.stdout
+    assert invalid.returncode == 2 and "TOP_K='many'" in invalid.stdout
+    assert "Traceback" not in invalid.stdout + invalid.stderr
+
+
+def test_relevance_threshold_must_suit_the_embedding_model(tmp_path: Path) -> None:
+    """The 0.5 default is for BGE v1.5: MiniLM (or an unknown model) left at it gets a warning."""
+
+    def check(**values: object) -> doctor.CheckResult:
+        return doctor.check_relevance_threshold(
+            Settings(_env_file=None, data_dir=tmp_path, **values)  # type: ignore[call-arg]
+        )
+
+    minilm = check(embedding_model="sentence-transformers/all-MiniLM-L6-v2")
+    assert minilm.status is Status.WARN
+    assert "0.44" in minilm.fix and "--calibrate" in minilm.fix
+    chosen = check(embedding_model=offline_model_path(), relevance_threshold=0.3)
+    assert chosen.status is Status.OK
+    assert check().status is Status.OK  # BAAI/bge-base-en-v1.5 at its own default
+    unknown = check(embedding_model="intfloat/e5-base-v2")
+    assert unknown.status is Status.WARN and "never calibrated" in unknown.message
 
 
 def test_bot_doctor_subcommand_runs_every_check(tmp_path: Path) -> None:
