@@ -23,7 +23,7 @@ from .chunking import Chunker
 from .config import Settings
 from .documents import Chunk, SourceFailure
 from .embedding import Embedder
-from .errors import ReindexBusyError
+from .errors import ReindexBusyError, ReindexTimeoutError
 from .sources import load_sources
 from .store import DocRecord, KnowledgeStore
 
@@ -51,6 +51,11 @@ class IndexReport:
     chunks_total: int = 0  # chunks in the index after the run
     seconds: float = 0.0
     published: bool = False  # False when nothing changed: the live version was kept as is
+
+    @property
+    def nothing_loaded(self) -> bool:
+        """Every source failed: not one document could be read (a run to report as failed)."""
+        return bool(self.failed) and self.added + self.updated + self.unchanged == 0
 
     def summary(self) -> str:
         return (
@@ -97,11 +102,27 @@ class Indexer:
         prune: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
-        """Bring the index in line with `specs`. `prune` also removes documents of other sources."""
+        """Bring the index in line with `specs`. `prune` also removes documents of other sources.
+
+        Cancelling the calling task stops the run cleanly (the live index is kept), and so does
+        Settings.reindex_timeout_min: a source that never ends cannot hold the index forever.
+        """
         if self._lock.locked():
             raise ReindexBusyError()
+        minutes = self.settings.reindex_timeout_min
         async with self._lock:
-            return await _Run(self, [normalize_spec(s) for s in specs], prune, on_progress).go()
+            run = _Run(self, [normalize_spec(s) for s in specs], prune, on_progress)
+            deadline = asyncio.timeout(minutes * 60 if minutes else None)
+            try:
+                async with deadline:
+                    return await run.go()
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise ReindexTimeoutError(
+                    f"The reindex ran longer than {minutes:g} minutes (REINDEX_TIMEOUT_MIN) and "
+                    "was stopped; the live index is unchanged."
+                ) from None
 
 
 class _Run:
@@ -150,7 +171,8 @@ class _Run:
             async for item in load_sources(self.specs, self.ix.settings):
                 if isinstance(item, SourceFailure):
                     self.report.failed.append(item)
-                    log.warning("skipped %s: %s", item.source, item.reason)
+                    # INFO: the report lists every failure; the CLI and /reindex show it.
+                    log.info("skipped %s: %s", item.source, item.reason)
                     if item.source == item.spec:
                         failed_specs.add(item.spec)
                     elif item.gone:
@@ -219,7 +241,10 @@ class _Run:
                 task.cancel()
             if self.version is not None:  # failed midway: the live index was never touched
                 log.warning("reindex failed; dropping unfinished version %s", self.version)
-                await asyncio.to_thread(store.drop, self.version)
+                try:
+                    await asyncio.to_thread(store.drop, self.version)
+                except Exception as exc:  # the run's own error is the one to report
+                    log.warning("could not drop %s now (the next run will): %s", self.version, exc)
 
     def finish(self, start: float) -> IndexReport:
         self.report.seconds = time.perf_counter() - start

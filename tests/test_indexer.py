@@ -222,3 +222,34 @@ async def test_a_page_without_text_is_not_added_again_on_every_run(rag: Rag, cor
     assert (emptied.removed, emptied.published) == (1, True)
     after = await asyncio.to_thread(rag.store.documents)
     assert not any(doc.endswith("reference/index.md") for doc in after)
+
+
+async def test_a_reindex_past_its_deadline_stops_and_keeps_the_live_index(
+    rag: Rag, corpus: Path
+) -> None:
+    """REINDEX_TIMEOUT_MIN: a source that never finishes cannot hold the index forever."""
+    from rag_core.errors import ReindexTimeoutError
+    from tests.web_fixtures import LocalSite, Reply
+
+    await rag.indexer.run([str(corpus / "reference" / "sys_config")])
+    before = await snapshot(rag, QUESTIONS)
+    live = await asyncio.to_thread(rag.store.live)
+
+    # A page that takes a minute to answer, beside a folder that makes a new version.
+    async with LocalSite({"/slow": Reply.html("<h1>Late</h1><p>text</p>", delay_s=60)}) as site:
+        site.routes["/robots.txt"] = Reply(status=404)
+        rag.indexer.settings = rag.settings.model_copy(
+            update={"reindex_timeout_min": 2 / 60, "fetch_timeout_s": 120}
+        )
+        try:
+            started = time.monotonic()
+            with pytest.raises(ReindexTimeoutError) as stopped:
+                await rag.indexer.run([site.url("/slow"), str(corpus)])
+            assert time.monotonic() - started < 15
+        finally:
+            rag.indexer.settings = rag.settings
+    assert "REINDEX_TIMEOUT_MIN" in stopped.value.user_message
+    assert "live index is unchanged" in stopped.value.user_message
+    assert await snapshot(rag, QUESTIONS) == before
+    assert await asyncio.to_thread(rag.store.live) == live
+    assert await asyncio.to_thread(rag.store.drop_orphans) == []
