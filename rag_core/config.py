@@ -140,7 +140,8 @@ class Settings(BaseSettings):
     # --- Discord ---
     discord_token: SecretStr = Field(SecretStr(""), description="Bot token (never logged)")
     discord_dev_guild_id: int = Field(
-        0, description="`--sync` publishes the commands to this guild only, instantly (0 = global)"
+        0,
+        description="`python -m bot sync` publishes the commands to this guild only, instantly (0 = global)",
     )
     discord_admin_role_ids: IntList = Field(
         default_factory=list,

