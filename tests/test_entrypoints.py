@@ -24,6 +24,8 @@ from tests.fake_discord import FakeDiscord
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["tests.llm_fixtures"]
+
 
 def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`python -m ...` in an empty folder (no .env), offline, with these variables set."""
@@ -211,6 +213,39 @@ def test_index_where_every_source_fails_exits_non_zero(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert output.count("no such file or folder") == 1, output
     assert "error: no document could be read from any source" in result.stderr
+
+
+@pytest.mark.slow
+def test_ask_prints_only_the_answer_on_stdout_and_exits_quietly(
+    tmp_path: Path, tiny_model_dir: Path, vllm_env: Path
+) -> None:
+    """stdout is the answer, sources and timings; engine logs go to stderr; exit is clean."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "hnsw.md").write_text("# HNSW\n\nHNSW builds a layered graph; M sets its degree.\n")
+    assert run(tmp_path, "rag_core", "index", str(docs), "-q", **offline()).returncode == 0
+    result = run(
+        tmp_path,
+        "rag_core",
+        "ask",
+        "What does M mean for HNSW?",
+        LLM_MODEL=str(tiny_model_dir),
+        LLM_MAX_MODEL_LEN="1024",
+        LLM_ENFORCE_EAGER="true",
+        LLM_KV_CACHE_BYTES=str(64 * 2**20),
+        LLM_MAX_TOKENS="8",
+        RELEVANCE_THRESHOLD="-1",
+        **offline(),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    sources = lines.index("Sources:")
+    assert lines[sources + 1].startswith("[1] HNSW <file://")
+    assert lines[-1].startswith("embed ") and "first token" in lines[-1]
+    # Before: ~40 vLLM INFO/WARNING lines led stdout, a TypeError followed the answer.
+    assert not any(" INFO " in line or " WARNING " in line for line in lines), result.stdout
+    for noise in ("Traceback", "TypeError", "Exception ignored", "EngineDeadError"):
+        assert noise not in result.stdout + result.stderr, result.stderr
 
 
 def offline() -> dict[str, str]:
