@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     discord_token: SecretStr = Field(SecretStr(""), description="Bot token (never logged)")
     discord_dev_guild_id: int = Field(
         0,
-        description="`python -m bot sync` publishes the commands to this guild only, instantly (0 = global)",
+        description="`python -m bot sync` publishes commands to this guild only (0 = global)",
     )
     discord_admin_role_ids: IntList = Field(
         default_factory=list,
