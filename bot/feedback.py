@@ -3,12 +3,17 @@
 One SQLite file (default `data_dir/feedback.db`) in WAL mode. A single connection is shared
 under a lock and used from worker threads, so async callers never block the event loop and
 every write is one short transaction (a crash loses at most the one in progress).
+
+Another process may hold the database (a backup, an admin's long transaction): SQLite waits
+`busy_timeout` seconds for it, and each operation is then retried with exponential backoff
+(on the event loop's timer, not in a thread) until `patience` seconds have passed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -25,6 +30,11 @@ from typing import Any, Self, TextIO, TypeVar
 DEFAULT_FILENAME = "feedback.db"
 SCHEMA_VERSION = 1
 GOOD, FLAG = 1, -1
+BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per attempt
+PATIENCE_S = 60.0  # retrying a busy database gives up after about this long
+_FIRST_RETRY_S, _MAX_RETRY_S = 0.05, 5.0
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -188,24 +198,42 @@ class FeedbackStore:
     Open with `FeedbackStore.open(path)` (or `with`/`async with` it) and close with `close()`.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        clock: Callable[[], float],
+        patience: float = PATIENCE_S,
+    ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.Lock()  # one connection, one statement sequence at a time
         self.path = path
         self._clock = clock
+        self.patience = patience
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = BUSY_TIMEOUT_S,
+        patience: float = PATIENCE_S,
     ) -> FeedbackStore:
-        """Open (creating or migrating) the database at `path`."""
+        """Open (creating or migrating) the database at `path`.
+
+        `busy_timeout`: how long SQLite waits for another connection's lock in one attempt;
+        `patience`: how long an operation keeps retrying a locked database before it raises.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False: the
         # lock, not the thread, keeps use of the connection serial.
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
         try:
             conn.row_factory = sqlite3.Row
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -219,7 +247,7 @@ class FeedbackStore:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path, clock)
+        return cls(conn, path, clock, patience)
 
     def close(self) -> None:
         """Close the connection (waits for an operation in progress); idempotent."""
@@ -248,7 +276,26 @@ class FeedbackStore:
     # -- plumbing -----------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await asyncio.to_thread(self._locked, fn)
+        """Run `fn` in a worker thread, retrying while another connection holds the lock."""
+        deadline = time.monotonic() + self.patience
+        delay = _FIRST_RETRY_S
+        attempt = 1
+        while True:
+            try:
+                return await asyncio.to_thread(self._locked, fn)
+            except sqlite3.OperationalError as exc:
+                left = deadline - time.monotonic()
+                if not is_busy(exc) or left <= 0:
+                    raise
+                log.warning(
+                    "feedback database is locked by another connection (attempt %d); "
+                    "retrying in %.2f s",
+                    attempt,
+                    min(delay, left),
+                )
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _MAX_RETRY_S)
+                attempt += 1
 
     def _locked(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._lock:
@@ -477,6 +524,16 @@ class FeedbackStore:
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite saying another connection holds a lock (worth retrying)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     # IMMEDIATE takes the write lock up front, so a read-then-write never hits SQLITE_BUSY
@@ -484,11 +541,11 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")  # inside: a failed COMMIT must not leave the transaction open
     except BaseException:
         if conn.in_transaction:  # some errors make SQLite roll back on its own
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -71,17 +71,39 @@ def _candidates(rest: str, budget: int, in_code: bool) -> list[tuple[int, int]]:
     return [*found, sentence, word]
 
 
-def _find_cut(rest: str, budget: int, in_code: bool) -> tuple[int, int]:
-    """Where to end this part: the best boundary kind in the second half, else the latest one."""
-    cands = [c for c in _candidates(rest, budget, in_code) if rest[: c[0]].strip()]
+def _find_cut(
+    rest: str, budget: int, in_code: bool, inline: Sequence[tuple[int, int]] = ()
+) -> tuple[int, int]:
+    """Where to end this part: the best boundary kind in the second half, else the latest one.
+
+    `inline`: the (start, end) of inline code in `rest`; a cut inside one would leave its
+    backticks unpaired in both parts, so it is avoided wherever the code fits in a part.
+    """
+
+    def inside(pos: int) -> tuple[int, int] | None:
+        return next(((a, b) for a, b in inline if a < pos < b), None)
+
+    cands = [
+        c
+        for c in _candidates(rest, budget, in_code)
+        if rest[: c[0]].strip() and inside(c[0]) is None
+    ]
     for end, nxt in cands:
         if end >= budget // 2:
             return end, nxt
     if cands:
         return max(cands)
-    # One unbroken run longer than the budget: a hard cut, but not through a run of backticks.
+    # One unbroken run longer than the budget: a hard cut, but not through a run of backticks,
+    # inline code or an escape (a backslash left at the end would escape nothing, and the
+    # character it escaped would start the next part unescaped).
     cut = budget
     while cut > 1 and rest[cut - 1] == "`" and rest[cut] == "`":
+        cut -= 1
+    span = inside(cut)
+    if span is not None:
+        a, b = span
+        cut = a if rest[:a].strip() else b if b <= budget else cut
+    if cut > 1 and (len(rest[:cut]) - len(rest[:cut].rstrip("\\"))) % 2:
         cut -= 1
     return cut, cut
 
@@ -98,6 +120,8 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
         raise ValueError(f"limit must be at least {_MIN_LIMIT}")
     parts: list[str] = []
     rest = text.strip("\n")
+    spans = [(a, b) for a, b, closed in _code_spans(rest) if closed and rest[a : a + 3] != _FENCE]
+    offset = 0  # where `rest` starts in the text
     opener: str | None = None  # the code block carried over from the previous part
     while rest.strip():
         prefix = opener + "\n" if opener else ""
@@ -105,11 +129,12 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
             parts.append(prefix + rest.rstrip())
             break
         budget = limit - len(prefix)
-        end, nxt = _find_cut(rest, budget, opener is not None)
+        inline = [(a - offset, b - offset) for a, b in spans if b > offset]
+        end, nxt = _find_cut(rest, budget, opener is not None, inline)
         state = _scan_fences(rest[:end], opener, limit)
         if state is not None:
             # Ending inside code costs a closing fence: cut again with room for it.
-            end, nxt = _find_cut(rest, budget - len(_CLOSE), True)
+            end, nxt = _find_cut(rest, budget - len(_CLOSE), True, inline)
             state = _scan_fences(rest[:end], opener, limit)
         if state is not None:
             last = rest.rfind(_FENCE, 0, end)
@@ -133,7 +158,9 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
         if chunk.strip():
             parts.append(prefix + chunk + (_CLOSE if state is not None else ""))
             opener = state
-        rest = rest[nxt:].lstrip("\n")
+        after = rest[nxt:]
+        rest = after.lstrip("\n")
+        offset += nxt + len(after) - len(rest)
     return parts
 
 
@@ -174,7 +201,7 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_CHARS.sub(r"\\\1", " ".join(text.split()))
 
 
-def _link_target(url: str) -> str | None:
+def link_target(url: str) -> str | None:
     if not url.startswith(("https://", "http://")):
         return None
     # Percent-encode what would end the <...> or (...) early, keep what is already encoded.
@@ -192,7 +219,7 @@ def render_sources(
     lines: list[str] = []
     for n, title, url in sources:
         label = escape_markdown(safe_truncate(" ".join(title.split()) or url, title_limit))
-        target = _link_target(url)
+        target = link_target(url)
         lines.append(f"[{n}] [{label}](<{target}>)" if target else f"[{n}] {label}")
 
     out: list[str] = []
@@ -215,6 +242,175 @@ def render_sources(
             out.append(tail)
         break
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Links in model text
+#
+# The only clickable links the bot posts are its own numbered sources. A page in the index can
+# carry instructions that make the model write a phishing link, so model text never keeps one:
+# outside code, a masked link `[text](url)` becomes `text (`url`)` and every bare or <...> URL
+# is wrapped in inline code, which Discord shows as plain text and never links or previews.
+# Code blocks and inline code are kept as they are (Discord renders no links there, and code
+# must stay copyable); a code block left open at the end is closed. Stray backticks outside
+# code are escaped, so the inline code added here pairs only with itself.
+
+_URL = r"[a-z][a-z0-9+.\-]*:(?:\\?/)+[^\s<>`\\]*"  # also https:/x, which browsers repair
+_LINKISH = re.compile(
+    r"(?P<esc>\\[^0-9A-Za-z\s])"  # an escaped character: kept as it is
+    # A masked link: text with at most one level of brackets, a target with an optional title.
+    r"|(?P<masked>\[(?P<text>(?:[^\[\]\\\n]|\\.|\[[^\[\]\n]*\])*)\]"
+    r"\(\s*(?P<target><[^<>\n]*>|(?:[^\s()\\]|\\.|\([^\s()]*\))*)"
+    r"(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'))?\s*\))"
+    r"|(?P<angle><[^: >\n]+:/[^ >\n]+>)"  # Discord's <scheme:/...> autolink
+    rf"|(?P<url>{_URL})"
+    r"|(?P<join>\]\()",  # what is left of a masked link (cut off, or around inline code)
+    re.IGNORECASE,
+)
+_BARE_URL = re.compile(_URL, re.IGNORECASE)
+_URL_TRAILER = ".,:;!?'\"*_~|"
+# Inline code longer than this counts as plain text, and a URL shown as code is cut to this:
+# message splitting never cuts through inline code that fits in a part (it would unpair the
+# backticks), which needs them shorter than a part.
+_MAX_INLINE = 400
+_MAX_URL_SHOWN = 200
+
+
+def _as_code(url: str) -> str:
+    """`url` as inline code: shown as text, never a link. Markdown escapes are undone (code
+    shows them raw); a backtick would end the code and a final backslash could escape it."""
+    url = re.sub(r"\\(.)", r"\1", url).replace("\\", "%5C").replace("`", "%60")
+    return f"`{safe_truncate(url, _MAX_URL_SHOWN)}`"
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """A URL and the punctuation after it that belongs to the sentence, not the URL."""
+    end = len(url)
+    while end:
+        ch = url[end - 1]
+        if ch in _URL_TRAILER:
+            end -= 1
+        elif ch in ")]" and url.count(ch, 0, end) > url.count("(" if ch == ")" else "[", 0, end):
+            end -= 1
+        else:
+            break
+    return url[:end], url[end:]
+
+
+def _defang(plain: str) -> str:
+    """Plain (non-code) markdown with every link and URL turned into non-clickable text."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m["esc"]:
+            return m[0]
+        # A lone backslash right before the new inline code would escape its backtick.
+        before = m.string[: m.start()]
+        guard = "\\" if (len(before) - len(before.rstrip("\\"))) % 2 else ""
+        if m["masked"]:
+            text = _defang(m["text"])
+            target = m["target"].strip().removeprefix("<").removesuffix(">").strip()
+            return f"{guard}{text} ({_as_code(target)})" if target else guard + text
+        if m["angle"]:
+            return guard + _as_code(m["angle"][1:-1])
+        if m["url"]:
+            url, rest = _split_url(m["url"])
+            return guard + _as_code(url) + rest
+        return "] ("
+
+    return _LINKISH.sub(sub, plain)
+
+
+def _code_spans(text: str) -> list[tuple[int, int, bool]]:
+    """(start, end, closed) of the code blocks and inline code Discord would render in `text`.
+
+    Only what is sure to be code counts: a ``` fence (not escaped, a run of exactly three)
+    up to the next ```, with something besides newlines in between, or a run of one or two
+    backticks up to the next run of the same length with no other backtick in between (at
+    most _MAX_INLINE chars in all). A code block still open at the end has closed=False.
+    """
+    spans: list[tuple[int, int, bool]] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2  # an escaped character is plain text
+            continue
+        if ch != "`":
+            i += 1
+            continue
+        j = i
+        while j < n and text[j] == "`":
+            j += 1
+        run = j - i
+        if run == 3:
+            close = text.find(_FENCE, j)
+            if close == -1:
+                if text[j:].strip("\n"):
+                    spans.append((i, n, False))
+                    break
+            elif text[j:close].strip("\n"):
+                spans.append((i, close + 3, True))
+                i = close + 3
+                continue
+        elif run in (1, 2):
+            close = text.find("`", j)
+            end = close
+            while 0 <= end < n and text[end] == "`":
+                end += 1
+            if close > j and end - close == run and end - i <= _MAX_INLINE:
+                spans.append((i, end, True))
+                i = end
+                continue
+        i = j  # literal backticks: escaped when the plain text around them is rewritten
+    return spans
+
+
+def _escape_backticks(plain: str) -> str:
+    """Escape the backticks of plain text that are not escaped already."""
+    return re.sub(r"(\\.)|`", lambda m: m[1] or "\\`", plain, flags=re.S)
+
+
+def plain_links(text: str) -> str:
+    """Model text safe to post: no clickable or previewed link outside code (see above)."""
+    out: list[str] = []
+    pos = 0
+    for start, end, closed in [*_code_spans(text), (len(text), len(text), True)]:
+        plain = _defang(_escape_backticks(text[pos:start]))
+        # Inline code added for a URL must not touch the backticks of the code next to it:
+        # Discord would read the runs together and the URL could end up outside any code.
+        if plain.startswith("`") and out and out[-1].endswith("`"):
+            plain = " " + plain
+        if plain.endswith("`") and not plain.endswith("\\`") and start < len(text):
+            plain += " "
+        out.append(plain)
+        out.append(text[start:end] if closed else text[start:end].rstrip() + _CLOSE)
+        pos = end
+    return "".join(out)
+
+
+def plain_text(text: str) -> str:
+    """Text from a user as one plain line: Markdown escaped, URLs as non-clickable code."""
+    text = " ".join(text.split())
+    out: list[str] = []
+    pos = 0
+    for m in _BARE_URL.finditer(text):
+        url, _ = _split_url(m[0])
+        out.append(_MARKDOWN_CHARS.sub(r"\\\1", text[pos : m.start()]))
+        out.append(_as_code(url))
+        pos = m.start() + len(url)
+    out.append(_MARKDOWN_CHARS.sub(r"\\\1", text[pos:]))
+    return "".join(out)
+
+
+def fit(render: Callable[[str], str], text: str, limit: int) -> str:
+    """`render(text)` within `limit` chars. The text is cut before rendering (and cut shorter
+    until the result fits), so a cut never falls inside the code that `render` adds."""
+    room = limit
+    while True:
+        out = render(safe_truncate(text, room))
+        if len(out) <= limit or room <= len(ELLIPSIS):
+            return out if len(out) <= limit else ELLIPSIS[:limit]
+        room = max(room - (len(out) - limit), len(ELLIPSIS))
 
 
 # ---------------------------------------------------------------------------------------------

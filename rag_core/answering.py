@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,29 @@ class QuestionTooLongError(RagError):
         super().__init__(f"That question is too long: please keep it under {limit} characters.")
 
 
+# Letters that render as nothing (Hangul fillers, the braille blank): invisible, like format
+# characters, so a question made of them is empty too.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def clean_question(text: str) -> str:
+    """`text` without control characters (newline and tab kept), surrounding blanks stripped.
+
+    NUL and other control bytes mean nothing in a question and must not reach the model, the
+    logs or the feedback database.
+    """
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc").strip()
+
+
+def is_blank(text: str) -> bool:
+    """True if `text` shows nothing: only whitespace, control and format characters (zero-width
+    spaces and joiners, word joiner, BOM, ...) or invisible fillers."""
+    return all(
+        c.isspace() or c in _BLANK_LETTERS or unicodedata.category(c) in ("Cc", "Cf", "Zs")
+        for c in text
+    )
+
+
 def load_prompt(name: str = "answer.txt") -> tuple[str, str]:
     """The template file's [system] and [user] parts."""
     text = resources.files("rag_core.prompts").joinpath(name).read_text(encoding="utf-8")
@@ -138,8 +162,8 @@ class Answerer:
 
     async def prepare(self, question: str) -> Prepared:
         started = time.perf_counter()
-        question = question.strip()
-        if not question:
+        question = clean_question(question)
+        if is_blank(question):
             raise EmptyQuestionError()
         if len(question) > self.settings.max_question_chars:
             raise QuestionTooLongError(self.settings.max_question_chars)

@@ -222,14 +222,17 @@ async def running_bot(
     tmp_path: Path,
     *,
     fake_options: Mapping[str, Any] | None = None,
+    store_options: Mapping[str, Any] | None = None,
     **setting_overrides: Any,
 ) -> AsyncIterator[World]:
-    """A RagBot over `rag`, connected to a new fake Discord, commands synced; closed on exit."""
+    """A RagBot over `rag`, connected to a new fake Discord, commands synced; closed on exit.
+
+    `store_options` go to FeedbackStore.open (e.g. short busy timeouts)."""
     async with FakeDiscord(**(fake_options or {})) as fake:
         people = populate(fake)
         overrides = {"moderators_channel_id": people["moderators"].id, **setting_overrides}
         settings = rag.settings.model_copy(update=overrides)
-        with FeedbackStore.open(tmp_path / "feedback.db") as store:
+        with FeedbackStore.open(tmp_path / "feedback.db", **(store_options or {})) as store:
             bot = RagBot(settings, rag, store, guild_ready_timeout=0.05)
             async with fake.running(bot):
                 await bot.tree.sync()

@@ -9,7 +9,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import pytest
 
-from rag_core.answering import REFUSAL, Answerer, cited_numbers, fold_near_duplicates
+from rag_core.answering import (
+    REFUSAL,
+    Answerer,
+    EmptyQuestionError,
+    cited_numbers,
+    clean_question,
+    fold_near_duplicates,
+    is_blank,
+)
 from rag_core.documents import Hit
 from rag_core.llm import GenerationChunk, Generator
 from rag_core.runtime import Rag, open_rag
@@ -41,6 +49,19 @@ def test_citations_map_in_range_numbers_in_first_use_order() -> None:
     assert cited_numbers(text, 3) == [2, 1, 3]
     assert cited_numbers(text, 2) == [2, 1]  # [3], [7] and [0] are out of range: ignored
     assert cited_numbers("no citations here, [a] [] [-1]", 5) == []
+
+
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e\u3164\u2800"
+
+
+def test_control_characters_are_removed_and_invisible_questions_are_blank() -> None:
+    assert clean_question("\x00What\x00 is a\x07 replica?\x1b\r\n\tOK\x7f\x85 ") == (
+        "What is a replica?\n\tOK"
+    )
+    for blank in ("", " \t\n", "\x00\x01", INVISIBLE, " \u200b \ufeff\u3000"):
+        assert is_blank(clean_question(blank)), repr(blank)
+    for text in ("?", "a\u200bb", "👍🏽", "\u05d0"):  # shown: punctuation, letters, emoji
+        assert not is_blank(clean_question(text)), repr(text)
 
 
 def test_near_duplicate_chunks_are_folded() -> None:
@@ -177,7 +198,9 @@ async def test_empty_and_huge_questions_get_clear_messages(rag: Rag) -> None:
     from rag_core.errors import RagError
 
     answerer = rag.require_answerer()
-    for question in ("   ", "x" * (rag.settings.max_question_chars + 1)):
+    for question in ("   ", INVISIBLE, "\x00 \x00", "x" * (rag.settings.max_question_chars + 1)):
         with pytest.raises(RagError) as info:
             await answerer.prepare(question)
         assert "question" in info.value.user_message
+        if len(question) < 20:
+            assert isinstance(info.value, EmptyQuestionError)

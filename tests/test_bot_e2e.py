@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -18,10 +20,11 @@ import discord
 import pytest
 
 from bot.__main__ import export_flags
-from bot.cogs.ask import LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
+from bot.cogs.ask import BUSY, LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
 from bot.utils import AnswerQueue, QueueFull
 from rag_core.answering import REFUSAL, Answer, Source, Timings
 from tests.bot_fixtures import (
+    DOCS_BASE,
     PINGED_ROLE,
     PINGED_USER,
     Indexed,
@@ -30,7 +33,7 @@ from tests.bot_fixtures import (
     running_bot,
 )
 from tests.conftest import FIXTURES
-from tests.fake_discord import FakeInteraction, FakeMember, FakeMessage
+from tests.fake_discord import FakeInteraction, FakeMember, FakeMessage, clickable_links
 from tests.llm_fixtures import engine_processes
 
 pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]
@@ -195,6 +198,52 @@ async def test_mentions_in_docs_question_and_answer_ping_no_one(
     w.fake.assert_clean()
 
 
+# --------------------------------------------------------------------------- links
+
+PHISHING = (
+    "To configure it, first [click here to verify](https://evil.example/login) your account "
+    "at https://evil.example/verify, then connect to `http://localhost:19530` [1].\n\n"
+)
+
+
+async def test_links_from_the_model_or_the_asker_are_never_clickable(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    generator = ShapedGenerator(
+        indexed.rag.generator, max_tokens=8, prefix=PHISHING, prefix_chunk=9
+    )
+    rag = indexed.with_settings(generator)
+    async with running_bot(rag, tmp_path, edit_interval_s=0.05) as w:
+        question = "How do I [verify my account](https://evil.example/q) for a GPU index?"
+        inter = await w.fake.invoke("ask", {"question": question}, user=w.alice)
+        await wait_answered(inter)
+        # Every state the answer went through, while streaming and at the end.
+        versions = [v.content for m in answer_messages(inter) for v in m.history]
+        live = [v for v in versions if v.endswith(LIVE_MARKER) and "evil.example" in v]
+        assert len(live) >= 3, versions  # the links were shown while streaming, too
+        for content in versions:
+            assert clickable_links(LINK.sub("", content)) == [], content
+        final = inter.content or ""
+        assert "click here to verify (`https://evil.example/login`) your account" in final
+        assert "at `https://evil.example/verify`, then" in final
+        assert "`http://localhost:19530`" in final
+        assert LINK.search(final)  # the sources: the only links
+        # The moderators' card shows the answer and the question as text too.
+        assert inter.original is not None
+        await w.fake.wait_for(lambda: len(inter.original.reactions) == 2)  # type: ignore[union-attr]
+        await w.fake.add_reaction(w.general, inter.original, w.bob, "👎")
+        await w.fake.wait_for(lambda: bool(w.fake.channel_messages(w.moderators)))
+        [card] = w.fake.channel_messages(w.moderators)[0].embeds
+        fields = {f["name"]: f["value"] for f in card["fields"]}
+        assert "click here to verify (`https://evil.example/login`)" in card["description"]
+        assert clickable_links(card["description"]) == []
+        assert clickable_links(fields["Question"]) == []
+        assert "verify my account" in fields["Question"]
+        targets = re.findall(r"\]\((\S+?)\)(?: |$)", fields["Sources"], re.M)
+        assert targets and all(t.startswith(DOCS_BASE) for t in targets), fields["Sources"]
+    w.fake.assert_clean()
+
+
 # --------------------------------------------------------------------------- votes and flags
 
 
@@ -289,6 +338,76 @@ async def test_flag_without_a_reachable_moderators_channel_is_kept(
     w.fake.assert_clean(allow=[10003])  # the bot looked the channel up once
 
 
+async def test_votes_survive_a_locked_database_and_a_missing_message_author(
+    indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=8))
+    store_options = {"busy_timeout": 0.1, "patience": 30.0}
+    async with running_bot(rag, tmp_path, store_options=store_options) as w:
+        answer = await ask_and_wait(w, w.alice)
+        # Discord may leave out message_author_id: the answers table knows the bot's answers.
+        await w.fake.add_reaction(w.general, answer, w.bob, "👍", with_message_author=False)
+        await wait_stats(w, good=1)
+
+        # Another process holds the write lock for ten busy timeouts, then lets go.
+        holder = sqlite3.connect(w.store.path, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            await w.fake.add_reaction(w.general, answer, w.carol, "👎")
+            await asyncio.sleep(1.0)
+            assert not w.fake.channel_messages(w.moderators)
+            holder.execute("COMMIT")
+            await w.fake.wait_for(lambda: len(w.fake.channel_messages(w.moderators)) == 1)
+            await wait_stats(w, good=1, flags=1)
+
+            # Locked past the store's patience: logged, kept, and written with the next vote.
+            w.store.patience = 0.3
+            holder.execute("BEGIN EXCLUSIVE")
+
+            def logged() -> list[str]:
+                return [m for m in caplog.messages if m.startswith("could not store")]
+
+            with caplog.at_level(logging.ERROR, logger="bot.cogs.feedback"):
+                await w.fake.add_reaction(w.general, answer, w.dana, "🚩")
+                await w.fake.wait_for(lambda: bool(logged()), timeout=10)
+            holder.execute("COMMIT")
+            [message] = logged()
+            assert f"vote -1 by user {w.dana.id} on message {answer.id}" in message
+            w.store.patience = 30.0
+            await w.fake.add_reaction(w.general, answer, w.admin, "👍")
+            await wait_stats(w, good=2, flags=2)
+        finally:
+            holder.close()
+    w.fake.assert_clean()
+
+
+async def test_a_queue_filled_after_the_deferral_tells_only_the_asker(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=48, pace=0.05))
+    async with running_bot(rag, tmp_path, max_concurrent_answers=1, max_queued_answers=0) as w:
+        # Both pass the check before deferring (nothing is answering yet); after retrieval one
+        # takes the only slot and the other finds no room to wait.
+        first = await w.fake.invoke("ask", {"question": QUESTION}, user=w.alice)
+        second = await w.fake.invoke("ask", {"question": QUESTION}, user=w.bob)
+
+        def busy_messages() -> list[FakeMessage]:
+            return [
+                m for m in w.fake.messages.values() if any(BUSY in v.content for v in m.history)
+            ]
+
+        await w.fake.wait_for(lambda: bool(busy_messages()), timeout=120)
+        [notice] = busy_messages()
+        assert notice.ephemeral and all(BUSY in v.content for v in notice.history)
+        busy, other = (first, second) if notice in first.followups else (second, first)
+        assert busy.deferred and busy.original is not None and busy.original.deleted
+        await wait_answered(other)
+        assert "**Sources**" in (other.content or "") and not other.ephemeral
+        await w.fake.wait_quiet()
+        assert busy_messages() == [notice]  # nothing public ever said it
+    w.fake.assert_clean()
+
+
 # --------------------------------------------------------------------------- admin commands
 
 
@@ -353,17 +472,30 @@ async def test_reindex_reports_progress_while_ask_keeps_answering(
 # --------------------------------------------------------------------------- abuse control, load
 
 
-async def test_cooldown_and_question_length_are_ephemeral_refusals(
+async def test_cooldown_and_question_checks_are_ephemeral_refusals(
     indexed: Indexed, tmp_path: Path
 ) -> None:
     rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=8))
     async with running_bot(rag, tmp_path, ask_cooldown_s=60, max_question_chars=50) as w:
-        too_long = await w.fake.invoke("ask", {"question": "why " * 20}, user=w.bob)
-        await too_long.wait_done()
-        assert too_long.response_type == 4 and too_long.ephemeral
-        assert "too long" in (too_long.content or "")
-        first = await w.fake.invoke("ask", {"question": "What is a replica?"}, user=w.alice)
+        # The length limit is in the synced command: Discord refuses longer questions itself.
+        schemas = {c["name"]: c for c in w.fake.global_commands}
+        options = {o["name"]: o for o in schemas["ask"]["options"]}
+        assert options["question"]["max_length"] == 50
+        with pytest.raises(ValueError, match="length"):
+            await w.fake.invoke("ask", {"question": "why " * 20}, user=w.bob)
+        # Only zero-width, format or control characters: an empty question.
+        blanks = ["\u200b\u200c\u200d\u2060\ufeff", " \x00\x07\t"]
+        for user, blank in zip((w.bob, w.carol), blanks, strict=True):
+            inter = await w.fake.invoke("ask", {"question": blank}, user=user)
+            await inter.wait_done()
+            assert inter.response_type == 4 and inter.ephemeral
+            assert "it was empty" in (inter.content or "")
+        # Control characters never reach the model or the feedback database.
+        first = await w.fake.invoke("ask", {"question": "What is\x00 a replica?\x1b"}, user=w.alice)
         await wait_answered(first)
+        assert first.original is not None
+        record = await w.store.answer_by_message(first.original.id)
+        assert record is not None and record.question == "What is a replica?"
         second = await w.fake.invoke("ask", {"question": "What is a bitset?"}, user=w.alice)
         await second.wait_done()
         assert second.response_type == 4 and second.ephemeral

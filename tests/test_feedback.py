@@ -8,21 +8,26 @@ import json
 import sqlite3
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
+from bot.cogs.feedback import review_card
 from bot.feedback import (
     FLAG,
     GOOD,
     SCHEMA_VERSION,
+    AnswerRecord,
     FeedbackStore,
     FeedbackStoreClosed,
     SourceRecord,
     default_path,
 )
+from tests.fake_discord import clickable_links
 
 ROOT = Path(__file__).resolve().parents[1]
 GUILD, CHANNEL, ASKER = 111, 222, 333
@@ -288,3 +293,67 @@ async def test_newer_schema_is_refused(db_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="newer"):
         FeedbackStore.open(db_path)
+
+
+async def test_a_locked_database_is_retried_off_the_event_loop(db_path: Path) -> None:
+    """Another process holds the write lock for several busy timeouts: the vote waits (the
+    event loop keeps running meanwhile), then lands once the lock is released."""
+    async with FeedbackStore.open(db_path, busy_timeout=0.1, patience=20) as store:
+        await _answer(store, 1)
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            ticks: list[float] = []
+
+            async def tick() -> None:
+                while True:
+                    ticks.append(time.monotonic())
+                    await asyncio.sleep(0.01)
+
+            ticker = asyncio.create_task(tick())
+            vote = asyncio.create_task(store.set_vote(1, 42, FLAG))
+            await asyncio.sleep(0.8)  # eight busy timeouts
+            assert not vote.done()
+            holder.execute("COMMIT")
+            change = await asyncio.wait_for(vote, 10)
+            ticker.cancel()
+            assert change is not None and change.flags == 1 and change.post_review_card
+            assert max(b - a for a, b in pairwise(ticks)) < 0.5  # the loop never waited
+
+            # With no patience the same lock is an error (what the retries save a vote from).
+            store.patience = 0
+            holder.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await store.set_vote(1, 43, GOOD)
+            holder.execute("ROLLBACK")
+            assert (await store.stats())["good"] == 0  # and nothing half-written is left over
+            assert await store.set_vote(1, 43, GOOD) is not None
+        finally:
+            holder.close()
+
+
+def test_review_card_shows_only_the_bots_own_links() -> None:
+    record = AnswerRecord(
+        id=7,
+        message_id=1,
+        guild_id=GUILD,
+        channel_id=CHANNEL,
+        user_id=ASKER,
+        question="Is it [click here to verify](https://evil.example/q) **now**?",
+        answer="Please [click here to verify](https://evil.example/login) or https://evil.example",
+        sources=(SourceRecord(1, "Page (v2)", "https://docs.example/a_(b)) x", 0.1, 0.5),),
+        model="tiny",
+        refused=False,
+        created_at=datetime.now(UTC),
+        latency_ms=10,
+        review_message_id=None,
+    )
+    card = review_card(record, flagged_by=5, flags=1).to_dict()
+    fields = {f["name"]: f["value"] for f in card["fields"]}
+    assert clickable_links(card["description"]) == []
+    assert "click here to verify (`https://evil.example/login`)" in card["description"]
+    question = fields["Question"]
+    assert clickable_links(question) == [] and "`https://evil.example/q`" in question
+    assert r"\*\*now\*\*" in question
+    # The source link is the bot's own: encoded, so the ")" cannot end it early.
+    assert "[Page \\(v2\\)](https://docs.example/a_%28b%29%29%20x)" in fields["Sources"]

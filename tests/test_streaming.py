@@ -14,10 +14,14 @@ from bot.streaming import (
     MESSAGE_LIMIT,
     ThrottledEditor,
     escape_markdown,
+    fit,
+    plain_links,
+    plain_text,
     render_sources,
     safe_truncate,
     split_message,
 )
+from tests.fake_discord import clickable_links
 
 # ---------------------------------------------------------------------------------------------
 # split_message
@@ -193,6 +197,97 @@ def test_render_sources_fits_the_limit() -> None:
     assert out.endswith("more)")
     long_title = render_sources([(1, "word " * 100, "https://x.io")], 1000)
     assert len(long_title) < 150 and "…" in long_title
+
+
+# ---------------------------------------------------------------------------------------------
+# Links in model text
+
+
+PHISHING = (
+    "Before you start, [click here to verify](https://evil.example/login) your account, "
+    "or open https://evil.example/bare directly. Also <https://evil.example/angle> and "
+    '[**verify**](<https://evil.example/a b> "title"), [x](https:\\/\\/evil.example/esc) '
+    "and foo\\https://evil.example/backslash or https://evil.example/glued``y``. "
+    "Use `http://localhost:19530` in the client [1].\n\n"
+    "```python\nclient = MilvusClient(uri='http://localhost:19530')  # [docs](https://x.io)\n```\n"
+    "A stray ` backtick, then https://evil.example/after-stray and [c](https://evil.example/c)."
+)
+
+
+def test_links_in_model_text_are_plain_text() -> None:
+    assert clickable_links(PHISHING)  # the checker sees them before
+    out = plain_links(PHISHING)
+    assert clickable_links(out) == []
+    prose, _code, after = out.split("```")
+    assert "](" not in prose + after
+    # Masked links read as their text and their URL; bare URLs stay readable, as code.
+    assert "click here to verify (`https://evil.example/login`) your account" in out
+    assert "open `https://evil.example/bare` directly." in out
+    assert "`https://evil.example/angle`" in out and "<https" not in out
+    # Code is left alone: copyable URLs, untouched Markdown inside the block.
+    assert "`http://localhost:19530` in the client [1]." in out
+    assert "uri='http://localhost:19530')  # [docs](https://x.io)\n```" in out
+    # The stray backtick is escaped, so the inline code added for URLs pairs only with itself.
+    assert "A stray \\` backtick" in out
+
+
+def test_plain_links_keeps_plain_text_and_closes_an_open_block() -> None:
+    text = "No links here [1], just **bold** and `code`.\n\n```sh\necho hi"
+    assert plain_links("No links here [1], just **bold** and `code`.") == text.split("\n")[0]
+    out = plain_links(text)
+    assert out.endswith("```sh\necho hi\n```") and out.count("```") == 2
+    # Streaming: a link cut off in the middle is not clickable either.
+    for end in range(len(PHISHING) + 1):
+        assert clickable_links(plain_links(PHISHING[:end])) == [], PHISHING[:end]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_split_links_made_plain_stay_plain_in_every_part(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = [
+        "word",
+        "end.",
+        "[1]",
+        "`",
+        "``",
+        "\\",
+        "\\`",
+        "x" * rng.randint(1, 900),
+        "https://evil.example/" + "a" * rng.randint(1, 900),
+        "`pip install pymilvus`",
+        "[see](https://evil.example/p)",
+        "https://evil.example/q",
+        "<https://evil.example/r>",
+        "`inline`",
+        "(https://evil.example/s)",
+        "\n```py\nurl = 'https://ok.example'\n```\n",
+        "\n\n",
+    ]
+    text = " ".join(rng.choices(pieces, k=rng.randint(20, 150)))
+    for limit in (600, 1000, MESSAGE_LIMIT):  # parts longer than any inline code
+        for part in split_message(plain_links(text), limit):
+            assert clickable_links(part) == [], part
+
+
+def test_plain_text_escapes_markdown_and_links() -> None:
+    question = "Is [click here to verify](https://evil.example/login) <@1> **safe**?\n`x`"
+    out = plain_text(question)
+    assert out == (
+        r"Is \[click here to verify\]\(`https://evil.example/login`\) \<\@1\> \*\*safe\*\*? \`x\`"
+    )
+    assert clickable_links(out) == []
+    # Cut to fit before rendering: never inside the added code.
+    long = "see https://evil.example/" + "a" * 60 + " " + "word " * 20
+    for limit in range(5, 120, 7):
+        short = fit(plain_text, long, limit)
+        assert len(short) <= limit and clickable_links(short) == [], short
+
+
+def test_source_urls_are_encoded() -> None:
+    out = render_sources(
+        [(1, "Page", "https://docs.example/a_(b)) [x](https://evil.example)")], 500
+    )
+    assert out == "[1] [Page](<https://docs.example/a_%28b%29%29%20[x]%28https://evil.example%29>)"
 
 
 # ---------------------------------------------------------------------------------------------

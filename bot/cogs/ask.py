@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,13 +15,28 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from rag_core.answering import REFUSAL, Answer, AnswerStream, Prepared, Source
+from rag_core.answering import (
+    REFUSAL,
+    Answer,
+    AnswerStream,
+    EmptyQuestionError,
+    Prepared,
+    Source,
+    clean_question,
+    is_blank,
+)
 from rag_core.errors import RagError
 
 from .. import metrics
 from ..checks import ask_cooldown
 from ..feedback import SourceRecord
-from ..streaming import MESSAGE_LIMIT, ThrottledEditor, render_sources, split_message
+from ..streaming import (
+    MESSAGE_LIMIT,
+    ThrottledEditor,
+    plain_links,
+    render_sources,
+    split_message,
+)
 from ..utils import GENERIC_ERROR, NO_MENTIONS, AnswerQueue, QueueFull, queue_text
 
 if TYPE_CHECKING:
@@ -36,6 +52,7 @@ EMPTY_ANSWER = "The model returned an empty answer. Please ask again, maybe in o
 BUSY = "Too many questions are waiting right now. Please ask again in a minute."
 SHUTTING_DOWN = "The bot is restarting and stopped this answer. Please ask again in a minute."
 MIN_SOURCES_ROOM = 300  # below this, the sources get a message of their own
+OPTION_MAX_LENGTH = 6000  # Discord's ceiling for a string option's max_length
 
 
 class InteractionExpired(Exception):
@@ -83,7 +100,8 @@ class AnswerWriter:
 
     async def append(self, delta: str) -> None:
         self.text += delta
-        parts = split_message(self.text, PART_LIMIT)
+        # Rendered exactly as the final answer will be, links made plain text included.
+        parts = split_message(plain_links(self.text), PART_LIMIT)
         if not parts:
             return
         while len(parts) > len(self.parts):
@@ -139,6 +157,34 @@ class AnswerWriter:
         for extra in self.parts[1:]:
             await self._delete(extra)
         del self.parts[1:]
+
+    async def fail_privately(self, message: str) -> None:
+        """Like fail(), but only the asker sees `message`.
+
+        A public response cannot turn ephemeral: delete it, then send `message` as an
+        ephemeral follow-up (the token outlives the response, and with the placeholder gone
+        the follow-up is a message of its own instead of filling the public placeholder).
+        """
+        if self.private or self.expired():
+            await self.fail(message)
+            return
+        await self.editor.aclose()
+        try:
+            await self.interaction.delete_original_response()
+        except discord.HTTPException:
+            log.warning("could not delete the answer's placeholder", exc_info=True)
+            await self.fail(message)
+            return
+        self.parts[0] = _Part(None)
+        for extra in self.parts[1:]:
+            await self._delete(extra)
+        del self.parts[1:]
+        try:
+            await self.interaction.followup.send(
+                f"⚠️ {message}", ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+        except discord.HTTPException:
+            log.warning("could not show the error to the user", exc_info=True)
 
     # -- Discord calls -------------------------------------------------------------------------
 
@@ -202,7 +248,8 @@ def render_answer(answer: Answer, *, seconds: float, votes_hint: bool) -> list[s
     if answer.refused:
         body, header = (REFUSAL, "") if items else (NOTHING_FOUND, "")
     else:
-        body, header = answer.text.strip() or EMPTY_ANSWER, "**Sources**\n"
+        # Links the model wrote are shown as text: only the sources below are clickable.
+        body, header = plain_links(answer.text.strip()) or EMPTY_ANSWER, "**Sources**\n"
     footer = f"-# Answered in {seconds:.1f} s"
     if votes_hint:
         footer += " · react 👍 if this helped, 👎 if it is wrong"
@@ -237,6 +284,14 @@ class Ask(commands.Cog):
         settings = bot.settings
         self.queue = AnswerQueue(settings.max_concurrent_answers, settings.max_queued_answers)
         self.answering: set[asyncio.Task[object]] = set()
+        # The command is built at import time; the length limit is a setting, so it goes into
+        # this cog's own copy of the command (the schema sent on sync), and Discord refuses
+        # longer questions in the client instead of the bot refusing them after sending.
+        params = self.ask._params
+        params["question"] = dataclasses.replace(
+            params["question"],
+            max_value=min(settings.max_question_chars, OPTION_MAX_LENGTH),
+        )
 
     async def cog_unload(self) -> None:
         # Shutdown: stop answers in flight (aborting their generation) while HTTP still works,
@@ -258,10 +313,11 @@ class Ask(commands.Cog):
     ) -> None:
         t0 = time.perf_counter()
         settings = self.bot.settings
-        question = question.strip()
+        # Control characters never reach the store or the model; invisible-only is empty.
+        question = clean_question(question)
         # Cheap checks answered ephemerally at once; nothing slow may run before the defer.
-        if not question:
-            await self._refuse(interaction, "Please ask a question (it was empty).")
+        if is_blank(question):
+            await self._refuse(interaction, EmptyQuestionError.user_message)
             return
         if len(question) > settings.max_question_chars:
             await self._refuse(
@@ -331,9 +387,10 @@ class Ask(commands.Cog):
                 await asyncio.wait_for(asyncio.shield(writer.fail(SHUTTING_DOWN)), timeout=3)
             raise
         except QueueFull:
+            # Filled up after the deferral: the public placeholder goes, only the asker is told.
             metrics.observe_error("busy")
             _log_question(interaction, "error", prepared, _since(started), error="busy")
-            await writer.fail(BUSY)
+            await writer.fail_privately(BUSY)
             return
         except RagError as exc:
             kind = type(exc).__name__

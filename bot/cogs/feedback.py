@@ -1,16 +1,24 @@
-"""Reactions on answers: 👍 marks one good, 👎 (or a flag emoji) flags it for moderators."""
+"""Reactions on answers: 👍 marks one good, 👎 (or a flag emoji) flags it for moderators.
+
+Votes are written in arrival order. When the feedback database stays locked longer than the
+store's patience, a vote is kept in memory (and logged) and written before the next one, or
+by a retry a little later; only a shutdown with votes still waiting loses them, and says so.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
 from .. import metrics
-from ..feedback import FLAG, GOOD, AnswerRecord, VoteChange
-from ..streaming import escape_markdown, safe_truncate
+from ..feedback import FLAG, GOOD, AnswerRecord, FeedbackStoreClosed, VoteChange, is_busy
+from ..streaming import escape_markdown, fit, link_target, plain_links, plain_text, safe_truncate
 from ..utils import NO_MENTIONS
 
 if TYPE_CHECKING:
@@ -19,6 +27,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CARD_COLOUR = discord.Colour.orange()
+MAX_PENDING_VOTES = 1000  # votes waiting for a locked database, kept in memory
+RETRY_PENDING_S = 30.0  # when no new vote comes, waiting votes are retried after this
+
+
+@dataclass(frozen=True, slots=True)
+class PendingVote:
+    """A reaction to write: added (a vote) or removed (a withdrawal)."""
+
+    added: bool
+    message_id: int
+    user_id: int
+    vote: int
+
+    def describe(self) -> str:
+        action = "vote" if self.added else "withdrawal of vote"
+        return f"{action} {self.vote:+d} by user {self.user_id} on message {self.message_id}"
 
 
 def _normalise(emoji: str) -> str:
@@ -26,15 +50,20 @@ def _normalise(emoji: str) -> str:
 
 
 def review_card(record: AnswerRecord, *, flagged_by: int, flags: int) -> discord.Embed:
-    """The moderators' card: question, answer, sources with scores, who asked, a link."""
+    """The moderators' card: question, answer, sources with scores, who asked, a link.
+
+    Only the bot's own links are clickable: the answer's links show as text (as in the
+    answer itself), the question as plain escaped text, the sources with encoded URLs.
+    """
     embed = discord.Embed(
         title="🚩 Flagged answer",
         url=record.jump_url,
-        description=safe_truncate(record.answer, 2000),
+        description=fit(plain_links, record.answer, 2000),
         colour=CARD_COLOUR,
         timestamp=record.created_at,
     )
-    embed.add_field(name="Question", value=safe_truncate(record.question, 1024), inline=False)
+    question = fit(plain_text, record.question, 1024) or "(empty)"
+    embed.add_field(name="Question", value=question, inline=False)
     lines = []
     for s in record.sources:
         scores = []
@@ -43,7 +72,8 @@ def review_card(record: AnswerRecord, *, flagged_by: int, flags: int) -> discord
         if s.similarity is not None:
             scores.append(f"similarity {s.similarity:.2f}")
         title = escape_markdown(safe_truncate(s.title or s.url, 80))
-        link = f"[{title}]({s.url})" if s.url.startswith(("http://", "https://")) else title
+        target = link_target(s.url)
+        link = f"[{title}]({target})" if target else title
         lines.append(f"[{s.n}] {link} · {' · '.join(scores)}")
     sources = safe_truncate("\n".join(lines), 1024) if lines else "(none)"
     embed.add_field(name="Sources" if not record.refused else "Closest pages", value=sources)
@@ -67,6 +97,19 @@ class Feedback(commands.Cog):
         settings = bot.settings
         self.votes = {_normalise(e): GOOD for e in settings.good_emojis}
         self.votes.update({_normalise(e): FLAG for e in settings.flag_emojis})
+        self.pending: deque[PendingVote] = deque()  # in arrival order, oldest first
+        self._writing = False  # one writer drains `pending` at a time, keeping the order
+        self._retry: asyncio.Task[None] | None = None
+
+    async def cog_unload(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+        if self.pending:
+            log.error(
+                "shutting down with %d vote(s) not stored (feedback database locked): %s",
+                len(self.pending),
+                "; ".join(p.describe() for p in self.pending),
+            )
 
     def _vote(self, payload: discord.RawReactionActionEvent) -> int | None:
         """The vote a reaction means, or None when it is not one the bot counts."""
@@ -83,25 +126,15 @@ class Feedback(commands.Cog):
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         vote = self._vote(payload)
         me = self.bot.user
-        if vote is None or me is None or payload.message_author_id != me.id:
+        if vote is None or me is None:
+            return
+        # Discord may leave out the message's author; the store knows the bot's answers, and
+        # set_vote ignores any other message.
+        if payload.message_author_id is not None and payload.message_author_id != me.id:
             return
         if payload.member is not None and payload.member.bot:
             return  # other bots don't vote
-        # set_vote ignores messages that are not recorded answers (returns None).
-        change = await self.bot.feedback.set_vote(payload.message_id, payload.user_id, vote)
-        if change is None:
-            return
-        metrics.observe_vote("flag" if vote == FLAG else "good")
-        log.info(
-            "vote %+d by %s on answer %d (%d flags, %d good)",
-            vote,
-            payload.user_id,
-            change.answer_id,
-            change.flags,
-            change.good,
-        )
-        if change.post_review_card:
-            await self._post_review_card(payload, change)
+        await self._submit(PendingVote(True, payload.message_id, payload.user_id, vote))
 
     @commands.Cog.listener()
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
@@ -109,15 +142,95 @@ class Feedback(commands.Cog):
         vote = self._vote(payload)
         if vote is None:
             return
-        if await self.bot.feedback.remove_vote(payload.message_id, payload.user_id, vote):
-            metrics.observe_vote("unflag" if vote == FLAG else "ungood")
-            log.info(
-                "vote %+d by %s on message %d withdrawn", vote, payload.user_id, payload.message_id
-            )
+        await self._submit(PendingVote(False, payload.message_id, payload.user_id, vote))
 
-    async def _post_review_card(
-        self, payload: discord.RawReactionActionEvent, change: VoteChange
-    ) -> None:
+    # -- writing votes ---------------------------------------------------------------------------
+
+    async def _submit(self, item: PendingVote) -> None:
+        if len(self.pending) >= MAX_PENDING_VOTES:
+            dropped = self.pending.popleft()
+            log.error(
+                "too many votes waiting for the feedback database; lost %s", dropped.describe()
+            )
+        self.pending.append(item)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Write the waiting votes in order; stop at a locked database (they stay waiting)."""
+        if self._writing:
+            return  # the running writer takes this vote too, after the ones before it
+        self._writing = True
+        try:
+            while self.pending:
+                item = self.pending[0]
+                try:
+                    result = await self._write(item)
+                except FeedbackStoreClosed:
+                    return  # shutting down: cog_unload reports what was not stored
+                except Exception as exc:
+                    if is_busy(exc):
+                        log.error(
+                            "could not store the %s: the feedback database stayed locked for "
+                            "%.0f s; kept in memory with %d waiting vote(s), retried with the "
+                            "next vote or in %.0f s",
+                            item.describe(),
+                            self.bot.feedback.patience,
+                            len(self.pending),
+                            RETRY_PENDING_S,
+                        )
+                        self._retry_later()
+                        return
+                    # Anything else would fail again: drop this vote, keep the others.
+                    log.exception("could not store the %s; dropped", item.describe())
+                    self.pending.popleft()
+                    continue
+                self.pending.popleft()
+                await self._after(item, result)
+        finally:
+            self._writing = False
+
+    async def _write(self, item: PendingVote) -> VoteChange | bool | None:
+        store = self.bot.feedback
+        if item.added:
+            # set_vote ignores messages that are not recorded answers (returns None).
+            return await store.set_vote(item.message_id, item.user_id, item.vote)
+        return await store.remove_vote(item.message_id, item.user_id, item.vote)
+
+    def _retry_later(self) -> None:
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.create_task(self._retry_pending())
+
+    async def _retry_pending(self) -> None:
+        await asyncio.sleep(RETRY_PENDING_S)
+        await self._drain()
+
+    async def _after(self, item: PendingVote, result: VoteChange | bool | None) -> None:
+        """Metrics, the log line and the review card of a stored vote."""
+        if not item.added:
+            if result:
+                metrics.observe_vote("unflag" if item.vote == FLAG else "ungood")
+                log.info(
+                    "vote %+d by %s on message %d withdrawn",
+                    item.vote,
+                    item.user_id,
+                    item.message_id,
+                )
+            return
+        if not isinstance(result, VoteChange):
+            return
+        metrics.observe_vote("flag" if item.vote == FLAG else "good")
+        log.info(
+            "vote %+d by %s on answer %d (%d flags, %d good)",
+            item.vote,
+            item.user_id,
+            result.answer_id,
+            result.flags,
+            result.good,
+        )
+        if result.post_review_card:
+            await self._post_review_card(item.message_id, item.user_id, result)
+
+    async def _post_review_card(self, message_id: int, flagged_by: int, change: VoteChange) -> None:
         """Post the card once per answer; on any failure give the claim back (the flag stays)."""
         store = self.bot.feedback
         channel_id = self.bot.settings.moderators_channel_id
@@ -125,14 +238,14 @@ class Feedback(commands.Cog):
             await store.release_review_card(change.answer_id)
             return
         try:
-            record = await store.answer_by_message(payload.message_id)
+            record = await store.answer_by_message(message_id)
             if record is None:
                 await store.release_review_card(change.answer_id)
                 return
             channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
             if not isinstance(channel, discord.abc.Messageable):
                 raise TypeError(f"moderators channel {channel_id} cannot receive messages")
-            card = review_card(record, flagged_by=payload.user_id, flags=change.flags)
+            card = review_card(record, flagged_by=flagged_by, flags=change.flags)
             message = await channel.send(embed=card, allowed_mentions=NO_MENTIONS)
             await store.mark_reviewed_card(change.answer_id, message.id)
         except Exception:

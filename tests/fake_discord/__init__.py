@@ -63,6 +63,8 @@ Inspecting (times are seconds on ``fake.now()``'s clock):
   ``wait_quiet()``, ``wait_ready()``.
 - ``fake.assert_clean(allow=(10062,), allow_pings=False)`` fails listing unknown routes,
   errors (except the allowed codes/statuses and injected 429s) and messages that would ping.
+- ``clickable_links(content)``: the masked links and URLs Discord's Markdown would make
+  clickable in a message or embed text (code and escapes taken into account).
 
 Rules enforced (Discord's status, code and message):
 
@@ -112,6 +114,7 @@ from .models import (
     MessageVersion,
     RecordedRequest,
 )
+from .rules import clickable_links
 from .server import FakeDiscord, RateLimit
 
 __all__ = [
@@ -128,4 +131,5 @@ __all__ = [
     "MessageVersion",
     "RateLimit",
     "RecordedRequest",
+    "clickable_links",
 ]

@@ -230,3 +230,21 @@ def compute_mentions(
     }
     everyone = bool(_EVERYONE.search(content)) and "everyone" in parse and can_mention_everyone
     return Mentions(everyone=everyone, users=frozenset(users), roles=frozenset(roles))
+
+
+# --------------------------------------------------------------------------- links
+
+# Discord's Markdown, tried at each position from left to right: an escape, a code block,
+# inline code (a run of backticks up to the same run; code content is raw), else one character.
+_MARKDOWN_TOKEN = re.compile(
+    r"(?P<esc>\\[^0-9A-Za-z\s])|(?P<block>```[\s\S]*?[^\n][\s\S]*?```)"
+    r"|(?P<inline>(`+)[\s\S]*?[^`]\4(?!`))|(?P<char>[\s\S])"
+)
+_LINK_START = re.compile(r"\]\(|<?[a-z][a-z0-9+.-]*:/+[^\s<>`]*", re.IGNORECASE)
+
+
+def clickable_links(content: str) -> list[str]:
+    """What Discord could make clickable in ``content``: masked links (their ``](``) and URLs
+    (bare or in <...>) outside code. Conservative: any scheme, one slash is enough."""
+    plain = "".join(m["char"] or " " for m in _MARKDOWN_TOKEN.finditer(content))
+    return _LINK_START.findall(plain)

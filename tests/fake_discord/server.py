@@ -528,8 +528,14 @@ class FakeDiscord:
         message: FakeMessage | int,
         user: UserLike,
         emoji: str,
+        *,
+        with_message_author: bool = True,
     ) -> None:
-        """``user`` reacts with ``emoji`` ("👍" or "name:id"): MESSAGE_REACTION_ADD."""
+        """``user`` reacts with ``emoji`` ("👍" or "name:id"): MESSAGE_REACTION_ADD.
+
+        ``with_message_author=False`` leaves out the optional ``message_author_id``, as Discord
+        may.
+        """
         msg = self._message_for_test(channel, message)
         guild = self.guilds[msg.guild_id or 0]
         member = self._resolve_member(guild, user)
@@ -538,6 +544,8 @@ class FakeDiscord:
             return
         users.append(member.id)
         data = self._reaction_event(msg, member, emoji)
+        if not with_message_author:
+            del data["message_author_id"]
         await self._dispatch_intent(INTENT_GUILD_MESSAGE_REACTIONS, "MESSAGE_REACTION_ADD", data)
 
     async def remove_reaction(
