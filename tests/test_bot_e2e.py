@@ -469,6 +469,37 @@ async def test_reindex_reports_progress_while_ask_keeps_answering(
     w.fake.assert_clean()
 
 
+async def test_an_admin_cancels_a_running_reindex(indexed: Indexed, tmp_path: Path) -> None:
+    """`/reindex cancel:True` stops the run; the live index stays exactly as it was."""
+    from tests.web_fixtures import LocalSite, Reply
+
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=8))
+    chunks = await asyncio.to_thread(rag.store.count)
+    async with (
+        LocalSite({"/slow": Reply.html("<h1>Late</h1><p>text</p>", delay_s=60)}) as site,
+        running_bot(rag, tmp_path) as w,
+    ):
+        site.routes["/robots.txt"] = Reply(status=404)
+        run = await w.fake.invoke("reindex", {"source": site.url("/slow")}, user=w.admin)
+        await run.wait_for(lambda i: "Reindexing" in (i.content or ""), timeout=10)
+        # Only admins may cancel; the check runs before the command does anything.
+        denied = await w.fake.invoke("reindex", {"cancel": True}, user=w.alice)
+        await denied.wait_done()
+        assert w.bot.rag.indexer.running
+        stop = await w.fake.invoke("reindex", {"cancel": True}, user=w.admin)
+        await stop.wait_done()
+        assert stop.ephemeral
+        assert "cancelled; the live index is unchanged" in (stop.followups[-1].content or "")
+        await run.wait_for(lambda i: "❌" in (i.content or ""), timeout=10)
+        assert "cancelled by an admin" in (run.content or "")
+        assert not w.bot.rag.indexer.running
+        again = await w.fake.invoke("reindex", {"cancel": True}, user=w.admin)
+        await again.wait_done()
+        assert "No reindex is running" in (again.followups[-1].content or "")
+    assert await asyncio.to_thread(rag.store.count) == chunks
+    w.fake.assert_clean()
+
+
 # --------------------------------------------------------------------------- abuse control, load
 
 

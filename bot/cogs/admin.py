@@ -19,7 +19,14 @@ from rag_core.indexer import IndexReport, Progress
 
 from .. import metrics
 from ..checks import admin_only, owner_only
-from ..streaming import MESSAGE_LIMIT, ThrottledEditor, escape_markdown, safe_truncate
+from ..streaming import (
+    MESSAGE_LIMIT,
+    ThrottledEditor,
+    escape_markdown,
+    fit,
+    plain_text,
+    safe_truncate,
+)
 from ..utils import GENERIC_ERROR, NO_MENTIONS
 
 if TYPE_CHECKING:
@@ -47,6 +54,7 @@ class ReindexJob:
         self.report: IndexReport | None = None
         self.error: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.cancelled = False
         self.watchers: list[ThrottledEditor] = []
 
     @property
@@ -103,7 +111,7 @@ class Admin(commands.Cog):
 
     async def cog_load(self) -> None:
         minutes = self.bot.settings.reindex_interval_min
-        if minutes > 0:
+        if minutes > 0 and self.bot.serving:
             self.auto_task = asyncio.create_task(self._auto_reindex(minutes * 60))
 
     async def cog_unload(self) -> None:
@@ -116,14 +124,24 @@ class Admin(commands.Cog):
     # -- /reindex -----------------------------------------------------------------------------
 
     @app_commands.command(name="reindex", description="Re-read the docs and update the index")
-    @app_commands.describe(source="One configured source or an http(s) URL (default: all)")
+    @app_commands.describe(
+        source="One configured source or an http(s) URL (default: all)",
+        cancel="Stop the running reindex instead; the live index stays as it is",
+    )
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
     @admin_only()
     async def reindex(
-        self, interaction: discord.Interaction[RagBot], source: str | None = None
+        self,
+        interaction: discord.Interaction[RagBot],
+        source: str | None = None,
+        cancel: bool = False,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if cancel:
+            message = await self.cancel_reindex(by=interaction.user.id)
+            await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
         job = self.job
         if job is None or job.done:
             try:
@@ -168,6 +186,18 @@ class Admin(commands.Cog):
         self.job = job
         return job
 
+    async def cancel_reindex(self, *, by: int) -> str:
+        """Stop the running job; its unfinished version is dropped, the live index kept."""
+        job = self.job
+        if job is None or job.done or job.task is None:
+            return "No reindex is running."
+        log.info("reindex cancelled by %s", by)
+        job.cancelled = True
+        job.task.cancel()
+        # The run's cleanup (dropping its version) finishes before the admin is told.
+        await asyncio.wait([job.task])
+        return "The reindex was cancelled; the live index is unchanged."
+
     async def _run(self, job: ReindexJob) -> None:
         log.info("reindex started (%s): %s", job.trigger, job.specs)
         try:
@@ -189,8 +219,13 @@ class Admin(commands.Cog):
             except Exception:
                 log.warning("could not count the chunks after the reindex", exc_info=True)
         finally:
-            if not job.done:  # cancelled at shutdown
-                job.error = "the bot is shutting down."
+            if not job.done:  # cancelled by /reindex cancel, or at shutdown
+                job.error = (
+                    "cancelled by an admin; the live index is unchanged."
+                    if job.cancelled
+                    else "the bot is shutting down."
+                )
+                metrics.observe_reindex(None, False, seconds=time.monotonic() - job.started)
             job.notify()
 
     async def _watch(
@@ -251,7 +286,8 @@ class Admin(commands.Cog):
         lines = []
         for f in flagged:
             a = f.answer
-            question = escape_markdown(safe_truncate(a.question, 90))
+            # A question is a user's text: shown plain, its links not clickable.
+            question = fit(plain_text, a.question, 90)
             when = discord.utils.format_dt(f.last_flagged_at, "R")
             lines.append(
                 f"**#{a.id}** [{question}]({a.jump_url}) · 👎 {f.flags} · 👍 {f.good} · {when}"
