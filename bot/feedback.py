@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, Self, TextIO, TypeVar
 
 DEFAULT_FILENAME = "feedback.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GOOD, FLAG = 1, -1
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per attempt
 PATIENCE_S = 60.0  # retrying a busy database gives up after about this long
@@ -77,6 +77,10 @@ _MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID
         """,
     ],
+    [
+        # Most of the answer's text was backed by none of its passages (rag_core.attribution).
+        "ALTER TABLE answers ADD COLUMN low_support INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 
 
@@ -110,6 +114,7 @@ class AnswerRecord:
     created_at: datetime
     latency_ms: int | None
     review_message_id: int | None
+    low_support: bool = False
 
     @property
     def jump_url(self) -> str:
@@ -160,7 +165,7 @@ def _check_vote(vote: int) -> None:
 
 _ANSWER_COLUMNS = (
     "a.id, a.message_id, a.guild_id, a.channel_id, a.user_id, a.question, a.answer, a.sources, "
-    "a.model, a.refused, a.created_at, a.latency_ms, a.review_message_id"
+    "a.model, a.refused, a.created_at, a.latency_ms, a.review_message_id, a.low_support"
 )
 # Flag and good counts per answer, for answers with at least one flag.
 _FLAGGED_SQL = f"""
@@ -189,6 +194,7 @@ def _answer(row: sqlite3.Row) -> AnswerRecord:
         created_at=_dt(row["created_at"]),
         latency_ms=row["latency_ms"],
         review_message_id=row["review_message_id"],
+        low_support=bool(row["low_support"]),
     )
 
 
@@ -319,6 +325,7 @@ class FeedbackStore:
         refused: bool = False,
         latency_ms: int | None = None,
         extra_message_ids: Sequence[int] = (),
+        low_support: bool = False,
     ) -> int:
         """Store an answer posted as `message_id` (and any continuation messages); its id.
 
@@ -332,8 +339,8 @@ class FeedbackStore:
                 try:
                     cur = conn.execute(
                         "INSERT INTO answers (message_id, guild_id, channel_id, user_id, "
-                        "question, answer, sources, model, refused, created_at, latency_ms) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "question, answer, sources, model, refused, created_at, latency_ms, "
+                        "low_support) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             message_id,
                             guild_id,
@@ -346,6 +353,7 @@ class FeedbackStore:
                             int(refused),
                             now,
                             latency_ms,
+                            int(low_support),
                         ),
                     )
                     answer_id = cur.lastrowid
@@ -496,13 +504,15 @@ class FeedbackStore:
         return len(records)
 
     async def stats(self, guild_id: int | None = None) -> dict[str, int]:
-        """Counts: answers, refused, flags, good votes, flagged answers."""
+        """Counts: answers, refused, low-support answers, flags, good votes, flagged answers."""
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             params = {"guild": guild_id}
             where = "WHERE (:guild IS NULL OR a.guild_id = :guild)"
             answers = conn.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(a.refused), 0) FROM answers a {where}", params
+                "SELECT COUNT(*), COALESCE(SUM(a.refused), 0), COALESCE(SUM(a.low_support), 0) "
+                f"FROM answers a {where}",
+                params,
             ).fetchone()
             votes = conn.execute(
                 "SELECT COALESCE(SUM(v.vote = -1), 0), COALESCE(SUM(v.vote = 1), 0), "
@@ -513,6 +523,7 @@ class FeedbackStore:
             return {
                 "answers": answers[0],
                 "refused": answers[1],
+                "low_support": answers[2],
                 "flags": votes[0],
                 "good": votes[1],
                 "flagged_answers": votes[2],
@@ -587,6 +598,7 @@ def _export_row(row: sqlite3.Row) -> dict[str, Any]:
         "flags": row["flags"],
         "good": row["good"],
         "refused": answer.refused,
+        "low_support": answer.low_support,
         "model": answer.model,
         "asked_at": answer.created_at.isoformat(),
         "guild_id": answer.guild_id,

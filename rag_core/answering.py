@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
+from .attribution import Attribution, attribute
 from .config import Settings
 from .documents import Hit
 from .errors import GenerationError, RagError
@@ -51,6 +52,7 @@ class Timings:
     embed_s: float = 0.0
     search_s: float = 0.0
     first_token_s: float | None = None  # from the start of prepare()
+    attribution_s: float = 0.0  # checking the sources after the stream ended
     total_s: float = 0.0
 
 
@@ -71,13 +73,16 @@ class Prepared:
 @dataclass
 class Answer:
     question: str
-    text: str
-    sources: list[Source]  # the [n] the model cited; all passages if it cited none
+    text: str  # citations corrected by attribution (see rag_core/attribution.py)
+    sources: list[Source]  # passages that back something it says; all of them if none does
     refused: bool
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
     timings: Timings
+    raw_text: str = ""  # the model's own text, citations as it wrote them
+    low_support: bool = False  # most of the text is backed by no passage
+    attribution: Attribution | None = field(default=None, repr=False)
 
 
 class EmptyQuestionError(RagError):
@@ -262,19 +267,29 @@ class AnswerStream:
             completion_tokens = chunk.completion_tokens
             prompt_tokens = chunk.prompt_tokens or prompt_tokens
             finish_reason = chunk.finish_reason
-        text = "".join(parts)
-        numbers = cited_numbers(text, len(p.sources))
-        cited = [p.sources[n - 1] for n in numbers] or list(p.sources)
+        raw = "".join(parts)
+        # Prove each sentence against the passages: the final text and the sources carry the
+        # result (the streamed text above is the model's own).
+        embedder = self.answerer.retriever.embedder
+        checked = await attribute(raw, [s.text for s in p.sources], embedder.aembed_passages)
+        by_number = {s.n: s for s in p.sources}
+        # When no passage backs anything, all of them are listed (flagged low_support): the
+        # reader can still check where the answer should have come from.
+        sources = [by_number[n] for n in checked.used if n in by_number] or list(p.sources)
+        p.timings.attribution_s = checked.seconds
         p.timings.total_s = time.perf_counter() - p.started
         self.result = Answer(
             p.question,
-            text,
-            cited,
+            checked.text,
+            sources,
             False,
             prompt_tokens,
             completion_tokens,
             finish_reason,
             p.timings,
+            raw_text=raw,
+            low_support=checked.low_support,
+            attribution=checked,
         )
 
 

@@ -685,3 +685,27 @@ def test_rendered_answers_stay_within_discord_limits() -> None:
     refused = Answer(QUESTION, REFUSAL, [], True, 0, 0, None, timings)
     [only] = render_answer(refused, seconds=0.2, votes_hint=False)
     assert "couldn't find anything" in only and "👍" not in only
+
+
+async def test_an_answer_the_docs_do_not_back_says_so(embedder) -> None:
+    """Attribution's verdict reaches the message: partly backed, or backed by nothing."""
+    from rag_core.attribution import attribute
+
+    passages = ["Replicas let Milvus load one segment on several query nodes for throughput."]
+    sources = [Source(1, "Replica", "https://milvus.io/docs/replica.md", "", "d", 0.5, 0.5)]
+
+    async def render(text: str) -> str:
+        checked = await attribute(text, passages, embedder.aembed_passages)
+        answer = Answer(QUESTION, checked.text, sources, False, 1, 1, "stop", Timings())
+        answer.low_support, answer.attribution = checked.low_support, checked
+        return "\n".join(render_answer(answer, seconds=1.0, votes_hint=False))
+
+    backed = await render("Replicas load one segment on several query nodes for throughput [1].")
+    assert "not backed" not in backed
+    mixed = await render(
+        "Replicas load one segment on several query nodes [1]. The moon stores backups of "
+        "every vector in quantum tape libraries. Invoices arrive by carrier pigeon each week."
+    )
+    assert "Parts of this answer are not backed by the docs" in mixed
+    nothing = await render("The moon stores backups of every vector in quantum tape libraries.")
+    assert "This answer is not backed by the docs" in nothing and "**Sources**" in nothing

@@ -18,6 +18,7 @@ import pytest
 
 from bot.cogs.feedback import review_card
 from bot.feedback import (
+    _MIGRATIONS,
     FLAG,
     GOOD,
     SCHEMA_VERSION,
@@ -89,6 +90,28 @@ async def test_opens_in_wal_mode_with_schema_version(
     assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"answers", "votes", "answer_messages"} <= tables
+
+
+async def test_a_version_1_database_gains_the_low_support_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO answers (message_id, channel_id, user_id, question, answer, created_at) "
+        "VALUES (7, 1, 2, 'q', 'a', 0)"
+    )
+    conn.execute("INSERT INTO answer_messages (message_id, answer_id) VALUES (7, 1)")
+    conn.commit()
+    conn.close()
+    async with FeedbackStore.open(path) as store:
+        old = await store.answer_by_message(7)
+        assert old is not None and not old.low_support
+        await store.record_answer(
+            message_id=8, channel_id=1, user_id=2, question="q", answer="a", low_support=True
+        )
+        assert (await store.stats())["low_support"] == 1
 
 
 async def test_record_and_look_up_an_answer(store: FeedbackStore) -> None:

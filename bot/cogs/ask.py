@@ -49,6 +49,8 @@ PART_LIMIT = MESSAGE_LIMIT - len(LIVE_MARKER)  # same cuts while streaming and a
 SEARCHING = "🔎 Searching the docs…"
 NOTHING_FOUND = "I couldn't find anything about this in the documentation."
 EMPTY_ANSWER = "The model returned an empty answer. Please ask again, maybe in other words."
+LOW_SUPPORT = "-# ⚠️ Parts of this answer are not backed by the docs: check the sources below."
+NOT_BACKED = "-# ⚠️ This answer is not backed by the docs: no passage below supports it."
 BUSY = "Too many questions are waiting right now. Please ask again in a minute."
 SHUTTING_DOWN = "The bot is restarting and stopped this answer. Please ask again in a minute."
 MIN_SOURCES_ROOM = 300  # below this, the sources get a message of their own
@@ -250,6 +252,9 @@ def render_answer(answer: Answer, *, seconds: float, votes_hint: bool) -> list[s
     else:
         # Links the model wrote are shown as text: only the sources below are clickable.
         body, header = plain_links(answer.text.strip()) or EMPTY_ANSWER, "**Sources**\n"
+        if answer.low_support:
+            backed = answer.attribution is not None and bool(answer.attribution.used)
+            body += "\n\n" + (LOW_SUPPORT if backed else NOT_BACKED)
     footer = f"-# Answered in {seconds:.1f} s"
     if votes_hint:
         footer += " · react 👍 if this helped, 👎 if it is wrong"
@@ -447,6 +452,7 @@ class Ask(commands.Cog):
                 model=generator.model_name if generator is not None else "",
                 refused=answer.refused,
                 latency_ms=round(seconds * 1000),
+                low_support=answer.low_support,
             )
         except Exception:
             log.exception("could not record the answer to %s", interaction.user.id)
