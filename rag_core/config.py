@@ -125,6 +125,25 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(512, ge=1, description="Answer budget in tokens")
     llm_temperature: float = Field(0.2, ge=0, description="Sampling temperature")
     llm_top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling")
+    # 1.05 as Qwen2.5-Instruct ships it: vLLM also penalizes the prompt's tokens, so a stronger
+    # penalty steers answers away from the passages' own words; loops are stopped anyway.
+    llm_repetition_penalty: float = Field(
+        1.05,
+        gt=0,
+        le=2,
+        description="Penalty on tokens already in the prompt or answer (1 = off; vLLM)",
+    )
+    llm_frequency_penalty: float = Field(
+        0.0, ge=-2, le=2, description="Penalty growing with each repeat of a token (0 = off)"
+    )
+    llm_presence_penalty: float = Field(
+        0.0, ge=-2, le=2, description="Penalty on any token already in the answer (0 = off)"
+    )
+    llm_stop_on_repetition: bool = Field(
+        True,
+        description="Stop an answer whose text loops (same lines or phrase repeated) and "
+        "keep it up to the first repeat",
+    )
     llm_timeout_s: float = Field(120.0, gt=0, description="Per-answer timeout, seconds")
     max_question_chars: int = Field(1000, ge=10, description="Longer questions are refused")
     # Cosines depend on the model and the corpus: all-MiniLM-L6-v2 separates the fixture

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, EngineDeadError, GenerationError, GenerationTimeout
+from .repetition import RepetitionGuard
 
 if TYPE_CHECKING:
     import aiohttp
@@ -63,13 +64,19 @@ _BUSY = "The answer engine is busy right now. Please try again in a moment."
 
 @dataclass(slots=True)
 class GenerationChunk:
-    """One streamed delta; the last chunk of a request has `finished=True`."""
+    """One streamed delta; the last chunk of a request has `finished=True`.
+
+    A stream stopped because the text looped ends with finish_reason "repetition" and
+    `retract` > 0 when earlier chunks already carried repeats: drop that many characters from
+    the end of the text received before this chunk, then append this chunk's `text`.
+    """
 
     text: str  # the text since the previous chunk (may hold several tokens, or none)
     finished: bool
-    finish_reason: str | None  # "stop" (EOS/stop string), "length", "abort", ... on the last
+    finish_reason: str | None  # "stop" (EOS/stop string), "length", "abort", "repetition", ...
     prompt_tokens: int
     completion_tokens: int  # generated so far
+    retract: int = 0  # characters of earlier chunks that are repeats (only on "repetition")
 
 
 def _load_tokenizer(settings: Settings) -> Any:
@@ -124,6 +131,9 @@ class Generator(ABC):
     ) -> AsyncIterator[GenerationChunk]:
         """Stream the completion of a rendered `prompt`, chunk by chunk, until `finished`.
 
+        When the text starts looping (settings.llm_stop_on_repetition), the request is aborted and
+        the stream ends with a "repetition" chunk that keeps one copy of the looping part (see
+        GenerationChunk.retract).
         Raises GenerationTimeout after settings.llm_timeout_s (the request is aborted),
         EngineDeadError if the engine died, GenerationError for everything else.
         """
@@ -142,6 +152,8 @@ class Generator(ABC):
         timeout_s = self.settings.llm_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s
         chunks = self._generate(prompt, prompt_ids, max_tokens, request_id)
+        guard = RepetitionGuard() if self.settings.llm_stop_on_repetition else None
+        sent = 0  # characters yielded so far
         try:
             while True:
                 # The deadline covers only the waits on the backend, never a suspended `yield`:
@@ -160,12 +172,28 @@ class Generator(ABC):
                     raise GenerationTimeout(
                         detail=f"request {request_id} exceeded {timeout_s} s"
                     ) from exc
+                if guard is not None and guard.feed(chunk.text):
+                    # Returning closes the backend below, which aborts the request.
+                    yield _loop_end(chunk, guard, sent, request_id)
+                    return
+                sent += len(chunk.text)
                 yield chunk
                 if chunk.finished:
                     return
         finally:
             # Closing the backend generator aborts a request still running (break, GC, errors).
             await chunks.aclose()
+
+    def sampling(self) -> dict[str, Any]:
+        """Sampling settings sent with every request (both backends)."""
+        s = self.settings
+        return {
+            "temperature": s.llm_temperature,
+            "top_p": s.llm_top_p,
+            "repetition_penalty": s.llm_repetition_penalty,
+            "frequency_penalty": s.llm_frequency_penalty,
+            "presence_penalty": s.llm_presence_penalty,
+        }
 
     @abstractmethod
     def _generate(
@@ -176,6 +204,28 @@ class Generator(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Release the engine or the HTTP session; idempotent."""
+
+
+def _loop_end(
+    chunk: GenerationChunk, guard: RepetitionGuard, sent: int, request_id: str
+) -> GenerationChunk:
+    """The last chunk of a looping stream: this chunk's text up to the cut, and how much of the
+    text already sent lies past it."""
+    cut = guard.cut if guard.cut is not None else sent + len(chunk.text)
+    log.info(
+        "request %s stopped: its text repeats %r (%d tokens generated)",
+        request_id,
+        (guard.unit or "")[:80],
+        chunk.completion_tokens,
+    )
+    return GenerationChunk(
+        text=chunk.text[: max(0, cut - sent)],
+        finished=True,
+        finish_reason="repetition",
+        prompt_tokens=chunk.prompt_tokens,
+        completion_tokens=chunk.completion_tokens,
+        retract=max(0, sent - cut),
+    )
 
 
 # --- local: vLLM AsyncLLM in this process (EngineCore in a child process) ---------------------
@@ -347,8 +397,7 @@ class LocalGenerator(Generator):
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
-            temperature=self.settings.llm_temperature,
-            top_p=self.settings.llm_top_p,
+            **self.sampling(),
             max_tokens=max_tokens,
             output_kind=RequestOutputKind.DELTA,  # only the new text in each output
         )
@@ -518,6 +567,15 @@ class RemoteGenerator(Generator):
             return GenerationError(_TOO_LONG, detail=detail)
         return GenerationError(detail=detail)  # 401/403 (key), 404 (model name), 5xx
 
+    def _sampling_body(self) -> dict[str, Any]:
+        """Sampling fields of the request body. `repetition_penalty` is a vLLM extension of the
+        OpenAI API: sent only when it does something, so plain OpenAI-style servers accept the
+        default request."""
+        body = self.sampling()
+        if body["repetition_penalty"] == 1.0:
+            del body["repetition_penalty"]
+        return body
+
     async def _generate(
         self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
     ) -> AsyncGenerator[GenerationChunk, None]:
@@ -527,8 +585,7 @@ class RemoteGenerator(Generator):
             "model": self._served_model,
             "prompt": prompt,
             "max_tokens": max_tokens,
-            "temperature": self.settings.llm_temperature,
-            "top_p": self.settings.llm_top_p,
+            **self._sampling_body(),
             "stream": True,
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "add_special_tokens": False,  # the rendered prompt already starts with BOS
