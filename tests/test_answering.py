@@ -209,3 +209,24 @@ async def test_empty_and_huge_questions_get_clear_messages(rag: Rag) -> None:
         assert "question" in info.value.user_message
         if len(question) < 20:
             assert isinstance(info.value, EmptyQuestionError)
+
+
+def test_passages_of_one_page_and_anchor_are_one_source_linked_to_the_passage() -> None:
+    from rag_core.answering import _source, merge_same_source
+
+    def hit(chunk: str, url: str, text: str, similarity: float) -> Hit:
+        return Hit(chunk, "mmap.md", url, "MMap", "FAQ", text, 1.0, similarity)
+
+    faq = "https://milvus.io/docs/mmap.md#faq"
+    hits = [
+        hit("a", faq, "Memory mapping lets Milvus keep large collections on disk.", 0.6),
+        hit("b", "https://milvus.io/docs/index.md#hnsw", "HNSW builds a layered graph.", 0.5),
+        hit("c", faq, "You can toggle mmap.enabled on a collection at any time.", 0.7),
+    ]
+    merged = merge_same_source(hits)
+    assert [h.chunk_id for h in merged] == ["a", "b"]
+    assert "keep large collections" in merged[0].text and "toggle" in merged[0].text
+    assert merged[0].similarity == 0.7
+    # The link keeps the anchor and adds a text fragment the browser scrolls to.
+    url = _source(1, merged[0]).url
+    assert url.startswith(faq + ":~:text=") and "%20" in url and " " not in url
