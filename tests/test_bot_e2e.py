@@ -23,6 +23,7 @@ from bot.__main__ import export_flags
 from bot.cogs.ask import BUSY, LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
 from bot.utils import AnswerQueue, QueueFull
 from rag_core.answering import REFUSAL, Answer, Source, Timings
+from rag_core.llm import Generator
 from tests.bot_fixtures import (
     DOCS_BASE,
     PINGED_ROLE,
@@ -36,7 +37,7 @@ from tests.conftest import FIXTURES
 from tests.fake_discord import FakeInteraction, FakeMember, FakeMessage, clickable_links
 from tests.llm_fixtures import engine_processes
 
-pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]
+pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures", "tests.smollm2_fixtures"]
 
 QUESTION = "How do I configure a GPU index such as CAGRA?"
 LINK = re.compile(r"\[(\d+)\] \[[^\]]+\]\(<https://milvus\.io/docs/[^>]+>\)")
@@ -685,6 +686,29 @@ def test_rendered_answers_stay_within_discord_limits() -> None:
     refused = Answer(QUESTION, REFUSAL, [], True, 0, 0, None, timings)
     [only] = render_answer(refused, seconds=0.2, votes_hint=False)
     assert "couldn't find anything" in only and "👍" not in only
+
+
+@pytest.mark.slow
+async def test_a_real_model_answers_in_english_with_sources_that_open_on_the_passage(
+    indexed: Indexed, smollm2_generator: Generator, tmp_path: Path
+) -> None:
+    """SmolLM2-135M-Instruct (a real, trained model) through /ask, end to end."""
+    rag = indexed.with_settings(smollm2_generator, llm_max_tokens=48, top_k=2)
+    async with running_bot(rag, tmp_path) as w:
+        inter = await w.fake.invoke(
+            "ask", {"question": "What do the parameters for HNSW mean?"}, user=w.alice
+        )
+        await wait_answered(inter, timeout=600)
+        content = inter.content or ""
+        answer = content.split("**Sources**")[0].lower()
+        words = set(re.findall(r"[a-z]+", answer))
+        common = {"the", "a", "is", "of", "to", "and", "in", "for", "that", "it", "are", "you"}
+        assert len(words & common) >= 3, content
+        assert "**Sources**" in content and ":~:text=" in content, content
+        assert inter.original is not None
+        record = await w.store.answer_by_message(inter.original.id)
+        assert record is not None and record.answer.strip() and record.sources
+    w.fake.assert_clean()
 
 
 async def test_an_answer_the_docs_do_not_back_says_so(embedder) -> None:
