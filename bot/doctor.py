@@ -182,7 +182,7 @@ def check_relevance_threshold(settings: Settings) -> CheckResult:
             f"calibrated for {settings.embedding_model}",
             calibrate,
         )
-    if abs(value - expected) > 0.1 and not chosen:
+    if abs(value - expected) > 0.02 and not chosen:
         return _warn(
             name,
             f"RELEVANCE_THRESHOLD={value:g} (the default) does not suit "

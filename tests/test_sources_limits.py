@@ -490,4 +490,6 @@ async def test_huge_robots_txt_and_sitemap_do_not_stall_the_event_loop(
 
     assert not failures
     assert sorted(doc.url for doc in docs) == [site.url(p) for p in pages]
-    assert lag < 0.5, f"the event loop stalled for {lag:.2f} s"
+    # Parsed on the loop, this stalled it 3.4 s on an idle 2-core host (0.15 s now); the margin
+    # is for a host so busy that the loop's own thread waits for a core.
+    assert lag < 1.5, f"the event loop stalled for {lag:.2f} s"
