@@ -197,6 +197,11 @@ class QuestionResult:
     answer: str | None = None  # only when answers were generated
     facts: list[bool] | None = None  # per key fact: stated in the answer?
     cited: list[str] | None = None  # pages of the [n] the answer cited
+    # Citation precision (see `citation_counts`): [citations, precise ones], for the model's
+    # own text and after attribution; and whether attribution flagged the answer low-support.
+    citations_raw: list[int] | None = None
+    citations_checked: list[int] | None = None
+    low_support: bool | None = None
 
     @property
     def answerable(self) -> bool:
@@ -230,6 +235,25 @@ def cited_pages(text: str, source_urls: Sequence[str]) -> list[str]:
     """The pages of the numbered sources an answer cites, in first-use order, deduplicated."""
     pages = [page_url(source_urls[n - 1]) for n in cited_numbers(text, len(source_urls))]
     return list(dict.fromkeys(pages))
+
+
+# The judge of a citation: the cited passage holds at least this share of the sentence's
+# content words. Lexical only, so it is not the attribution's own (cosine + words) score.
+PRECISE_WORD_SHARE = 0.5
+
+
+def citation_counts(text: str, passages: Sequence[str]) -> list[int]:
+    """[citations, precise citations] in `text`: one per (sentence, cited passage) pair; precise
+    when that passage contains at least PRECISE_WORD_SHARE of the sentence's content words."""
+    from .attribution import content_words, lexical_support, split_answer
+
+    words = [content_words(p) for p in passages]
+    total = precise = 0
+    for piece in split_answer(text, len(passages)):
+        for n in piece.cited:
+            total += 1
+            precise += lexical_support(piece.text, words[n - 1]) >= PRECISE_WORD_SHARE
+    return [total, precise]
 
 
 def gate(hits: Sequence[Hit], top_k: int, threshold: float) -> tuple[float, bool]:
@@ -286,6 +310,18 @@ def score_group(results: Sequence[QuestionResult]) -> dict[str, Any]:
         scores["cited_expected_rate"] = _ratio(
             sum(1 for r in answered if r.cited_expected), len(answered)
         )
+        for name, counts in (
+            ("raw", [r.citations_raw for r in answered]),
+            ("checked", [r.citations_checked for r in answered]),
+        ):
+            pairs = [c for c in counts if c is not None]
+            scores[f"citations_{name}"] = sum(c[0] for c in pairs)
+            scores[f"citation_precision_{name}"] = _ratio(
+                sum(c[1] for c in pairs), sum(c[0] for c in pairs)
+            )
+        scores["low_support_rate"] = _ratio(
+            sum(1 for r in answered if r.low_support), len(answered)
+        )
     if results:
         scores["embed_ms_mean"] = sum(r.embed_ms for r in results) / len(results)
         scores["search_ms_mean"] = sum(r.search_ms for r in results) / len(results)
@@ -302,6 +338,9 @@ _TABLE_COLUMNS = [
     ("ans refused", "answerable_refused_rate", "f"),
     ("facts", "key_facts_rate", "f"),
     ("cites ok", "cited_expected_rate", "f"),
+    ("cite prec raw", "citation_precision_raw", "f"),
+    ("cite prec", "citation_precision_checked", "f"),
+    ("low support", "low_support_rate", "f"),
 ]
 
 
@@ -437,8 +476,13 @@ async def run_eval(
             result.refused = prepared.refused  # the answerer's own decision
             result.answer = stream.result.text
             if not prepared.refused:
+                answer = stream.result
                 result.facts = facts_found(result.answer, q.key_facts)
                 result.cited = cited_pages(result.answer, [s.url for s in prepared.sources])
+                passages = [s.text for s in prepared.sources]
+                result.citations_raw = citation_counts(answer.raw_text, passages)
+                result.citations_checked = citation_counts(answer.text, passages)
+                result.low_support = answer.low_support
         results.append(result)
         if on_progress is not None:
             on_progress(i, len(questions))
@@ -480,6 +524,7 @@ _COMPARED = [
     "answerable_refused_rate",
     "key_facts_rate",
     "cited_expected_rate",
+    "citation_precision_checked",
 ]
 _LOWER_IS_BETTER = {"answerable_refused_rate"}
 
