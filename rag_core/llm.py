@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, EngineDeadError, GenerationError, GenerationTimeout
+from .model_source import check_model_available
 from .repetition import RepetitionGuard
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class GenerationChunk:
 
 
 def _load_tokenizer(settings: Settings) -> Any:
+    # Both backends load the model's tokenizer first: a model that is neither a folder nor
+    # cached, with no hub in reach, is reported here in seconds with the ways out.
+    check_model_available(settings.llm_model, setting="LLM_MODEL", what="answer model")
     from transformers import AutoTokenizer
 
     token = settings.hf_token.get_secret_value() or None

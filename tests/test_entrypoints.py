@@ -150,6 +150,29 @@ def test_a_model_that_cannot_be_had_says_which_and_how_to_fix_it(tmp_path: Path)
     assert not (tmp_path / "data" / "kb.db").exists()
 
 
+def test_an_answer_model_that_cannot_be_had_says_which_and_how_to_fix_it(
+    tmp_path: Path,
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "page.md").write_text("# Collections\n\nA collection holds entities and vectors.\n")
+    assert run(tmp_path, "rag_core", "index", str(docs), "-q", **offline()).returncode == 0
+    result = run(
+        tmp_path,
+        "rag_core",
+        "ask",
+        "what is a collection",
+        LLM_MODEL="Qwen/Qwen2.5-7B-Instruct",
+        HF_HOME=str(tmp_path / "hf"),  # an empty cache
+        HF_HUB_OFFLINE="1",
+        **offline(),
+    )
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip()
+    assert error.startswith("error: The answer model 'Qwen/Qwen2.5-7B-Instruct'"), error
+    assert "LLM_MODEL to a local folder" in error and "Traceback" not in error
+
+
 def test_sync_needs_only_discord(tmp_path: Path) -> None:
     """`python -m bot sync` publishes the commands without loading any model or the database."""
 
