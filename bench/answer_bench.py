@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/answer_bench.py --model tiny            # the test model (~1 MB)
     .venv/bin/python bench/answer_bench.py --model qwen0.5b-shape  # random, Qwen2.5-0.5B dims
+    .venv/bin/python bench/answer_bench.py --model smollm2         # real SmolLM2-135M-Instruct
     .venv/bin/python bench/answer_bench.py --model /path/to/model  # any local model folder
 
 Over the Milvus docs corpus (indexed once into --data-dir with the offline embedding model), the
@@ -43,6 +44,10 @@ SHAPES = {
 
 
 def build_model(name: str, cache: Path) -> Path:
+    if name == "smollm2":  # the real SmolLM2-135M-Instruct, converted from its packaged GGUF
+        from rag_core.model_fetch import convert_gguf, packaged_gguf
+
+        return convert_gguf(packaged_gguf(), cache / "smollm2-135m-instruct")
     if name not in SHAPES:
         return Path(name)
     out = cache / name
@@ -60,6 +65,7 @@ async def run_level(answerer, questions: list[str], concurrency: int) -> dict[st
     ttft: list[float] = []
     total: list[float] = []
     overhead: list[float] = []
+    attribution: list[float] = []
     tokens = 0
 
     async def one(question: str) -> None:
@@ -78,6 +84,7 @@ async def run_level(answerer, questions: list[str], concurrency: int) -> dict[st
             ttft.append((t.first_token_s or 0) * 1000)
             total.append((time.perf_counter() - start) * 1000)
             overhead.append((prepared_at - start) * 1000)
+            attribution.append(t.attribution_s * 1000)
             tokens += answer.completion_tokens
 
     wall = time.perf_counter()
@@ -93,6 +100,8 @@ async def run_level(answerer, questions: list[str], concurrency: int) -> dict[st
         "total_p95": pct(total, 0.95),
         "tok_s": tokens / wall,
         "overhead_pct": 100 * sum(overhead) / sum(total),
+        # Checking the sources after each stream (rag_core/attribution.py), share of the total.
+        "attribution_pct": 100 * sum(attribution) / sum(total),
         "wall_s": wall,
     }
 
@@ -128,7 +137,9 @@ def seed_baseline(settings, prompts: list[str], max_tokens: int) -> tuple[float,
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="tiny", help="tiny, qwen0.5b-shape, or a model folder")
+    ap.add_argument(
+        "--model", default="tiny", help="tiny, qwen0.5b-shape, smollm2, or a model folder"
+    )
     ap.add_argument("--corpus", default=str(SHARED_CORPUS))
     ap.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "answer-bench"))
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -186,16 +197,16 @@ async def main() -> None:
     lines.append("")
     lines.append(
         "| concurrent | retrieval p50/p95 ms | TTFT p50/p95 ms | total p50/p95 ms | "
-        "tokens/s | vs 1 | bot-side overhead |"
+        "tokens/s | vs 1 | bot-side overhead | source check |"
     )
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|")
     single = results[min(results)]["tok_s"]
     for level, r in results.items():
         lines.append(
             f"| {level} | {r['retrieval_p50']:.0f} / {r['retrieval_p95']:.0f} | "
             f"{r['ttft_p50']:.0f} / {r['ttft_p95']:.0f} | {r['total_p50']:.0f} / "
             f"{r['total_p95']:.0f} | {r['tok_s']:.1f} | {r['tok_s'] / single:.1f}x | "
-            f"{r['overhead_pct']:.1f}% |"
+            f"{r['overhead_pct']:.1f}% | {r['attribution_pct']:.1f}% |"
         )
     if not args.skip_seed:
         seconds, tokens = await asyncio.to_thread(seed_baseline, settings, prompts, args.max_tokens)
