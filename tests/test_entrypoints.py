@@ -24,7 +24,7 @@ from tests.fake_discord import FakeDiscord
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["tests.llm_fixtures"]
+pytest_plugins = ["tests.llm_fixtures", "tests.smollm2_fixtures"]
 
 
 def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -240,9 +240,10 @@ def test_index_where_every_source_fails_exits_non_zero(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ask_prints_only_the_answer_on_stdout_and_exits_quietly(
-    tmp_path: Path, tiny_model_dir: Path, vllm_env: Path
+    tmp_path: Path, smollm2_dir: Path, vllm_env: Path
 ) -> None:
-    """stdout is the answer, sources and timings; engine logs go to stderr; exit is clean."""
+    """stdout is a real model's answer, sources and timings; engine logs go to stderr; exit is
+    clean."""
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "hnsw.md").write_text("# HNSW\n\nHNSW builds a layered graph; M sets its degree.\n")
@@ -252,17 +253,20 @@ def test_ask_prints_only_the_answer_on_stdout_and_exits_quietly(
         "rag_core",
         "ask",
         "What does M mean for HNSW?",
-        LLM_MODEL=str(tiny_model_dir),
-        LLM_MAX_MODEL_LEN="1024",
+        LLM_MODEL=str(smollm2_dir),
+        LLM_MAX_MODEL_LEN="2048",
         LLM_ENFORCE_EAGER="true",
-        LLM_KV_CACHE_BYTES=str(64 * 2**20),
-        LLM_MAX_TOKENS="8",
+        LLM_KV_CACHE_BYTES=str(128 * 2**20),
+        LLM_MAX_TOKENS="24",
+        LLM_TEMPERATURE="0",
         RELEVANCE_THRESHOLD="-1",
         **offline(),
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     sources = lines.index("Sources:")
+    words = set(" ".join(lines[:sources]).lower().split())
+    assert len(words & {"the", "a", "is", "of", "to", "and", "in", "hnsw", "m", "graph"}) >= 2
     assert lines[sources + 1].startswith("[1] HNSW <file://")
     assert lines[-1].startswith("embed ") and "first token" in lines[-1]
     # Before: ~40 vLLM INFO/WARNING lines led stdout, a TypeError followed the answer.
