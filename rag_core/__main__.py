@@ -158,11 +158,18 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from .runtime import open_rag
 
     qset = ev.load_questions(args.questions, base_url=settings.docs_base_url)
+    if args.split:
+        qset.questions = [q for q in qset.questions if q.split == args.split]
+        if not qset.questions:
+            print(f"no questions with split {args.split!r}", file=sys.stderr)
+            return 2
     if args.lang:
         qset.questions = [q for q in qset.questions if q.lang in args.lang]
         if not qset.questions:
             print(f"no questions in {', '.join(args.lang)}", file=sys.stderr)
             return 2
+    if args.limit:
+        qset.questions = qset.questions[: args.limit]
     if qset.skipped:
         print(
             f"skipped {len(qset.skipped)} flagged answers without reviewed expected_sources: "
@@ -350,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--lang",
         action="append",
         help="only questions in this language (repeatable), e.g. --lang en to calibrate",
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=["tune", "test"],
+        help="only that half of a set whose questions carry a split (tune on one, report one)",
+    )
+    evaluate.add_argument(
+        "--limit", type=int, help="only the first N questions (after --split and --lang)"
     )
     evaluate.add_argument(
         "--answers",

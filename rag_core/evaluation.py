@@ -54,6 +54,7 @@ class Question:
     expected_sources: tuple[str, ...]  # page URLs; empty = the docs cannot answer it
     key_facts: tuple[tuple[str, ...], ...] = ()  # each fact: alternatives, any one counts
     lang: str = "en"
+    split: str = ""  # "tune" or "test": tune settings on one half, report the other
 
     @property
     def answerable(self) -> bool:
@@ -140,6 +141,7 @@ def parse_question(
         expected_sources=tuple(dict.fromkeys(_resolve(s, base_url) for s in expected if s)),
         key_facts=_facts(record.get("key_facts"), where),
         lang=str(lang),
+        split=str(record.get("split") or ""),
     )
 
 
