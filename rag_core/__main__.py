@@ -177,7 +177,12 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     previous = ev.load_results(args.compare) if args.compare else None  # fail before running
-    bar = tqdm(total=len(qset.questions), unit=" q", desc="eval", disable=args.quiet)
+    bar = tqdm(
+        total=len(qset.questions),
+        unit=" q",
+        desc="eval",
+        disable=args.quiet or not sys.stderr.isatty(),  # redrawn bars garble logs and pipes
+    )
 
     def on_progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
