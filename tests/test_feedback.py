@@ -146,6 +146,7 @@ async def test_one_vote_per_user_and_revote_replaces(store: FeedbackStore) -> No
     assert await store.stats() == {
         "answers": 1,
         "refused": 0,
+        "low_support": 0,
         "flags": 1,
         "good": 0,
         "flagged_answers": 1,
