@@ -48,5 +48,15 @@ case "$flavour" in
   *)
     echo "usage: scripts/setup.sh [cpu|gpu]" >&2; exit 2 ;;
 esac
+# The tests run the store a second time against a Milvus server on a loopback port: milvus-lite
+# 3.x serves one over TCP (aliases included), but it cannot share .venv with the 2.5 engine the
+# bot embeds, so it lives in a small venv of its own (~450 MB; skipped when already there).
+server_venv=.venv-milvus-server
+server_spec="milvus-lite==3.2.2"
+if ! "$server_venv/bin/python" -c "import milvus_lite.cmdline, pymilvus" 2>/dev/null; then
+  [ -x "$server_venv/bin/python" ] || "$python" -m venv "$server_venv"
+  "$server_venv/bin/python" -m pip --disable-pip-version-check install -q "$server_spec" \
+    "pymilvus==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pymilvus"))')"
+fi
 .venv/bin/python -c "import sentence_transformers, pymilvus, vllm, discord" \
   && echo "setup ok ($flavour): activate with 'source .venv/bin/activate'"
