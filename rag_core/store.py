@@ -444,7 +444,7 @@ class KnowledgeStore:
                 else:
                     rows = self._dense(name, queries, first.top_k, first.filter)
                 return [
-                    [_to_hit(row, query) for row in _cut(found, first.top_k)]
+                    [_to_hit(row, query) for row in found]
                     for query, found in zip(queries, rows, strict=True)
                 ]
             except Exception as exc:
@@ -483,7 +483,10 @@ class KnowledgeStore:
             output_fields=_HIT_FIELDS,
             search_params={"metric_type": "COSINE"},
         )
-        return [[{**hit["entity"], "_score": hit["distance"]} for hit in hits] for hits in result]
+        return [
+            _cut([{**hit["entity"], "_score": hit["distance"]} for hit in hits], top_k)
+            for hits in result
+        ]
 
     def _hybrid(
         self, name: str, queries: list[np.ndarray], texts: list[str], top_k: int, filter: str
@@ -493,7 +496,7 @@ class KnowledgeStore:
         Fused here, not by Milvus's RRFRanker: Lite 2.5 ranks the second and later queries of
         a batch as if their ranks continued the first one's (scores of 1/(60 + 20 + rank)),
         which reorders them; fusing the two rankings ourselves gives each query of a batch
-        exactly what it gets alone, equal scores in chunk_id order.
+        exactly what it gets alone.
         """
         # Each side proposes more candidates than asked, so RRF can promote a chunk that ranks
         # well on both without being first on either.
@@ -514,13 +517,22 @@ class KnowledgeStore:
             )
         ]
         fused: list[list[tuple[str, float]]] = []
-        for rankings in zip(*sides, strict=True):
+        for dense, sparse in zip(*sides, strict=True):
             scores: dict[str, float] = {}
-            for ranking in rankings:
+            dense_rank: dict[str, int] = {}
+            for ranking in (dense, sparse):
                 for rank, hit in enumerate(ranking, 1):
                     chunk_id = hit["entity"]["chunk_id"]
                     scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (_RRF_K + rank)
-            fused.append(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k])
+                    if ranking is dense:
+                        dense_rank[chunk_id] = rank
+            # Mirrored ranks (1st and 3rd vs 3rd and 1st) tie exactly: the chunk closer in
+            # meaning goes first, as Milvus's own RRF orders them; then chunk_id.
+            order = sorted(
+                scores,
+                key=lambda c: (-scores[c], dense_rank.get(c, len(dense) + 1), c),
+            )
+            fused.append([(c, scores[c]) for c in order[:top_k]])
         wanted = sorted({chunk_id for best in fused for chunk_id, _ in best})
         rows: dict[str, dict[str, Any]] = {}
         if wanted:
