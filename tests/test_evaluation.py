@@ -324,8 +324,9 @@ async def test_answer_checks_through_the_answerer(
         AutoTokenizer.from_pretrained(tiny_model_dir),
         {
             questions[0].question: (
-                "Increasing the efConstruction parameter may enhance index quality, but it "
-                "also lengthens the indexing time [1][2]."
+                "HNSW limits the maximum degree of nodes on each layer of the graph to M, and "
+                "you can use efConstruction when building the index to specify a search "
+                "range [1][2]."
             ),
             questions[1].question: "Use JACCARD, it is in the docs [9].",  # no valid citation
             questions[2].question: "No idea.",
