@@ -1,1 +1,1 @@
-"""The Discord bot (built in the bot issue)."""
+"""The Discord bot: slash commands, streamed answers, feedback and admin tools over rag_core."""

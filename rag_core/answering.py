@@ -127,20 +127,6 @@ def load_prompt(name: str = "answer.txt") -> tuple[str, str]:
     return match.group(1).strip(), match.group(2).strip()
 
 
-_CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-
-
-def cited_numbers(text: str, n_sources: int) -> list[int]:
-    """The source numbers a text cites ([1], [2][3], [1, 4]) in first-use order, in range only."""
-    seen: list[int] = []
-    for match in _CITATION.finditer(text):
-        for part in match.group(1).split(","):
-            n = int(part)
-            if 1 <= n <= n_sources and n not in seen:
-                seen.append(n)
-    return seen
-
-
 def _shingles(text: str, size: int = 5) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
     return {tuple(words[i : i + size]) for i in range(max(1, len(words) - size + 1))}

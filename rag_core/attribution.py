@@ -131,13 +131,19 @@ def split_answer(text: str, n_passages: int) -> list[_Piece]:
     return pieces
 
 
-def _sentence_piece(raw: str, sep: str, n_passages: int) -> _Piece:
-    cited: list[int] = []
-    for match in _CITATION.finditer(raw):
+def cited_numbers(text: str, n_sources: int) -> list[int]:
+    """The source numbers a text cites ([1], [2][3], [1, 4]) in first-use order, in range only."""
+    seen: list[int] = []
+    for match in _CITATION.finditer(text):
         for part in match.group(1).split(","):
             n = int(part)
-            if 1 <= n <= n_passages and n not in cited:
-                cited.append(n)
+            if 1 <= n <= n_sources and n not in seen:
+                seen.append(n)
+    return seen
+
+
+def _sentence_piece(raw: str, sep: str, n_passages: int) -> _Piece:
+    cited = cited_numbers(raw, n_passages)
     plain = _CITATION.sub("", raw)
     # Keep the sentence's final punctuation after the citations we put back: "text [1]."
     core = plain.rstrip()

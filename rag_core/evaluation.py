@@ -27,7 +27,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .answering import cited_numbers, fold_near_duplicates
+from .answering import fold_near_duplicates
+from .attribution import cited_numbers
 from .documents import Hit
 from .errors import RagError
 

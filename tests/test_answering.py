@@ -13,11 +13,11 @@ from rag_core.answering import (
     REFUSAL,
     Answerer,
     EmptyQuestionError,
-    cited_numbers,
     clean_question,
     fold_near_duplicates,
     is_blank,
 )
+from rag_core.attribution import cited_numbers
 from rag_core.documents import Hit
 from rag_core.llm import GenerationChunk, Generator
 from rag_core.runtime import Rag, open_rag
