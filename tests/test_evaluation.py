@@ -269,22 +269,23 @@ async def test_real_run_over_the_fixture_docs(indexed_settings, embedder) -> Non
             rag, questions, on_progress=lambda done, total: progress.append((done, total))
         )
     assert progress[-1] == (8, 8)
-    # Hybrid search, MiniLM, default chunks: the expected page's first rank per question.
+    # Hybrid search, MiniLM, default chunks: the expected page's first rank per question
+    # (Milvus Lite 2.5's BM25; 3.x ranked diskann 2nd and de-replica 4th).
     ranks = {r.id: r.rank for r in results}
     assert ranks == {
         "hnsw-params": 2,  # behind mmap.md (BM25 likes its "parameters")
         "binary-metrics": 1,
-        "diskann": 2,
+        "diskann": 1,
         "mmap": 1,
         "tenants": 1,
         "none-sourdough": None,
         "none-worldcup": None,
-        "de-replica": 4,
+        "de-replica": 3,
     }
     assert [r.id for r in results if r.refused] == ["none-sourdough", "none-worldcup"]
     english = ev.summarize(results)["by_lang"]["en"]
-    assert (english["recall@1"], english["recall@3"], english["recall@5"]) == (0.6, 1.0, 1.0)
-    assert english["mrr"] == pytest.approx((1 / 2 + 1 + 1 / 2 + 1 + 1) / 5)  # 0.8
+    assert (english["recall@1"], english["recall@3"], english["recall@5"]) == (0.8, 1.0, 1.0)
+    assert english["mrr"] == pytest.approx((1 / 2 + 1 + 1 + 1 + 1) / 5)  # 0.9
     assert english["unanswerable_refused_rate"] == 1.0 and english["answerable_refused"] == 0
     c = ev.calibrate_threshold(
         [(r.best_similarity, r.answerable) for r in results if r.lang == "en"]
