@@ -190,7 +190,8 @@ async def test_killed_indexer_process_leaves_index_identical(
     # Kill it once it is embedding (its tqdm bars on stderr end lines with \r, not \n).
     assert proc.stderr is not None
     seen = ""
-    deadline = time.monotonic() + 120
+    # Its first progress line with "embedded" comes after a whole group: minutes on a busy host.
+    deadline = time.monotonic() + 400
     while "embedded" not in seen and time.monotonic() < deadline and proc.poll() is None:
         ready, _, _ = select.select([proc.stderr], [], [], 1.0)
         if ready:
