@@ -93,6 +93,24 @@ class Settings(BaseSettings):
     # 8, not 5: on eval/questions.jsonl (docs/evaluation.md) hybrid search's larger candidate
     # pool (4 x top_k per side) lifts English recall@5 0.957 -> 0.978 and MRR 0.743 -> 0.751.
     top_k: int = Field(8, ge=1, le=50, description="Passages retrieved per question")
+    # Fusion and diversity were chosen on tuning questions only (the tune half of
+    # eval/community.jsonl and eval/questions.jsonl; docs/evaluation.md): the setting that is
+    # best on both without losing on either. One passage per page first did most of it: English
+    # recall@5 0.889 -> 0.904 on the community tune half, 0.978 kept on questions.jsonl.
+    search_candidates: int = Field(
+        32, ge=1, le=1000, description="Hybrid: candidates the dense and the BM25 side each propose"
+    )
+    fusion_rrf_k: int = Field(
+        30, ge=1, description="Hybrid: RRF constant (smaller trusts each side's top ranks more)"
+    )
+    fusion_dense_weight: float = Field(
+        1.0, ge=0, description="Hybrid: weight of the dense ranking in the fusion (BM25's is 1)"
+    )
+    passages_per_page: int = Field(
+        1,
+        ge=1,
+        description="Passages from one page among the top ones before any page gets one more",
+    )
 
     # --- reindex ---
     reindex_timeout_min: float = Field(

@@ -1,9 +1,10 @@
-"""Retriever: question -> query vector -> hybrid (or dense) search -> hits, with timings."""
+"""Retriever: question -> query vector -> hybrid (or dense) search -> diverse hits, with timings."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Settings
@@ -11,12 +12,32 @@ from .documents import Hit
 from .embedding import Embedder
 from .store import KnowledgeStore
 
+# Hits fetched per hit kept, so the top ones can come from several pages.
+_DIVERSITY_POOL = 4
+
 
 @dataclass(frozen=True)
 class Retrieval:
     hits: list[Hit]
     embed_s: float
     search_s: float
+
+
+def diversify(hits: Sequence[Hit], top_k: int, per_page: int) -> list[Hit]:
+    """The best `top_k` hits, at most `per_page` from one page until every page had its turn.
+
+    Order is kept within each pass: a page's second passage ranks after every page's first.
+    """
+    kept: list[Hit] = []
+    later: list[Hit] = []
+    taken: dict[str, int] = {}
+    for hit in hits:
+        if taken.get(hit.doc_id, 0) < per_page:
+            taken[hit.doc_id] = taken.get(hit.doc_id, 0) + 1
+            kept.append(hit)
+        else:
+            later.append(hit)
+    return (kept + later)[:top_k]
 
 
 class Retriever:
@@ -29,6 +50,7 @@ class Retriever:
         self, question: str, *, top_k: int | None = None, filter: str | None = None
     ) -> Retrieval:
         """Embed (the embedder's own thread) and search (a worker thread): the loop stays free."""
+        top_k = top_k or self.settings.top_k
         t0 = time.perf_counter()
         vector = await self.embedder.aembed_query(question)
         t1 = time.perf_counter()
@@ -36,9 +58,10 @@ class Retriever:
             self.store.search,
             vector,
             question,
-            top_k=top_k or self.settings.top_k,
+            top_k=top_k * _DIVERSITY_POOL,
             mode=self.settings.search_mode,
             filter=filter,
         )
         t2 = time.perf_counter()
+        hits = diversify(hits, top_k, self.settings.passages_per_page)
         return Retrieval(hits=hits, embed_s=t1 - t0, search_s=t2 - t1)

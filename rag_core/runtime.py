@@ -16,7 +16,7 @@ from .embedding import Embedder
 from .indexer import Indexer
 from .llm import Generator, create_generator
 from .retrieval import Retriever
-from .store import KnowledgeStore
+from .store import Fusion, KnowledgeStore
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ def _open_store(settings: Settings) -> KnowledgeStore:
         settings.milvus_target,
         token=settings.milvus_token.get_secret_value(),
         alias=settings.collection,
+        fusion=Fusion(
+            candidates=settings.search_candidates,
+            rrf_k=settings.fusion_rrf_k,
+            dense_weight=settings.fusion_dense_weight,
+        ),
     )
 
 

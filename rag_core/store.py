@@ -67,10 +67,21 @@ _COPY_FIELDS = [*_MAX_BYTES, "vector", "indexed_at"]
 
 _PROP_MODEL = "rag.model"
 _PROP_DIM = "rag.dim"
-_RRF_K = 60
-# Candidates each side of a hybrid search proposes: top_k * factor, at least the minimum.
-_HYBRID_FACTOR = 4
-_HYBRID_MIN = 20
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How a hybrid search fuses its dense and BM25 rankings (weighted reciprocal rank).
+
+    The defaults are the product's (Settings: SEARCH_CANDIDATES, FUSION_RRF_K,
+    FUSION_DENSE_WEIGHT); rrf_k 60 with equal weights is the classic RRF.
+    """
+
+    candidates: int = 32  # each side proposes this many (at least top_k)
+    rrf_k: int = 30
+    dense_weight: float = 1.0  # BM25's weight is 1
+
+
 # Extra dense hits fetched past top_k so ties at the cut (duplicate chunks) are broken here,
 # by chunk_id: engines order ties by storage order, which a copy changes.
 _TIE_SLACK = 8
@@ -253,11 +264,18 @@ class KnowledgeStore:
     """
 
     def __init__(
-        self, uri: str, *, token: str = "", alias: str = "docs", connect_timeout: float = 10.0
+        self,
+        uri: str,
+        *,
+        token: str = "",
+        alias: str = "docs",
+        connect_timeout: float = 10.0,
+        fusion: Fusion | None = None,
     ) -> None:
         from pymilvus import MilvusClient
 
         self.alias = alias
+        self.fusion = fusion or Fusion()
         self._prefix = f"{alias}__v"
         self._lite_path: str | None = None
         self._pointer: Path | None = None  # Lite: the live pointer file (servers: the alias)
@@ -491,7 +509,7 @@ class KnowledgeStore:
     def _hybrid(
         self, name: str, queries: list[np.ndarray], texts: list[str], top_k: int, filter: str
     ) -> list[list[dict[str, Any]]]:
-        """Dense and BM25 candidates, fused here by reciprocal rank (RRF, k=60).
+        """Dense and BM25 candidates, fused here by weighted reciprocal rank (`self.fusion`).
 
         Fused here, not by Milvus's RRFRanker: Lite 2.5 ranks the second and later queries of
         a batch as if their ranks continued the first one's (scores of 1/(60 + 20 + rank)),
@@ -500,7 +518,8 @@ class KnowledgeStore:
         """
         # Each side proposes more candidates than asked, so RRF can promote a chunk that ranks
         # well on both without being first on either.
-        candidates = max(top_k * _HYBRID_FACTOR, _HYBRID_MIN)
+        fusion = self.fusion
+        candidates = max(fusion.candidates, top_k)
         sides = [
             self.client.search(
                 name,
@@ -520,10 +539,10 @@ class KnowledgeStore:
         for dense, sparse in zip(*sides, strict=True):
             scores: dict[str, float] = {}
             dense_rank: dict[str, int] = {}
-            for ranking in (dense, sparse):
+            for ranking, weight in ((dense, fusion.dense_weight), (sparse, 1.0)):
                 for rank, hit in enumerate(ranking, 1):
                     chunk_id = hit["entity"]["chunk_id"]
-                    scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (_RRF_K + rank)
+                    scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (fusion.rrf_k + rank)
                     if ranking is dense:
                         dense_rank[chunk_id] = rank
             # Mirrored ranks (1st and 3rd vs 3rd and 1st) tie exactly: the chunk closer in

@@ -25,7 +25,7 @@ import pytest
 
 from rag_core.documents import Chunk, sha256
 from rag_core.errors import IndexMissingError, StoreError, StoreLockedError
-from rag_core.store import KnowledgeStore, VersionInfo, milvus_str
+from rag_core.store import Fusion, KnowledgeStore, VersionInfo, milvus_str
 
 from .conftest import FIXTURES
 
@@ -232,7 +232,26 @@ def test_search_returns_cited_passages(kb, corpus, embedder, mode):
         assert [h.score for h in hits] == pytest.approx([h.similarity for h in hits], abs=1e-5)
         assert hits == sorted(hits, key=lambda h: -h.score)
     else:
-        assert all(0 < h.score <= 2 / 61 + 1e-6 for h in hits)  # RRF, k=60, two rankings
+        # weighted RRF of two rankings: at most (dense weight + 1) / (k + 1)
+        bound = (kb.fusion.dense_weight + 1) / (kb.fusion.rrf_k + 1)
+        assert all(0 < h.score <= bound + 1e-6 for h in hits)
+
+
+def test_fusion_weights_move_hybrid_ranking_between_its_sides(kb, embedder):
+    """A dense weight of 0 ranks by BM25 alone (an identifier's one chunk first); a huge one
+    ranks as dense search does."""
+    identifier = "saslUsername"
+    query = embedder.embed_query(identifier)
+    dense = ids(kb.search(query, identifier, top_k=5, mode="dense"))
+    chosen = kb.fusion
+    try:
+        kb.fusion = Fusion(dense_weight=0.0)
+        by_bm25 = kb.search(query, identifier, top_k=5, mode="hybrid")
+        assert identifier in by_bm25[0].text and by_bm25[0].chunk_id not in dense
+        kb.fusion = Fusion(dense_weight=1e6)
+        assert ids(kb.search(query, identifier, top_k=5, mode="hybrid")) == dense
+    finally:
+        kb.fusion = chosen
 
 
 @pytest.mark.parametrize("identifier", ["saslUsername", "PQCodeBugetGBRatio"])

