@@ -1,7 +1,7 @@
 """Retrieval quality: the project's retrieval against a naive baseline, same questions, one run.
 
     .venv/bin/python bench/retrieval_quality.py eval/community.jsonl --split test \\
-        --data-dir /tmp/idx          # an index of the Milvus docs built by `python -m rag_core index`
+        --data-dir /tmp/idx    # an index built by `python -m rag_core index`
 
 The naive baseline is what a first RAG tutorial builds: 512-character chunks of each page's
 text (RecursiveCharacterTextSplitter, no title or heading context), the same MiniLM embedder,
@@ -56,7 +56,7 @@ async def naive_pages(corpus: str, base_url: str) -> list[tuple[str, str]]:
     return sorted(pages)
 
 
-def build_naive(db: Path, pages: list[tuple[str, str]], embedder) -> None:  # noqa: ANN001
+def build_naive(db: Path, pages: list[tuple[str, str]], embedder) -> None:
     from langchain_text_splitters import RecursiveCharacterTextSplitter
     from pymilvus import DataType, Function, FunctionType, MilvusClient
 
@@ -96,7 +96,7 @@ def build_naive(db: Path, pages: list[tuple[str, str]], embedder) -> None:  # no
     tmp.rename(db)
 
 
-def naive_search(client, embedder, question: str) -> list[str]:  # noqa: ANN001
+def naive_search(client, embedder, question: str) -> list[str]:
     from pymilvus import AnnSearchRequest, RRFRanker
 
     vector = embedder.embed_query(question).tolist()
@@ -117,7 +117,7 @@ def page_recall(pages: list[str], expected: list[str], k: int = 5) -> float | No
     return len(set(pages[:k]) & set(expected)) / len(expected)
 
 
-def scorecard(results, page_recalls: list[float | None]) -> dict[str, dict[str, float | None]]:  # noqa: ANN001
+def scorecard(results, page_recalls: list[float | None]) -> dict[str, dict[str, float | None]]:
     from rag_core.evaluation import score_group
 
     groups = {
