@@ -630,13 +630,14 @@ class FeedbackStore:
     ) -> int:
         """Write every flagged answer as one JSON object per line; the number written.
 
-        Each line has what an eval question needs (`expected_sources`, `notes` left to fill in).
+        Each line has what an eval question needs (`expected_sources`, `notes` left to fill in);
+        a follow-up also carries its `conversation` (the earlier turns) and `standalone` question.
         A path is written atomically: a reader never sees half a file.
         """
 
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = conn.execute(_FLAGGED_SQL + " ORDER BY a.id", {"guild": guild_id}).fetchall()
-            return [_export_row(r) for r in rows]
+            return [{**_export_row(r), **_conversation_context(conn, r["id"])} for r in rows]
 
         records = await self._call(run)
 
@@ -752,6 +753,25 @@ def _export_row(row: sqlite3.Row) -> dict[str, Any]:
         # Filled in by a reviewer to turn the flag into an eval question.
         "expected_sources": [],
         "notes": "",
+    }
+
+
+def _conversation_context(conn: sqlite3.Connection, answer_id: int) -> dict[str, Any]:
+    """For a follow-up: the turns before it and the question retrieval used; else nothing."""
+    turn = conn.execute(
+        "SELECT conversation_id, position, standalone FROM turns WHERE answer_id = ?",
+        (answer_id,),
+    ).fetchone()
+    if turn is None or turn["position"] == 0:
+        return {}
+    earlier = conn.execute(
+        "SELECT a.question, a.answer FROM turns t JOIN answers a ON a.id = t.answer_id "
+        "WHERE t.conversation_id = ? AND t.position < ? ORDER BY t.position",
+        (turn["conversation_id"], turn["position"]),
+    ).fetchall()
+    return {
+        "conversation": [{"question": q, "answer": a} for q, a in earlier],
+        "standalone": turn["standalone"],
     }
 
 

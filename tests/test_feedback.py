@@ -167,6 +167,18 @@ async def test_conversations_keep_their_turns_across_a_restart(db_path: Path) ->
         assert await store.conversation(message_id=1002) == by_thread
         assert await store.conversation(message_id=2001) == by_thread
         assert await store.conversation(thread_id=4999) is None
+        # A flagged follow-up is exported with the conversation before it.
+        await store.set_vote(2001, 10, FLAG)
+        await store.set_vote(1001, 10, FLAG)
+        buffer = io.StringIO()
+        assert await store.export_jsonl(buffer) == 2
+        first, follow_up = (json.loads(line) for line in buffer.getvalue().splitlines())
+        assert "conversation" not in first and "standalone" not in first
+        assert follow_up["question"] == "and for IVF?"
+        assert follow_up["standalone"] == "question 1001? and for IVF?"
+        assert follow_up["conversation"] == [
+            {"question": "question 1001?", "answer": "answer 1001 [1]"}
+        ]
         # A thread belongs to one conversation.
         other = await _answer(store, 3001)
         with pytest.raises(sqlite3.IntegrityError):
