@@ -221,6 +221,26 @@ async def test_a_mention_is_answered_in_a_new_thread_under_it(
     w.fake.assert_clean()
 
 
+async def test_an_ask_where_threads_are_not_allowed_is_continued_by_replies(
+    indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rag, engine, _ = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, **TALK) as w:
+        no_threads = discord.PermissionOverwrite(create_public_threads=False)
+        w.guild.set_overwrite(w.general, w.fake.bot_member(w.guild), no_threads)
+        with caplog.at_level(logging.WARNING, logger="bot.answer_path"):
+            first = await ask(w, w.store, w.alice)
+            await ask(w, w.store, w.bob, "What is CAGRA?")
+        assert not w.fake.threads_of(w.general)
+        assert len([m for m in caplog.messages if "Create Public Threads" in m]) == 1
+        # No thread, but the answer is still a conversation: a reply continues it.
+        assert first.original is not None
+        await w.fake.user_message(w.general, w.alice, FOLLOW_UP, reply_to=first.original)
+        await wait_answers(w, w.general, 3)
+        assert f"User: {FIRST}" in engine.prompts[-1]
+    w.fake.assert_clean()
+
+
 # --------------------------------------------------------------------------- never noisy
 
 

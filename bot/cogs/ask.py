@@ -78,7 +78,11 @@ class Ask(commands.Cog):
         # (when follow-ups are on), continue it.
         thread = None
         if self.threads_here(interaction):
-            thread = await path.open_thread(delivered.messages[0], question)
+            granted = interaction.app_permissions
+            if granted.create_public_threads and granted.send_messages_in_threads:
+                thread = await path.open_thread(delivered.messages[0], question)
+            else:  # said once per channel; the answer stays a plain reply target
+                path.missing_permission(interaction.channel, "Create Public Threads")
         await path.remember(delivered, None, thread)
 
     def threads_here(self, interaction: discord.Interaction[RagBot]) -> bool:
