@@ -65,8 +65,8 @@ def row(name: str, values: list[float], fmt: Any = ms) -> str:
 async def run(args: argparse.Namespace, work: Path) -> str:
     import discord
 
+    from bot.answer_path import LIVE_MARKER
     from bot.client import RagBot
-    from bot.cogs.ask import LIVE_MARKER
     from bot.feedback import FeedbackStore
     from rag_core.config import Settings
     from rag_core.runtime import open_rag

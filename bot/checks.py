@@ -1,4 +1,4 @@
-"""Command checks: who is an admin, the /ask cooldown. Each runs when a command runs."""
+"""Command checks: who is an admin, the question cooldown. Each runs when a command runs."""
 
 from __future__ import annotations
 
@@ -57,7 +57,16 @@ def owner_only() -> Callable[[T], T]:
     return app_commands.check(predicate)
 
 
-def ask_cooldown(interaction: discord.Interaction[RagBot]) -> app_commands.Cooldown | None:
-    """One /ask per user per `ask_cooldown_s` (read at run time, so tests can change it)."""
-    seconds = interaction.client.settings.ask_cooldown_s
-    return app_commands.Cooldown(1, seconds) if seconds > 0 else None
+def ask_cooldown() -> Callable[[T], T]:
+    """One question per user per `ask_cooldown_s` (read at run time, so tests can change it),
+    shared with follow-ups, replies and mentions."""
+
+    def predicate(interaction: discord.Interaction[RagBot]) -> bool:
+        client = interaction.client
+        retry_after = client.answers.take_cooldown(interaction.user.id)
+        if retry_after is not None:
+            cooldown = app_commands.Cooldown(1, client.settings.ask_cooldown_s)
+            raise app_commands.CommandOnCooldown(cooldown, retry_after)
+        return True
+
+    return app_commands.check(predicate)

@@ -15,18 +15,24 @@ from rag_core.errors import RagError
 from rag_core.runtime import Rag
 
 from . import metrics
+from .answer_path import AnswerPath
 from .cogs import EXTENSIONS
+from .doctor import message_content_notice
 from .feedback import FeedbackStore
 from .utils import GENERIC_ERROR, NO_MENTIONS, send_error
 
 log = logging.getLogger(__name__)
 
 
-def bot_intents() -> discord.Intents:
-    """Guilds (channels, roles) and reactions only: slash commands need no message content."""
+def bot_intents(settings: Settings) -> discord.Intents:
+    """Guilds (channels, roles, threads), reactions and messages (mentions, replies); message
+    text beyond mentions only when DISCORD_MESSAGE_CONTENT asks for the privileged intent.
+    Slash commands need none of it."""
     intents = discord.Intents.none()
     intents.guilds = True
     intents.guild_reactions = True
+    intents.guild_messages = True
+    intents.message_content = settings.discord_message_content
     return intents
 
 
@@ -71,7 +77,7 @@ class RagBot(commands.Bot):
             # No text commands: without the message content intent only mentions would work.
             command_prefix=commands.when_mentioned,
             help_command=None,
-            intents=bot_intents(),
+            intents=bot_intents(settings),
             allowed_mentions=NO_MENTIONS,
             tree_cls=RagTree,
             **options,
@@ -80,6 +86,8 @@ class RagBot(commands.Bot):
         self._rag = rag
         self._feedback = feedback
         self.sync_commands = sync_commands
+        # One answer path (and one answer queue) for every way a question arrives.
+        self.answers = AnswerPath(self)
 
     @property
     def serving(self) -> bool:
@@ -109,6 +117,7 @@ class RagBot(commands.Bot):
             log.info("synced %d application commands", len(synced))
         if not self.serving:
             return
+        log.info("%s", message_content_notice(self.settings))
         try:
             # 0 when nothing is published yet: the bot starts and says so when asked.
             chunks = await asyncio.to_thread(self.rag.store.count)
@@ -119,6 +128,11 @@ class RagBot(commands.Bot):
             if not chunks:
                 log.warning("the knowledge base is empty: run /reindex or python -m rag_core index")
 
+    async def close(self) -> None:
+        # Answers in flight end with a clear message while HTTP still works.
+        await self.answers.stop()
+        await super().close()
+
     async def sync_app_commands(
         self, guild: discord.abc.Snowflake | None = None
     ) -> list[app_commands.AppCommand]:
@@ -128,6 +142,9 @@ class RagBot(commands.Bot):
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
         return await self.tree.sync(guild=guild)
+
+    async def on_message(self, message: discord.Message) -> None:
+        """No text commands: messages are read by the conversations cog's listener only."""
 
     async def on_ready(self) -> None:
         # on_ready fires again after reconnects: only log here, never sync or load.

@@ -224,6 +224,32 @@ def check_discord_token(token: str) -> CheckResult:
     return _ok(name, f"looks valid (bot id {app_id}; Discord checks it at login)")
 
 
+MESSAGE_CONTENT_HOWTO = (
+    "To enable them: Discord Developer Portal > your application > Bot > Privileged Gateway "
+    "Intents > Message Content Intent, then set DISCORD_MESSAGE_CONTENT=true."
+)
+
+
+def message_content_notice(settings: Settings) -> str:
+    """Which conversation features the Message Content intent setting turns on or off."""
+    if settings.discord_message_content:
+        threads = "a thread per public /ask answer, " if settings.ask_threads else ""
+        return (
+            "Message Content intent requested: follow-ups in the bot's threads, replies to its "
+            f"answers, {threads}@mentions and /ask are on (the intent must also be enabled in "
+            "the Developer Portal, or login fails)"
+        )
+    return (
+        "Message Content intent off: follow-ups in threads and replies to answers are "
+        "disabled (no threads for /ask answers); /ask and @mentions work. " + MESSAGE_CONTENT_HOWTO
+    )
+
+
+def check_message_content(settings: Settings) -> CheckResult:
+    """What the bot will read: the privileged intent decides which entry points are on."""
+    return _ok("conversations", message_content_notice(settings))
+
+
 # -- models ---------------------------------------------------------------------------------------
 
 
@@ -660,6 +686,7 @@ async def run_checks(settings: Settings, *, quick: bool = False) -> list[CheckRe
         llm_settings,
         check_relevance_threshold(settings),
         check_discord_token(settings.discord_token.get_secret_value()),
+        check_message_content(settings),
     ]
     if quick:
         results.append(await asyncio.to_thread(check_liveness, settings))

@@ -1,4 +1,5 @@
-"""The feedback database: answers the bot gave, 👍/👎 votes on them, moderator review cards.
+"""The feedback database: answers the bot gave, the conversations they belong to, 👍/👎 votes
+on them, moderator review cards.
 
 One SQLite file (default `data_dir/feedback.db`) in WAL mode. A single connection is shared
 under a lock and used from worker threads, so async callers never block the event loop and
@@ -28,7 +29,7 @@ from types import TracebackType
 from typing import Any, Self, TextIO, TypeVar
 
 DEFAULT_FILENAME = "feedback.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 GOOD, FLAG = 1, -1
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per attempt
 PATIENCE_S = 60.0  # retrying a busy database gives up after about this long
@@ -81,6 +82,29 @@ _MIGRATIONS: list[list[str]] = [
         # Most of the answer's text was backed by none of its passages (rag_core.attribution).
         "ALTER TABLE answers ADD COLUMN low_support INTEGER NOT NULL DEFAULT 0",
     ],
+    [
+        # A conversation: an answer and its follow-ups (in its thread, or replies to it).
+        """
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            guild_id INTEGER,                    -- NULL in DMs
+            channel_id INTEGER NOT NULL,         -- where the first question was asked
+            thread_id INTEGER UNIQUE,            -- the thread the bot started for it, if any
+            user_id INTEGER NOT NULL,            -- who started it
+            created_at REAL NOT NULL
+        )
+        """,
+        # One row per answer in a conversation; question, answer and sources are in answers.
+        """
+        CREATE TABLE turns (
+            answer_id INTEGER PRIMARY KEY REFERENCES answers (id) ON DELETE CASCADE,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,           -- 0 for the first question
+            standalone TEXT NOT NULL,            -- the question retrieval used
+            UNIQUE (conversation_id, position)
+        )
+        """,
+    ],
 ]
 
 
@@ -120,6 +144,27 @@ class AnswerRecord:
     def jump_url(self) -> str:
         """The Discord link to the answer's message."""
         return message_link(self.guild_id, self.channel_id, self.message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """One answered question of a conversation, oldest first."""
+
+    position: int
+    answer_id: int
+    question: str
+    answer: str
+    standalone: str  # the question retrieval used
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: int
+    guild_id: int | None
+    channel_id: int
+    thread_id: int | None
+    user_id: int
+    turns: tuple[TurnRecord, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +426,107 @@ class FeedbackStore:
 
         return await self._call(run)
 
+    # -- conversations ------------------------------------------------------------------------
+
+    async def record_turn(
+        self,
+        answer_id: int,
+        *,
+        standalone: str,
+        conversation_id: int | None = None,
+        thread_id: int | None = None,
+    ) -> int:
+        """Add recorded answer `answer_id` as the next turn of a conversation; its id.
+
+        Without `conversation_id` a new conversation starts with it, in the answer's channel
+        (and `thread_id`, when the bot started a thread for it). An answer already in a
+        conversation stays where it is.
+        """
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                done = conn.execute(
+                    "SELECT conversation_id FROM turns WHERE answer_id = ?", (answer_id,)
+                ).fetchone()
+                if done is not None:
+                    return int(done[0])  # recorded already (a reply raced the /ask that made it)
+                conversation = conversation_id
+                if conversation is None:
+                    row = conn.execute(
+                        "SELECT guild_id, channel_id, user_id FROM answers WHERE id = ?",
+                        (answer_id,),
+                    ).fetchone()
+                    if row is None:
+                        raise ValueError(f"answer {answer_id} is not recorded")
+                    cur = conn.execute(
+                        "INSERT INTO conversations (guild_id, channel_id, thread_id, user_id, "
+                        "created_at) VALUES (?, ?, ?, ?, ?)",
+                        (row["guild_id"], row["channel_id"], thread_id, row["user_id"], now),
+                    )
+                    conversation = cur.lastrowid
+                    assert conversation is not None
+                position = conn.execute(
+                    "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE conversation_id = ?",
+                    (conversation,),
+                ).fetchone()[0]
+                conn.execute(
+                    "INSERT INTO turns (answer_id, conversation_id, position, standalone) "
+                    "VALUES (?, ?, ?, ?)",
+                    (answer_id, conversation, position, standalone),
+                )
+                return conversation
+
+        return await self._call(run)
+
+    async def set_conversation_thread(self, conversation_id: int, thread_id: int) -> None:
+        """The bot started `thread_id` for the conversation: messages there continue it."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE conversations SET thread_id = ? WHERE id = ?",
+                    (thread_id, conversation_id),
+                )
+
+        await self._call(run)
+
+    async def conversation(
+        self, *, thread_id: int | None = None, message_id: int | None = None
+    ) -> Conversation | None:
+        """The conversation the bot's thread `thread_id` holds, or that the answer posted as
+        `message_id` (any of its parts) belongs to; with its turns, oldest first."""
+
+        def run(conn: sqlite3.Connection) -> Conversation | None:
+            if thread_id is not None:
+                row = conn.execute(
+                    "SELECT * FROM conversations WHERE thread_id = ?", (thread_id,)
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT c.* FROM answer_messages m JOIN turns t ON t.answer_id = m.answer_id "
+                    "JOIN conversations c ON c.id = t.conversation_id WHERE m.message_id = ?",
+                    (message_id,),
+                ).fetchone()
+            if row is None:
+                return None
+            turns = conn.execute(
+                "SELECT t.position, t.answer_id, a.question, a.answer, t.standalone FROM turns t "
+                "JOIN answers a ON a.id = t.answer_id WHERE t.conversation_id = ? "
+                "ORDER BY t.position",
+                (row["id"],),
+            ).fetchall()
+            return Conversation(
+                id=row["id"],
+                guild_id=row["guild_id"],
+                channel_id=row["channel_id"],
+                thread_id=row["thread_id"],
+                user_id=row["user_id"],
+                turns=tuple(TurnRecord(*t) for t in turns),
+            )
+
+        return await self._call(run)
+
     # -- votes --------------------------------------------------------------------------------
 
     async def set_vote(self, message_id: int, user_id: int, vote: int) -> VoteChange | None:
@@ -484,13 +630,14 @@ class FeedbackStore:
     ) -> int:
         """Write every flagged answer as one JSON object per line; the number written.
 
-        Each line has what an eval question needs (`expected_sources`, `notes` left to fill in).
+        Each line has what an eval question needs (`expected_sources`, `notes` left to fill in);
+        a follow-up also carries its `conversation` (the earlier turns) and `standalone` question.
         A path is written atomically: a reader never sees half a file.
         """
 
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = conn.execute(_FLAGGED_SQL + " ORDER BY a.id", {"guild": guild_id}).fetchall()
-            return [_export_row(r) for r in rows]
+            return [{**_export_row(r), **_conversation_context(conn, r["id"])} for r in rows]
 
         records = await self._call(run)
 
@@ -606,6 +753,25 @@ def _export_row(row: sqlite3.Row) -> dict[str, Any]:
         # Filled in by a reviewer to turn the flag into an eval question.
         "expected_sources": [],
         "notes": "",
+    }
+
+
+def _conversation_context(conn: sqlite3.Connection, answer_id: int) -> dict[str, Any]:
+    """For a follow-up: the turns before it and the question retrieval used; else nothing."""
+    turn = conn.execute(
+        "SELECT conversation_id, position, standalone FROM turns WHERE answer_id = ?",
+        (answer_id,),
+    ).fetchone()
+    if turn is None or turn["position"] == 0:
+        return {}
+    earlier = conn.execute(
+        "SELECT a.question, a.answer FROM turns t JOIN answers a ON a.id = t.answer_id "
+        "WHERE t.conversation_id = ? AND t.position < ? ORDER BY t.position",
+        (turn["conversation_id"], turn["position"]),
+    ).fetchall()
+    return {
+        "conversation": [{"question": q, "answer": a} for q, a in earlier],
+        "standalone": turn["standalone"],
     }
 
 

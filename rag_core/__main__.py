@@ -157,6 +157,8 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from . import evaluation as ev
     from .runtime import open_rag
 
+    if ev.is_follow_up_set(args.questions):
+        return await _eval_follow_ups(args, settings)
     qset = ev.load_questions(args.questions, base_url=settings.docs_base_url)
     if args.split:
         qset.questions = [q for q in qset.questions if q.split == args.split]
@@ -244,6 +246,51 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
     if previous is not None:
         print(f"\ncompared with {args.compare}:")
         print(ev.compare(previous, doc))
+    print(f"\nresults: {out}")
+    return 0
+
+
+async def _eval_follow_ups(args: argparse.Namespace, settings: Settings) -> int:
+    """A follow-up set: retrieval of the last question as typed, rewritten, and in full."""
+    import json
+    from datetime import datetime
+    from pathlib import Path
+
+    from . import evaluation as ev
+    from .runtime import open_rag
+
+    cases = ev.load_follow_ups(args.questions, base_url=settings.docs_base_url)
+    if args.split:
+        cases = [c for c in cases if c.split == args.split]
+    if args.limit:
+        cases = cases[: args.limit]
+    if not cases:
+        print("no follow-ups to run", file=sys.stderr)
+        return 2
+    model = args.answers or args.rewrite_model
+    async with open_rag(settings, with_llm=model) as rag:
+        run = await ev.run_follow_up_eval(rag, cases, model=model)
+        llm = rag.generator.model_name if rag.generator else None
+    run_settings = {
+        "embedding_model": settings.embedding_model,
+        "search_mode": settings.search_mode,
+        "top_k": settings.top_k,
+        "collection": settings.collection,
+        "llm_model": llm,
+    }
+    doc = ev.follow_ups_to_json(run, settings=run_settings, questions_file=str(args.questions))
+    doc["created_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    out = (
+        Path(args.output)
+        if args.output
+        else settings.data_dir
+        / "eval"
+        / f"{Path(args.questions).stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{len(cases)} follow-ups, {settings.search_mode}, top_k {settings.top_k}")
+    print(ev.format_follow_ups(run))
     print(f"\nresults: {out}")
     return 0
 
@@ -380,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate",
         action="store_true",
         help="also suggest the gate threshold for this set and show its scorecard",
+    )
+    evaluate.add_argument(
+        "--rewrite-model",
+        action="store_true",
+        help="a follow-up set (lines with 'turns'): also rewrite the follow-ups with the "
+        "answer model (loads it), next to as typed, the rules and the standalone question",
     )
     evaluate.add_argument(
         "--max-refused",

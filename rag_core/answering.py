@@ -3,7 +3,7 @@
 The split lets a caller show the sources (or the refusal) before any text is generated, and
 surfaces retrieval errors before generation starts:
 
-    prepared = await answerer.prepare(question)
+    prepared = await answerer.prepare(question)  # or prepare(follow_up, history=turns)
     stream = answerer.stream(prepared)
     async for delta in stream:
         ...
@@ -22,6 +22,7 @@ from importlib import resources
 
 from .attribution import Attribution, attribute
 from .config import Settings
+from .conversation import Rewrite, Rewriter, Turn, pack_history, render_history
 from .documents import Hit
 from .errors import GenerationError, RagError
 from .llm import Generator
@@ -50,6 +51,7 @@ class Source:
 
 @dataclass
 class Timings:
+    rewrite_s: float = 0.0  # turning a follow-up into a standalone question
     embed_s: float = 0.0
     search_s: float = 0.0
     first_token_s: float | None = None  # from the start of prepare()
@@ -69,6 +71,12 @@ class Prepared:
     timings: Timings
     started: float  # perf_counter at the start of prepare()
     best_similarity: float
+    rewrite: Rewrite | None = None  # a follow-up: the standalone question retrieval used
+    history: list[Turn] = field(default_factory=list)  # the earlier turns in the prompt
+
+    @property
+    def standalone(self) -> str:
+        return self.rewrite.standalone if self.rewrite is not None else self.question
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Answer:
     raw_text: str = ""  # the model's own text, citations as it wrote them
     low_support: bool = False  # most of the text is backed by no passage
     attribution: Attribution | None = field(default=None, repr=False)
+    standalone: str = ""  # the question retrieval used (a follow-up rewritten), else question
 
 
 class EmptyQuestionError(RagError):
@@ -118,9 +127,13 @@ def is_blank(text: str) -> bool:
     )
 
 
+def _prompt_file(name: str) -> str:
+    return resources.files("rag_core.prompts").joinpath(name).read_text(encoding="utf-8")
+
+
 def load_prompt(name: str = "answer.txt") -> tuple[str, str]:
     """The template file's [system] and [user] parts."""
-    text = resources.files("rag_core.prompts").joinpath(name).read_text(encoding="utf-8")
+    text = _prompt_file(name)
     match = re.search(r"^\[system\]\n(.*?)^\[user\]\n(.*)\Z", text, re.S | re.M)
     if match is None:
         raise ValueError(f"prompt {name} needs [system] and [user] sections")
@@ -164,65 +177,89 @@ class Answerer:
         self.retriever = retriever
         self.generator = generator
         self.system_prompt, self.user_template = load_prompt()
+        self.history_template = _prompt_file("history.txt")
+        self.rewriter = Rewriter(settings, generator, load_prompt("rewrite.txt"))
 
-    async def prepare(self, question: str) -> Prepared:
+    async def prepare(self, question: str, history: Sequence[Turn] = ()) -> Prepared:
+        """Retrieve and decide. With `history` (earlier turns, oldest first) the question is a
+        follow-up: retrieval uses its standalone rewrite, the prompt shows the latest turns."""
         started = time.perf_counter()
         question = clean_question(question)
         if is_blank(question):
             raise EmptyQuestionError()
         if len(question) > self.settings.max_question_chars:
             raise QuestionTooLongError(self.settings.max_question_chars)
-        retrieval = await self.retriever.retrieve(question)
-        timings = Timings(embed_s=retrieval.embed_s, search_s=retrieval.search_s)
+        rewrite = await self.rewriter.rewrite(question, history) if history else None
+        query = rewrite.standalone if rewrite is not None else question
+        retrieval = await self.retriever.retrieve(query)
+        timings = Timings(
+            rewrite_s=rewrite.seconds if rewrite else 0.0,
+            embed_s=retrieval.embed_s,
+            search_s=retrieval.search_s,
+        )
         hits = merge_same_source(fold_near_duplicates(retrieval.hits))
         best = max((h.similarity for h in hits), default=0.0)
         if best < self.settings.relevance_threshold:
-            return Prepared(question, _closest_pages(hits), True, None, 0, timings, started, best)
-        prompt, sources, tokens = self.build_prompt(question, hits)
-        return Prepared(question, sources, False, prompt, tokens, timings, started, best)
+            return Prepared(
+                question, _closest_pages(hits), True, None, 0, timings, started, best, rewrite
+            )
+        turns = pack_history(
+            history, self.settings.conversation_history_tokens, self.generator.count_tokens
+        )
+        prompt, sources, tokens = self.build_prompt(question, hits, turns)
+        return Prepared(
+            question, sources, False, prompt, tokens, timings, started, best, rewrite, turns
+        )
 
     def context_budget(self) -> int:
         """Prompt tokens available: the context window minus the answer's budget."""
         return self.generator.max_model_len - self.settings.llm_max_tokens
 
-    def build_prompt(self, question: str, hits: Sequence[Hit]) -> tuple[str, list[Source], int]:
+    def build_prompt(
+        self, question: str, hits: Sequence[Hit], history: Sequence[Turn] = ()
+    ) -> tuple[str, list[Source], int]:
         """Number passages best-first and keep as many as fit the LLM's token budget."""
         budget = self.context_budget()
         sources: list[Source] = []
         blocks: list[str] = []
-        prompt = self._render(question, blocks)
+        prompt = self._render(question, blocks, history)
         tokens = self.generator.count_tokens(prompt)
         for hit in hits:
             n = len(sources) + 1
             block = _passage_block(n, hit)
-            candidate = self._render(question, [*blocks, block])
+            candidate = self._render(question, [*blocks, block], history)
             candidate_tokens = self.generator.count_tokens(candidate)
             if candidate_tokens > budget:
                 if sources:
                     break  # the best passages are already in; lower-ranked ones are dropped
-                block = self._truncate_to_fit(question, n, hit, budget)
-                candidate = self._render(question, [block])
+                block = self._truncate_to_fit(question, n, hit, budget, history)
+                candidate = self._render(question, [block], history)
                 candidate_tokens = self.generator.count_tokens(candidate)
             blocks.append(block)
             prompt, tokens = candidate, candidate_tokens
             sources.append(_source(n, hit))
         return prompt, sources, tokens
 
-    def _truncate_to_fit(self, question: str, n: int, hit: Hit, budget: int) -> str:
+    def _truncate_to_fit(
+        self, question: str, n: int, hit: Hit, budget: int, history: Sequence[Turn]
+    ) -> str:
         """The best passage alone is too long: keep its head, cut at a word boundary."""
         text = hit.text
         while text:
             text = text[: int(len(text) * 0.8)].rsplit(" ", 1)[0]
             block = _passage_block(n, hit, text + " …")
-            if self.generator.count_tokens(self._render(question, [block])) <= budget:
+            if self.generator.count_tokens(self._render(question, [block], history)) <= budget:
                 return block
         raise GenerationError(
             "This question is too long for the answer engine's context window.",
             detail="question alone exceeds the context budget",
         )
 
-    def _render(self, question: str, blocks: Sequence[str]) -> str:
+    def _render(self, question: str, blocks: Sequence[str], history: Sequence[Turn] = ()) -> str:
         user = self.user_template.format(context="\n\n".join(blocks), question=question)
+        if history:
+            # Earlier turns go before the passages, marked as data like the passages are.
+            user = self.history_template.format(history=render_history(history)) + user
         return self.generator.render(
             [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
         )
@@ -247,7 +284,9 @@ class AnswerStream:
         if p.refused:
             # No engine call: the gate decided the docs don't cover this.
             p.timings.total_s = time.perf_counter() - p.started
-            self.result = Answer(p.question, REFUSAL, p.sources, True, 0, 0, None, p.timings)
+            self.result = Answer(
+                p.question, REFUSAL, p.sources, True, 0, 0, None, p.timings, standalone=p.standalone
+            )
             yield REFUSAL
             return
         assert p.prompt is not None
@@ -295,6 +334,7 @@ class AnswerStream:
             raw_text=raw,
             low_support=checked.low_support,
             attribution=checked,
+            standalone=p.standalone,
         )
 
 

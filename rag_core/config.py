@@ -208,6 +208,26 @@ class Settings(BaseSettings):
         gt=0,
         description="After this long, post to the channel instead (tokens expire at 15 min)",
     )
+    # --- Conversations ---
+    ask_threads: bool = Field(
+        True, description="A public /ask answer in a server gets a thread for follow-ups"
+    )
+    discord_message_content: bool = Field(
+        False,
+        description="Request the privileged Message Content intent (enable it in the developer "
+        "portal first): follow-ups in threads and replies to answers need it",
+    )
+    conversation_rewrite: Literal["llm", "rules", "off"] = Field(
+        "llm",
+        description="How a follow-up becomes a standalone question for retrieval: the answer "
+        "model (rules when it fails), rules only, or off (searched as typed)",
+    )
+    conversation_history_tokens: int = Field(
+        400, ge=0, description="Prompt tokens for earlier turns of a conversation (oldest dropped)"
+    )
+    conversation_max_turns: int = Field(
+        10, ge=1, description="Answers per thread before the bot asks for a new question"
+    )
     reindex_interval_min: float = Field(
         0, ge=0, description="Reindex docs_sources every N minutes (0 = only on /reindex)"
     )

@@ -13,6 +13,15 @@ ones are told apart from unanswerable ones.
 Scores: retrieval recall@1/@3/@5 and MRR over answerable questions (rank = first hit whose page
 is expected, after folding near-duplicates as the answerer does), the gate's confusion, and with
 an LLM the answer checks (key facts present, citations pointing at expected pages).
+
+A follow-up set holds conversations instead (see `load_follow_ups`):
+
+    {"id": "fu-alias-delete", "turns": [{"question": "how do I create an alias?"},
+     {"question": "and how do i delete it?"}], "standalone": "How do I drop an alias?",
+     "expected_sources": ["https://site/docs/aliases.md"]}
+
+and scores retrieval of the last turn as typed, rewritten by the rules, rewritten by the answer
+model (optional), and written out in full (`standalone`), side by side.
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .answering import fold_near_duplicates
+from .answering import fold_near_duplicates, load_prompt
 from .attribution import cited_numbers
+from .conversation import Rewrite, Rewriter, Turn, rewrite_by_rules
 from .documents import Hit
 from .errors import RagError
 
@@ -357,8 +367,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     """A plain-text table: one row for all questions, one per language."""
     rows: list[tuple[str, Mapping[str, Any]]] = [("all", summary["all"])]
     rows += [(lang, s) for lang, s in summary.get("by_lang", {}).items()]
+    return format_rows(rows)
+
+
+def format_rows(rows: Sequence[tuple[str, Mapping[str, Any]]], label: str = "set") -> str:
+    """A plain-text table of scores, one row per (name, scores); empty columns left out."""
     columns = [c for c in _TABLE_COLUMNS if any(s.get(c[1]) is not None for _, s in rows)]
-    header = ["set", *(name for name, _, _ in columns)]
+    header = [label, *(name for name, _, _ in columns)]
     body = [[label, *(_cell(s.get(key), kind) for _, key, kind in columns)] for label, s in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in body]
@@ -618,3 +633,177 @@ def failures(results: Sequence[QuestionResult], k: int = 5) -> list[str]:
         if problems:
             lines.append(f"{r.id} [{r.lang}]: {'; '.join(problems)}")
     return lines
+
+
+# --- follow-ups -------------------------------------------------------------------------------
+
+FOLLOW_UP_WAYS = ("typed", "rules", "llm", "standalone")
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A conversation whose last question only makes sense with the turns before it."""
+
+    id: str
+    turns: tuple[str, ...]  # the questions as asked, oldest first
+    standalone: str  # the last question written out in full
+    expected_sources: tuple[str, ...]
+    split: str = ""
+
+
+@dataclass
+class FollowUpRun:
+    """Retrieval results per way of asking the last question, and the model's rewrites."""
+
+    results: dict[str, list[QuestionResult]]
+    rewrites: list[Rewrite] = field(default_factory=list)
+
+
+def is_follow_up_set(path: str | Path) -> bool:
+    """Whether the set's first question has `turns` (a follow-up set)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                return False
+            return isinstance(record, dict) and "turns" in record
+    return False
+
+
+def _turn_text(turn: Any) -> str | None:
+    text = turn.get("question") if isinstance(turn, dict) else turn
+    return text.strip() if isinstance(text, str) and text.strip() else None
+
+
+def load_follow_ups(path: str | Path, *, base_url: str = "") -> list[FollowUp]:
+    """Read a follow-up set: `turns` (two or more questions), `standalone`, `expected_sources`."""
+    cases: list[FollowUp] = []
+    seen: set[str] = set()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise QuestionSetError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{n}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise QuestionSetError(f"{where}: not JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise QuestionSetError(f"{where}: each line must be a JSON object")
+        raw_turns = record.get("turns")
+        turns = [_turn_text(t) for t in raw_turns] if isinstance(raw_turns, list) else []
+        if len(turns) < 2 or not all(turns):
+            raise QuestionSetError(f"{where}: 'turns' needs two or more questions")
+        standalone = record.get("standalone")
+        if not isinstance(standalone, str) or not standalone.strip():
+            raise QuestionSetError(f"{where}: needs 'standalone' (the last question in full)")
+        expected = record.get("expected_sources")
+        if not isinstance(expected, list) or not expected:
+            raise QuestionSetError(f"{where}: needs 'expected_sources' (page URLs)")
+        if not all(isinstance(s, str) for s in expected):
+            raise QuestionSetError(f"{where}: 'expected_sources' must be a list of URLs")
+        case_id = str(record.get("id") or f"line-{n}")
+        if case_id in seen:
+            raise QuestionSetError(f"{where}: duplicate id {case_id!r}")
+        seen.add(case_id)
+        cases.append(
+            FollowUp(
+                id=case_id,
+                turns=tuple(t for t in turns if t),
+                standalone=standalone.strip(),
+                expected_sources=tuple(dict.fromkeys(_resolve(s, base_url) for s in expected)),
+                split=str(record.get("split") or ""),
+            )
+        )
+    if not cases:
+        raise QuestionSetError(f"{path}: no follow-ups to run")
+    return cases
+
+
+async def run_follow_up_eval(
+    rag: Rag,
+    cases: Sequence[FollowUp],
+    *,
+    model: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> FollowUpRun:
+    """Retrieve for each case's last question as typed, rewritten by the rules, rewritten by
+    the answer model (`model`, needs `open_rag(with_llm=True)`) and in full (`standalone`).
+
+    Earlier turns are given without their answers, as a reader of the set sees them."""
+    settings = rag.settings
+    depth = max(settings.top_k, *KS)
+    rewriter = None
+    if model:
+        llm_settings = settings.model_copy(update={"conversation_rewrite": "llm"})
+        rewriter = Rewriter(
+            llm_settings, rag.require_answerer().generator, load_prompt("rewrite.txt")
+        )
+    run = FollowUpRun({way: [] for way in FOLLOW_UP_WAYS if way != "llm" or model})
+    for i, case in enumerate(cases, 1):
+        history = [Turn(q, "") for q in case.turns[:-1]]
+        last = case.turns[-1]
+        queries = {"typed": last, "rules": rewrite_by_rules(last, history)}
+        if rewriter is not None:
+            rewrite = await rewriter.rewrite(last, history)
+            run.rewrites.append(rewrite)
+            queries["llm"] = rewrite.standalone
+        queries["standalone"] = case.standalone
+        for way, query in queries.items():
+            retrieval = await rag.retriever.retrieve(query, top_k=depth)
+            pages = [page_url(h.url) for h in fold_near_duplicates(retrieval.hits)]
+            best, refused = gate(retrieval.hits, settings.top_k, settings.relevance_threshold)
+            run.results[way].append(
+                QuestionResult(
+                    id=case.id,
+                    question=query,
+                    lang="en",
+                    expected=list(case.expected_sources),
+                    pages=pages,
+                    rank=first_rank(pages, case.expected_sources),
+                    best_similarity=round(best, 4),
+                    refused=refused,
+                    embed_ms=round(retrieval.embed_s * 1000, 2),
+                    search_ms=round(retrieval.search_s * 1000, 2),
+                )
+            )
+        if on_progress is not None:
+            on_progress(i, len(cases))
+    return run
+
+
+def format_follow_ups(run: FollowUpRun) -> str:
+    """One row per way of asking the follow-up, and what the model's rewrites cost."""
+    lines = [format_rows([(way, score_group(rs)) for way, rs in run.results.items()], "way")]
+    if run.rewrites:
+        by_model = [r for r in run.rewrites if r.method == "llm"]
+        ms = sum(r.seconds for r in by_model) * 1000 / max(len(by_model), 1)
+        prompt = sum(r.prompt_tokens for r in by_model) / max(len(by_model), 1)
+        completion = sum(r.completion_tokens for r in by_model) / max(len(by_model), 1)
+        lines.append(
+            f"\nmodel rewrites used: {len(by_model)}/{len(run.rewrites)} (the rest: rules); "
+            f"per rewrite {ms:.0f} ms, {prompt:.0f} prompt + {completion:.0f} completion tokens"
+        )
+    return "\n".join(lines)
+
+
+def follow_ups_to_json(
+    run: FollowUpRun, *, settings: Mapping[str, Any], questions_file: str = ""
+) -> dict[str, Any]:
+    return {
+        "version": RESULTS_VERSION,
+        "kind": "follow-ups",
+        "questions_file": questions_file,
+        "settings": dict(settings),
+        "summary": {way: score_group(rs) for way, rs in run.results.items()},
+        "results": {way: [asdict(r) for r in rs] for way, rs in run.results.items()},
+        "rewrites": [asdict(r) for r in run.rewrites],
+    }

@@ -18,6 +18,7 @@ from rag_core.answering import (
     is_blank,
 )
 from rag_core.attribution import cited_numbers
+from rag_core.conversation import Turn
 from rag_core.documents import Hit
 from rag_core.llm import GenerationChunk, Generator
 from rag_core.runtime import Rag, open_rag
@@ -233,3 +234,97 @@ def test_passages_of_one_page_and_anchor_are_one_source_linked_to_the_passage() 
     # The link keeps the anchor and adds a text fragment the browser scrolls to.
     url = _source(1, merged[0]).url
     assert url.startswith(faq + ":~:text=") and "%20" in url and " " not in url
+
+
+# --- conversations: follow-ups with the real engine and knowledge base ----------------------
+
+
+class Scripted(Generator):
+    """The real engine, with scripted text first: the tiny model's own text is noise."""
+
+    def __init__(self, inner: Generator, script: str) -> None:
+        super().__init__(inner.settings, inner._tokenizer, max_model_len=inner.max_model_len)
+        self.inner = inner
+        self.model_name = inner.model_name
+        self.script = script
+        self.prompts: list[str] = []
+
+    async def _generate(
+        self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        self.prompts.append(prompt)
+        yield GenerationChunk(self.script, False, None, len(prompt_ids), 1)
+        async for chunk in self.inner._generate(prompt, prompt_ids, max_tokens, request_id):
+            yield chunk
+
+    async def aclose(self) -> None:
+        """The session fixture owns the engine."""
+
+
+FIRST = Turn(
+    "What do the parameters for HNSW mean?",
+    "M is the maximum number of edges per node [1] and efConstruction the candidates [2].",
+)
+
+
+async def test_a_follow_up_searches_with_its_standalone_question_and_sees_the_history(
+    rag: Rag,
+) -> None:
+    settings = rag.settings.model_copy(update={"conversation_rewrite": "rules"})
+    assert rag.generator is not None
+    answerer = Answerer(settings, rag.retriever, rag.generator)
+    follow_up = "and what about IVF_FLAT?"
+    prepared = await answerer.prepare(follow_up, [FIRST])
+    standalone = "What do the parameters for HNSW mean? and what about IVF_FLAT?"
+    assert prepared.standalone == standalone and prepared.rewrite is not None
+    assert prepared.rewrite.method == "rules" and prepared.history == [FIRST]
+    # Retrieval used the standalone question: the same passages as asking it outright.
+    alone = await answerer.prepare(standalone)
+    assert [s.url for s in prepared.sources] == [s.url for s in alone.sources]
+    typed = await answerer.prepare(follow_up)
+    assert [s.url for s in typed.sources] != [s.url for s in alone.sources]
+    # The prompt shows the earlier turn as data (its old citation numbers gone), then the
+    # passages, then the follow-up as asked; a first question's prompt has no history at all.
+    assert prepared.prompt is not None and alone.prompt is not None
+    assert "Earlier in this conversation" in prepared.prompt
+    assert f"User: {FIRST.question}" in prepared.prompt
+    assert "edges per node and efConstruction the candidates." in prepared.prompt
+    assert prepared.prompt.index("Assistant: M is") < prepared.prompt.index(
+        "Documentation passages"
+    )
+    assert f"Question: {follow_up}" in prepared.prompt
+    assert "Earlier in this conversation" not in alone.prompt
+    stream = answerer.stream(prepared)
+    async for _ in stream:
+        pass
+    assert stream.result is not None and stream.result.standalone == standalone
+
+
+async def test_the_model_rewrites_a_follow_up_and_noise_falls_back_to_the_rules(
+    rag: Rag, local_generator: Generator
+) -> None:
+    settings = rag.settings.model_copy(update={"conversation_rewrite": "llm"})
+    follow_up = "and for IVF_FLAT?"
+    # The tiny engine's own text is noise that keeps none of the follow-up: the rules answer.
+    noisy = Answerer(settings, rag.retriever, local_generator)
+    rewrite = await noisy.rewriter.rewrite(follow_up, [FIRST])
+    assert rewrite.method == "rules" and rewrite.standalone.endswith(follow_up)
+    # A usable rewrite from the model (scripted: the tiny model cannot write one) is used.
+    script = "What do the parameters for IVF_FLAT mean?\n"
+    scripted = Scripted(local_generator, script)
+    answerer = Answerer(settings, rag.retriever, scripted)
+    prepared = await answerer.prepare(follow_up, [FIRST])
+    assert prepared.rewrite is not None and prepared.rewrite.method == "llm"
+    assert prepared.standalone == script.strip()
+    assert prepared.rewrite.prompt_tokens > 0 and prepared.timings.rewrite_s > 0
+    # The rewrite prompt held the conversation and the follow-up.
+    assert FIRST.question in scripted.prompts[0] and follow_up in scripted.prompts[0]
+    # Off: the follow-up is searched as typed; standalone questions never call the model.
+    off = Answerer(
+        settings.model_copy(update={"conversation_rewrite": "off"}), rag.retriever, scripted
+    )
+    assert (await off.rewriter.rewrite(follow_up, [FIRST])).standalone == follow_up
+    calls = len(scripted.prompts)
+    full = "How do I create a collection with a dynamic schema?"
+    assert (await answerer.rewriter.rewrite(full, [FIRST])).standalone == full
+    assert len(scripted.prompts) == calls

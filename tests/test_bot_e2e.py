@@ -20,7 +20,7 @@ import discord
 import pytest
 
 from bot.__main__ import export_flags
-from bot.cogs.ask import BUSY, LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
+from bot.answer_path import BUSY, LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
 from bot.utils import AnswerQueue, QueueFull
 from rag_core.answering import REFUSAL, Answer, Source, Timings
 from rag_core.llm import Generator

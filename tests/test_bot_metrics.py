@@ -149,7 +149,9 @@ async def test_asks_are_counted_scraped_and_shown_in_stats(
     lines = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "bot.cogs.ask" and r.levelno == logging.INFO and "outcome=" in r.getMessage()
+        if r.name == "bot.answer_path"
+        and r.levelno == logging.INFO
+        and "outcome=" in r.getMessage()
     ]
     assert len(lines) == 2, lines
     for line in lines:

@@ -302,3 +302,14 @@ def test_bot_doctor_subcommand_runs_every_check(tmp_path: Path) -> None:
     for part in GOOD_TOKEN.split("."):
         if len(part) > 6:
             assert part not in output
+
+
+def test_conversations_say_what_the_message_content_setting_turns_on(tmp_path: Path) -> None:
+    off = doctor.check_message_content(make_settings(tmp_path))
+    assert off.status is Status.OK
+    assert "follow-ups in threads and replies to answers are disabled" in off.message
+    assert "/ask and @mentions work" in off.message
+    assert "Privileged Gateway Intents > Message Content Intent" in off.message
+    assert "DISCORD_MESSAGE_CONTENT=true" in off.message
+    on = doctor.check_message_content(make_settings(tmp_path, discord_message_content=True))
+    assert "follow-ups in the bot's threads" in on.message and "disabled" not in on.message

@@ -390,3 +390,102 @@ def test_citation_precision_counts_each_cited_passage_per_sentence() -> None:
     )
     assert citation_counts(text, passages) == [3, 2]
     assert citation_counts("No citations in this sentence at all.", passages) == [0, 0]
+
+
+# --- follow-ups ----------------------------------------------------------------------------
+
+FOLLOW_UP_SET = FIXTURES / "eval_followups.jsonl"
+
+
+def test_follow_up_sets_load_and_bad_lines_name_the_line(tmp_path: Path) -> None:
+    assert ev.is_follow_up_set(FOLLOW_UP_SET) and not ev.is_follow_up_set(FIXTURE_SET)
+    cases = ev.load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
+    assert [c.id for c in cases] == ["fu-mmap", "fu-diskann", "fu-gpu", "fu-bitset"]
+    assert cases[0].turns == (
+        "What is mmap in Milvus?",
+        "how do I turn it on for just one collection?",
+    )
+    assert cases[0].expected_sources == (f"{DOCS}mmap.md",)
+    bad = tmp_path / "bad.jsonl"
+    for record, message in [
+        (
+            {"turns": [{"question": "only one"}], "standalone": "x", "expected_sources": ["a"]},
+            "two",
+        ),
+        ({"turns": ["a?", "b?"], "expected_sources": ["a"]}, "standalone"),
+        ({"turns": ["a?", "b?"], "standalone": "x", "expected_sources": []}, "expected_sources"),
+    ]:
+        bad.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        with pytest.raises(ev.QuestionSetError, match=rf"bad.jsonl:1: .*{message}"):
+            ev.load_follow_ups(bad)
+
+
+async def test_follow_ups_rewritten_by_the_rules_find_what_the_typed_ones_miss(
+    indexed_settings, embedder
+) -> None:
+    settings = indexed_settings.model_copy(update={"relevance_threshold": MINILM_THRESHOLD})
+    cases = ev.load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
+    async with open_rag(settings, embedder=embedder) as rag:
+        run = await ev.run_follow_up_eval(rag, cases)
+    assert list(run.results) == ["typed", "rules", "standalone"] and not run.rewrites
+    ranks = {way: [r.rank for r in rs] for way, rs in run.results.items()}
+    queries = [r.question for r in run.results["rules"]]
+    assert queries[0] == "What is mmap in Milvus? how do I turn it on for just one collection?"
+    # MiniLM, hybrid search: "what parameters does it take?" alone finds nothing on DiskANN,
+    # joined to the question before it the page is found; written out in full, all are first.
+    assert ranks == {
+        "typed": [4, None, 1, 1],
+        "rules": [1, 5, 1, 1],
+        "standalone": [1, 1, 1, 1],
+    }
+    recall = {way: ev.score_group(rs)["recall@5"] for way, rs in run.results.items()}
+    assert recall == {"typed": 0.75, "rules": 1.0, "standalone": 1.0}
+    table = ev.format_follow_ups(run)
+    assert table.splitlines()[0].split()[:4] == ["way", "n", "R@1", "R@3"]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == list(run.results)
+
+
+async def test_follow_ups_rewritten_by_the_model_with_the_rules_as_fallback(
+    indexed_settings, embedder, tiny_model_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    cases = ev.load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
+    # The model's rewrites are scripted (a random-weight model cannot write one); the last two
+    # are unusable (they drop the follow-up's topic), so the rules take over for those.
+    generator = ScriptedGenerator(
+        indexed_settings,
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        {
+            cases[0].turns[-1]: "How do I enable mmap for one collection?\n",
+            cases[1].turns[-1]: "What parameters does the DiskANN index take?\n",
+            cases[2].turns[-1]: "Bananas are yellow.\n",
+            cases[3].turns[-1]: "\n",
+        },
+    )
+    async with open_rag(indexed_settings, embedder=embedder, generator=generator) as rag:
+        run = await ev.run_follow_up_eval(rag, cases, model=True)
+    assert list(run.results) == ["typed", "rules", "llm", "standalone"]
+    assert [r.method for r in run.rewrites] == ["llm", "llm", "rules", "rules"]
+    llm = [r.question for r in run.results["llm"]]
+    assert llm[:2] == [
+        "How do I enable mmap for one collection?",
+        "What parameters does the DiskANN index take?",
+    ]
+    assert llm[2:] == [r.question for r in run.results["rules"]][2:]
+    assert all(r.prompt_tokens > 0 for r in run.rewrites[:2])
+    assert "model rewrites used: 2/4 (the rest: rules)" in ev.format_follow_ups(run)
+
+
+def test_cli_eval_of_a_follow_up_set(indexed_settings, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "followups.json"
+    args = ["eval", str(FOLLOW_UP_SET), "--data-dir", str(indexed_settings.data_dir)]
+    args += ["--embedding-model", indexed_settings.embedding_model, "--embedding-device", "cpu"]
+    assert main([*args, "--base-url", DOCS, "--split", "test", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 follow-ups" in printed
+    names = [line.split()[0] for line in printed.splitlines() if line.strip()]
+    assert {"way", "typed", "rules", "standalone"} <= set(names) and "llm" not in names
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["kind"] == "follow-ups" and set(doc["summary"]) == {"typed", "rules", "standalone"}
+    assert [r["id"] for r in doc["results"]["rules"]] == ["fu-diskann", "fu-gpu"]

@@ -114,6 +114,77 @@ async def test_a_version_1_database_gains_the_low_support_column(tmp_path: Path)
         assert (await store.stats())["low_support"] == 1
 
 
+async def test_a_version_2_database_keeps_its_answers_and_gains_conversations(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    for statements in _MIGRATIONS[:2]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(
+        "INSERT INTO answers (message_id, channel_id, user_id, question, answer, created_at) "
+        "VALUES (7, 1, 2, 'What is HNSW?', 'A graph index.', 0)"
+    )
+    conn.execute("INSERT INTO answer_messages (message_id, answer_id) VALUES (7, 1)")
+    conn.commit()
+    conn.close()
+    async with FeedbackStore.open(path) as store:
+        assert await store.conversation(message_id=7) is None  # answered before conversations
+        conversation_id = await store.record_turn(1, standalone="What is HNSW?")
+        found = await store.conversation(message_id=7)
+        assert found is not None and found.id == conversation_id and found.channel_id == 1
+        assert [t.question for t in found.turns] == ["What is HNSW?"]
+
+
+async def test_conversations_keep_their_turns_across_a_restart(db_path: Path) -> None:
+    async with FeedbackStore.open(db_path, clock=Clock()) as store:
+        first = await _answer(store, 1001, extra_message_ids=[1002])
+        conversation_id = await store.record_turn(first, standalone="question 1001?")
+        await store.set_conversation_thread(conversation_id, 5000)
+        second = await _answer(store, 2001, question="and for IVF?", channel_id=5000)
+        again = await store.record_turn(
+            second, standalone="question 1001? and for IVF?", conversation_id=conversation_id
+        )
+        assert again == conversation_id
+        with pytest.raises(ValueError, match="not recorded"):
+            await store.record_turn(999, standalone="?")
+    # A new process: the thread, and any part of any answer, lead to the whole conversation.
+    async with FeedbackStore.open(db_path) as store:
+        by_thread = await store.conversation(thread_id=5000)
+        assert by_thread is not None and by_thread.thread_id == 5000
+        assert (by_thread.guild_id, by_thread.channel_id, by_thread.user_id) == (
+            GUILD,
+            CHANNEL,
+            ASKER,
+        )
+        assert [(t.position, t.question, t.standalone) for t in by_thread.turns] == [
+            (0, "question 1001?", "question 1001?"),
+            (1, "and for IVF?", "question 1001? and for IVF?"),
+        ]
+        assert by_thread.turns[0].answer == "answer 1001 [1]"
+        assert await store.conversation(message_id=1002) == by_thread
+        assert await store.conversation(message_id=2001) == by_thread
+        assert await store.conversation(thread_id=4999) is None
+        # A flagged follow-up is exported with the conversation before it.
+        await store.set_vote(2001, 10, FLAG)
+        await store.set_vote(1001, 10, FLAG)
+        buffer = io.StringIO()
+        assert await store.export_jsonl(buffer) == 2
+        first, follow_up = (json.loads(line) for line in buffer.getvalue().splitlines())
+        assert "conversation" not in first and "standalone" not in first
+        assert follow_up["question"] == "and for IVF?"
+        assert follow_up["standalone"] == "question 1001? and for IVF?"
+        assert follow_up["conversation"] == [
+            {"question": "question 1001?", "answer": "answer 1001 [1]"}
+        ]
+        # A thread belongs to one conversation.
+        other = await _answer(store, 3001)
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.record_turn(other, standalone="q", thread_id=5000)
+
+
 async def test_record_and_look_up_an_answer(store: FeedbackStore) -> None:
     answer_id = await _answer(store, 1001, extra_message_ids=[1002], refused=False)
     record = await store.answer_by_message(1001)

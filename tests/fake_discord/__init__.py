@@ -97,8 +97,16 @@ discord.py behaviours worth knowing in tests:
 - Two concurrent responses to one interaction both reach Discord (discord.py checks "already
   responded" before awaiting): that is how a bot meets 40060.
 
-Not simulated: DMs, threads, attachments' content, modal submission and autocomplete
-interactions (a modal response, callback type 9, is recorded), sharding beyond one shard.
+Threads and messages: ``fake.user_message(channel_or_thread, user, text, reply_to=msg)``
+(a reply, type 19) or ``msg_type=7`` (a system message); the bot's ``create_thread`` on a
+message starts a public thread with the message's id (THREAD_CREATE, needs Create Public
+Threads; ``fake.threads_of(channel)``); posting in a thread needs Send Messages in Threads and
+fails in a locked one. Without the Message Content intent MESSAGE_CREATE carries no text unless
+the bot wrote or is mentioned in the message, as on Discord.
+
+Not simulated: DMs, forum channels, private threads, attachments' content, modal submission
+and autocomplete interactions (a modal response, callback type 9, is recorded), sharding beyond
+one shard.
 """
 
 from .interactions import FakeInteraction

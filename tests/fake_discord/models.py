@@ -148,7 +148,7 @@ class Overwrite:
 
 @dataclass(eq=False)
 class FakeChannel:
-    """A guild channel (type 0 = text)."""
+    """A guild channel (type 0 = text) or a thread (type 11 = public thread, with a parent)."""
 
     id: int
     guild_id: int
@@ -157,9 +157,19 @@ class FakeChannel:
     position: int = 0
     topic: str | None = None
     overwrites: list[Overwrite] = field(default_factory=list)
+    parent_id: int | None = None  # a thread's channel
+    owner_id: int | None = None  # who started the thread
+    archived: bool = False
+    locked: bool = False
+
+    PUBLIC_THREAD = 11
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in (10, 11, 12)
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "id": str(self.id),
             "guild_id": str(self.guild_id),
             "name": self.name,
@@ -167,11 +177,23 @@ class FakeChannel:
             "position": self.position,
             "topic": self.topic,
             "nsfw": False,
-            "parent_id": None,
+            "parent_id": str(self.parent_id) if self.parent_id else None,
             "last_message_id": None,
             "rate_limit_per_user": 0,
             "permission_overwrites": [o.to_payload() for o in self.overwrites],
         }
+        if self.is_thread:
+            payload.pop("permission_overwrites")  # threads follow their channel's
+            payload["owner_id"] = str(self.owner_id)
+            payload["message_count"] = 0
+            payload["member_count"] = 1
+            payload["thread_metadata"] = {
+                "archived": self.archived,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": iso_now(),
+                "locked": self.locked,
+            }
+        return payload
 
     @property
     def mention(self) -> str:
@@ -238,6 +260,7 @@ class FakeGuild:
     roles: dict[int, FakeRole] = field(default_factory=dict)
     channels: dict[int, FakeChannel] = field(default_factory=dict)
     members: dict[int, FakeMember] = field(default_factory=dict)
+    threads: dict[int, FakeChannel] = field(default_factory=dict)
     locale: str = "en-US"
 
     # -- building
@@ -329,6 +352,8 @@ class FakeGuild:
         member = self.member(user)
         if member is None:
             return 0
+        if channel.parent_id is not None:  # a thread: its channel's permissions
+            channel = self.channels[channel.parent_id]
         perms = self.base_permissions(member)
         if perms == ALL_PERMISSIONS:
             return perms
@@ -383,7 +408,7 @@ class FakeGuild:
             "members": [m.to_payload() for m in self.members.values()],
             "emojis": [],
             "stickers": [],
-            "threads": [],
+            "threads": [t.to_payload() for t in self.threads.values() if not t.archived],
             "voice_states": [],
             "presences": [],
             "stage_instances": [],

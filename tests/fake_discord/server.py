@@ -61,6 +61,8 @@ API_PREFIX = "/api/v10"
 INTENT_GUILDS = 1 << 0
 INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_GUILD_MESSAGE_REACTIONS = 1 << 10
+INTENT_MESSAGE_CONTENT = 1 << 15  # privileged
+MESSAGE_REPLY = 19  # the message type of a reply
 
 _active: FakeDiscord | None = None  # Route.BASE is global: one fake at a time.
 
@@ -361,9 +363,14 @@ class FakeDiscord:
         return [r for r in self.requests if r.status >= 400 and not r.injected]
 
     def pings(self) -> list[tuple[FakeMessage, MessageVersion]]:
-        """Messages (and versions) that notified someone: @everyone/@here, users or roles."""
+        """The bot's messages (and versions) that notified someone: @everyone/@here, users or
+        roles. People's own messages (``user_message``) may mention whom they like."""
         return [
-            (m, v) for m in self.messages.values() for v in m.history if v.notifies and v.mentions
+            (m, v)
+            for m in self.messages.values()
+            if m.author is self.bot_user
+            for v in m.history
+            if v.notifies and v.mentions
         ]
 
     def channel_messages(self, channel: FakeChannel) -> list[FakeMessage]:
@@ -506,16 +513,36 @@ class FakeDiscord:
             3, data, member, guild, channel, custom_id, {}, None, locale, message=message
         )
 
-    async def user_message(self, channel: FakeChannel, user: UserLike, content: str) -> FakeMessage:
-        """A member posts ``content`` in ``channel`` (MESSAGE_CREATE, if the intent allows)."""
+    async def user_message(
+        self,
+        channel: FakeChannel,
+        user: UserLike,
+        content: str,
+        *,
+        reply_to: FakeMessage | None = None,
+        msg_type: int | None = None,
+    ) -> FakeMessage:
+        """A member posts ``content`` in ``channel`` or a thread (MESSAGE_CREATE, if the intent
+        allows), replying to ``reply_to`` when given; ``msg_type`` makes it a system message
+        (e.g. 7, a member joined). Without the Message Content intent the bot receives the
+        text only when it is mentioned, as on Discord."""
         guild = self.guilds[channel.guild_id]
         member = self._resolve_member(guild, user)
+        reference = None
+        if reply_to is not None:
+            reference = {
+                "message_id": str(reply_to.id),
+                "channel_id": str(reply_to.channel_id),
+                "guild_id": str(guild.id),
+            }
         msg = FakeMessage(
             id=snowflake(),
             channel_id=channel.id,
             guild_id=guild.id,
             author=member.user,
             created_at=self.now(),
+            type=msg_type if msg_type is not None else MESSAGE_REPLY if reply_to else 0,
+            message_reference=reference,
         )
         self._apply(msg, {"content": content}, guild, channel, source="create", notifies=True)
         self.messages[msg.id] = msg
@@ -619,7 +646,14 @@ class FakeDiscord:
         for guild in self.guilds.values():
             if cid in guild.channels:
                 return guild, guild.channels[cid]
+            if cid in guild.threads:
+                return guild, guild.threads[cid]
         raise rules.unknown_channel()
+
+    def threads_of(self, channel: FakeChannel) -> list[FakeChannel]:
+        """The threads started in ``channel``, oldest first."""
+        guild = self.guilds[channel.guild_id]
+        return [t for t in guild.threads.values() if t.parent_id == channel.id]
 
     def _find_guild(self, guild_id: str) -> FakeGuild:
         guild = self.guilds.get(int(guild_id)) if guild_id.isdigit() else None
@@ -827,7 +861,21 @@ class FakeDiscord:
             data = self._payload(msg)
             if member := guild.member(msg.author):
                 data["member"] = member.to_payload(with_user=False)
+            ref = msg.message_reference
+            if ref and (replied := self.messages.get(int(ref["message_id"]))):
+                data["referenced_message"] = self._payload(replied)
+            if not self._reads_content(msg):
+                # Without the privileged intent Discord blanks what people wrote.
+                data.update(content="", embeds=[], attachments=[], components=[])
+                data.get("referenced_message", {}).update(content="", embeds=[])
         await self._dispatch_intent(INTENT_GUILD_MESSAGES, event, data)
+
+    def _reads_content(self, msg: FakeMessage) -> bool:
+        """Whether the bot may see ``msg``'s text: the intent, its own message, or a mention."""
+        session = self._session
+        if session is not None and session.intents & INTENT_MESSAGE_CONTENT:
+            return True
+        return msg.author is self.bot_user or self.bot_user.id in msg.mentions.users
 
     # ================================================================== HTTP plumbing
 
@@ -853,6 +901,7 @@ class FakeDiscord:
             ("GET", channel + "/messages", self._get_channel_messages, True),
             ("POST", channel + "/messages", self._post_channel_message, True),
             ("GET", message, self._get_channel_message, True),
+            ("POST", message + "/threads", self._start_thread_from_message, True),
             ("PATCH", message, self._patch_channel_message, True),
             ("DELETE", message, self._delete_channel_message, True),
             ("PUT", reaction, self._put_reaction, True),
@@ -1108,13 +1157,46 @@ class FakeDiscord:
 
     async def _post_channel_message(self, call: _Call) -> tuple[int, Any]:
         guild, channel = self._find_channel(call.match["channel_id"])
-        self._require(guild, channel, P.send_messages)
+        if channel.is_thread:
+            self._require(guild, channel, P.send_messages_in_threads)
+            if channel.locked:
+                raise rules.thread_locked()
+            channel.archived = False  # a message unarchives a thread that is not locked
+        else:
+            self._require(guild, channel, P.send_messages)
         body = call.json
         rules.validate_message(body)
         flags = int(body.get("flags") or 0) & (4 | 4096 | 32768)
         msg = self._new_message(guild, channel, body, files=len(call.rec.files), flags=flags)
         await self._dispatch_message("MESSAGE_CREATE", msg, guild)
         return 200, self._payload(msg)
+
+    async def _start_thread_from_message(self, call: _Call) -> tuple[int, Any]:
+        guild, channel, msg = self._channel_message(call)
+        self._require(guild, channel, P.create_public_threads)
+        if channel.is_thread or channel.type != 0:
+            raise rules.wrong_channel_type()
+        if msg.id in guild.threads:
+            raise rules.thread_already_created()
+        name = str((call.json or {}).get("name") or "")
+        if not 1 <= len(name) <= 100:
+            errors = rules.FormErrors()
+            errors.add(["name"], "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+            errors.raise_if_any()
+        # A thread started from a message has that message's id.
+        thread = FakeChannel(
+            id=msg.id,
+            guild_id=guild.id,
+            name=name,
+            type=FakeChannel.PUBLIC_THREAD,
+            parent_id=channel.id,
+            owner_id=self.bot_user.id,
+        )
+        guild.threads[thread.id] = thread
+        await self._dispatch_intent(
+            INTENT_GUILDS, "THREAD_CREATE", {**thread.to_payload(), "newly_created": True}
+        )
+        return 201, thread.to_payload()
 
     async def _get_channel_message(self, call: _Call) -> tuple[int, Any]:
         guild, channel, msg = self._channel_message(call)

@@ -1,0 +1,667 @@
+"""The one path from a question to a delivered answer, shared by every entry point.
+
+A slash command, a thread message or a reply differ only in how the question arrives and where
+the answer goes: the caller picks an `AnswerWriter` for the destination (an interaction
+response, or a channel/thread message) and `AnswerPath.deliver` does the rest: retrieval, the
+answer queue, streaming into place, the final render with sources, the log line and the record
+in the feedback database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+
+from rag_core.answering import (
+    REFUSAL,
+    Answer,
+    AnswerStream,
+    EmptyQuestionError,
+    Prepared,
+    Source,
+    is_blank,
+)
+from rag_core.conversation import Turn
+from rag_core.errors import RagError
+
+from . import metrics
+from .feedback import SourceRecord
+from .streaming import (
+    MESSAGE_LIMIT,
+    ThrottledEditor,
+    plain_links,
+    render_sources,
+    safe_truncate,
+    split_message,
+)
+from .utils import GENERIC_ERROR, NO_MENTIONS, AnswerQueue, QueueFull, queue_text
+
+if TYPE_CHECKING:
+    from .client import RagBot
+
+log = logging.getLogger(__name__)
+
+LIVE_MARKER = " ▌"  # shown at the end of a message while the answer is still streaming
+PART_LIMIT = MESSAGE_LIMIT - len(LIVE_MARKER)  # same cuts while streaming and at the end
+SEARCHING = "🔎 Searching the docs…"
+NOTHING_FOUND = "I couldn't find anything about this in the documentation."
+EMPTY_ANSWER = "The model returned an empty answer. Please ask again, maybe in other words."
+LOW_SUPPORT = "-# ⚠️ Parts of this answer are not backed by the docs: check the sources below."
+NOT_BACKED = "-# ⚠️ This answer is not backed by the docs: no passage below supports it."
+BUSY = "Too many questions are waiting right now. Please ask again in a minute."
+SHUTTING_DOWN = "The bot is restarting and stopped this answer. Please ask again in a minute."
+MIN_SOURCES_ROOM = 300  # below this, the sources get a message of their own
+THREAD_NAME_LIMIT = 100  # Discord's limit on a thread name
+_MENTION_SYNTAX = re.compile(r"<(?:@[!&]?|#)\d+>|@(?:everyone|here)")
+
+
+class InteractionExpired(Exception):
+    """The interaction token is about to expire and the answer cannot move to the channel."""
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asked, and where: for the log line and the feedback record."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+
+    @classmethod
+    def of_interaction(cls, interaction: discord.Interaction[RagBot]) -> Asker:
+        return cls(interaction.user.id, interaction.guild_id, interaction.channel_id)
+
+    @classmethod
+    def of_message(cls, message: discord.Message) -> Asker:
+        guild_id = message.guild.id if message.guild is not None else None
+        return cls(message.author.id, guild_id, message.channel.id)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """An answer as it was shown: the messages it fills and its row in the feedback database."""
+
+    answer: Answer
+    messages: list[discord.Message]
+    answer_id: int | None  # None when it could not be recorded
+
+
+@dataclass
+class _Part:
+    """One Discord message of an answer: what it shows, and whether it lives in the channel."""
+
+    message: discord.Message | None  # None: not posted yet (or the interaction's placeholder)
+    shown: str = ""
+    in_channel: bool = False  # posted with channel.send after the interaction token expired
+
+
+# -- writers: where an answer goes ---------------------------------------------------------------
+
+
+class AnswerWriter:
+    """Shows an answer as it streams: throttled edits in place, more messages past 2000
+    characters. Subclasses decide how a part is first posted and later edited."""
+
+    private = False
+
+    def __init__(self, *, interval: float) -> None:
+        self.interval = interval
+        self.parts: list[_Part] = [_Part(None)]
+        self.editor = ThrottledEditor(self._edit_live, interval=interval)
+        self.text = ""
+        self.edits = 0
+
+    # -- while streaming -----------------------------------------------------------------------
+
+    def status(self, line: str) -> None:
+        """A one-line status (searching, place in the queue) until the answer starts."""
+        if not self.text:
+            self.editor.update(line)
+
+    async def append(self, delta: str) -> None:
+        self.text += delta
+        # Rendered exactly as the final answer will be, links made plain text included.
+        parts = split_message(plain_links(self.text), PART_LIMIT)
+        if not parts:
+            return
+        while len(parts) > len(self.parts):
+            await self._roll_over(parts)
+        self.editor.update(parts[-1] + LIVE_MARKER)
+
+    async def _roll_over(self, parts: Sequence[str]) -> None:
+        """The live message is full: settle it, and continue in a new message."""
+        live = len(self.parts) - 1
+        try:
+            await self.editor.finish(parts[live])
+        except discord.HTTPException:
+            log.warning("final edit of part %d failed; retried at the end", live, exc_info=True)
+        self.parts.append(await self._send_new(parts[live + 1] + LIVE_MARKER))
+        self.editor = ThrottledEditor(self._edit_live, interval=self.interval)
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    async def finish(self, contents: Sequence[str]) -> list[discord.Message]:
+        """Make the messages show exactly `contents` (one per message); the messages."""
+        live = len(self.parts) - 1
+        for i, content in enumerate(contents):
+            if i < live:
+                part = self.parts[i]
+                # An expired webhook message can no longer change; reposting it would reorder.
+                if part.shown != content and (part.in_channel or not self.expired()):
+                    await self._edit(i, content)
+            elif i == live:
+                try:
+                    await self.editor.finish(content)
+                except discord.HTTPException:
+                    # The guaranteed final edit: once more after discord.py's own retries.
+                    log.warning("final edit failed; trying once more", exc_info=True)
+                    await asyncio.sleep(self.interval)
+                    await self._edit(i, content)
+            else:
+                self.parts.append(await self._send_new(content))
+        if len(contents) <= live:
+            await self.editor.aclose()  # the live message itself is a leftover
+        for extra in self.parts[len(contents) :]:
+            await self._delete(extra)  # the final split came out shorter than the live one
+        del self.parts[len(contents) :]
+        return [p.message for p in self.parts if p.message is not None]
+
+    async def fail(self, message: str) -> None:
+        """Replace whatever was shown by `message`: a clear end instead of a half answer."""
+        await self.editor.aclose()
+        try:
+            await self._edit(0, f"⚠️ {message}")
+        except Exception:
+            log.warning("could not show the error to the user", exc_info=True)
+            return
+        for extra in self.parts[1:]:
+            await self._delete(extra)
+        del self.parts[1:]
+
+    async def fail_privately(self, message: str) -> None:
+        """Like fail(), but only the asker sees `message` where the destination allows it."""
+        await self.fail(message)
+
+    # -- Discord calls -------------------------------------------------------------------------
+
+    def expired(self) -> bool:
+        return False
+
+    async def _edit_live(self, text: str) -> None:
+        await self._edit(len(self.parts) - 1, text)
+
+    async def _edit(self, i: int, text: str) -> None:
+        self.parts[i] = await self._show(i, self.parts[i], text)
+        self.parts[i].shown = text
+        self.edits += 1
+
+    async def _show(self, i: int, part: _Part, text: str) -> _Part:
+        """Make part `i` show `text` (posting it if it is not there yet); the part."""
+        raise NotImplementedError
+
+    async def _send_new(self, text: str) -> _Part:
+        raise NotImplementedError
+
+    async def _delete(self, part: _Part) -> None:
+        if part.message is None:
+            return
+        try:
+            await part.message.delete()
+        except discord.HTTPException:
+            log.warning("could not delete a leftover answer message", exc_info=True)
+
+
+class InteractionWriter(AnswerWriter):
+    """An answer in a (deferred) interaction response: its follow-ups past 2000 characters,
+    and plain channel messages once the interaction token is close to expiring."""
+
+    def __init__(
+        self,
+        interaction: discord.Interaction[RagBot],
+        *,
+        private: bool,
+        interval: float,
+        edit_limit_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(interval=interval)
+        self.interaction = interaction
+        self.private = private
+        self.clock = clock
+        self.expires_at = clock() + edit_limit_s
+
+    def expired(self) -> bool:
+        return self.clock() >= self.expires_at
+
+    async def fail_privately(self, message: str) -> None:
+        """A public response cannot turn ephemeral: delete it, then send `message` as an
+        ephemeral follow-up (the token outlives the response, and with the placeholder gone
+        the follow-up is a message of its own instead of filling the public placeholder).
+        """
+        if self.private or self.expired():
+            await self.fail(message)
+            return
+        await self.editor.aclose()
+        try:
+            await self.interaction.delete_original_response()
+        except discord.HTTPException:
+            log.warning("could not delete the answer's placeholder", exc_info=True)
+            await self.fail(message)
+            return
+        self.parts[0] = _Part(None)
+        for extra in self.parts[1:]:
+            await self._delete(extra)
+        del self.parts[1:]
+        try:
+            await self.interaction.followup.send(
+                f"⚠️ {message}", ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+        except discord.HTTPException:
+            log.warning("could not show the error to the user", exc_info=True)
+
+    async def _show(self, i: int, part: _Part, text: str) -> _Part:
+        if part.in_channel and part.message is not None:
+            part.message = await part.message.edit(content=text, allowed_mentions=NO_MENTIONS)
+        elif self.expired():
+            # The webhook token dies at 15 minutes: this part moves to a channel message.
+            return await self._channel_send(text)
+        elif part.message is None or i == 0:
+            # discord.py merges the bot's default allowed mentions here, but be explicit.
+            part.message = await self.interaction.edit_original_response(
+                content=text, allowed_mentions=NO_MENTIONS
+            )
+        else:
+            part.message = await part.message.edit(content=text, allowed_mentions=NO_MENTIONS)
+        return part
+
+    async def _send_new(self, text: str) -> _Part:
+        if self.expired():
+            return await self._channel_send(text)
+        message = await self.interaction.followup.send(
+            text, wait=True, ephemeral=self.private, allowed_mentions=NO_MENTIONS
+        )
+        return _Part(message, text)
+
+    async def _channel_send(self, text: str) -> _Part:
+        channel = self.interaction.channel
+        if self.private or not isinstance(channel, discord.abc.Messageable):
+            raise InteractionExpired("the interaction token expired before the answer was done")
+        message = await channel.send(text, allowed_mentions=NO_MENTIONS)
+        return _Part(message, text, in_channel=True)
+
+
+class MessageWriter(AnswerWriter):
+    """An answer as plain messages in a channel or thread; the first one replies to
+    `reply_to` when given (without pinging its author)."""
+
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        *,
+        interval: float,
+        reply_to: discord.Message | None = None,
+    ) -> None:
+        super().__init__(interval=interval)
+        self.channel = channel
+        self.reply_to = reply_to
+
+    async def _show(self, i: int, part: _Part, text: str) -> _Part:
+        if part.message is None:
+            reference = self.reply_to if i == 0 else None
+            part.message = await self._post(text, reference)
+        else:
+            part.message = await part.message.edit(content=text, allowed_mentions=NO_MENTIONS)
+        return part
+
+    async def _send_new(self, text: str) -> _Part:
+        return _Part(await self._post(text, None), text)
+
+    async def _post(self, text: str, reference: discord.Message | None) -> discord.Message:
+        if reference is None:
+            return await self.channel.send(text, allowed_mentions=NO_MENTIONS)
+        return await self.channel.send(
+            text,
+            reference=reference,
+            mention_author=False,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def _label(source: Source) -> str:
+    return f"{source.title} › {source.heading_path}" if source.heading_path else source.title
+
+
+def render_answer(answer: Answer, *, seconds: float, votes_hint: bool) -> list[str]:
+    """The final messages: the answer split within limits, then sources and a footer."""
+    items = [(s.n, _label(s), s.url) for s in answer.sources]
+    if answer.refused:
+        body, header = (REFUSAL, "") if items else (NOTHING_FOUND, "")
+    else:
+        # Links the model wrote are shown as text: only the sources below are clickable.
+        body, header = plain_links(answer.text.strip()) or EMPTY_ANSWER, "**Sources**\n"
+        if answer.low_support:
+            backed = answer.attribution is not None and bool(answer.attribution.used)
+            body += "\n\n" + (LOW_SUPPORT if backed else NOT_BACKED)
+    footer = f"-# Answered in {seconds:.1f} s"
+    if votes_hint:
+        footer += " · react 👍 if this helped, 👎 if it is wrong"
+    parts = split_message(body, PART_LIMIT) or [EMPTY_ANSWER]
+    if not items:
+        tail_room = MESSAGE_LIMIT - len(parts[-1]) - 1 - len(footer)
+        if tail_room >= 0:
+            parts[-1] += "\n" + footer
+        else:
+            parts.append(footer)
+        return parts
+    room = MESSAGE_LIMIT - len(parts[-1]) - 2 - len(header) - 1 - len(footer)
+    if room >= MIN_SOURCES_ROOM:
+        parts[-1] += "\n\n" + header + render_sources(items, room) + "\n" + footer
+    else:
+        room = MESSAGE_LIMIT - len(header) - 1 - len(footer)
+        parts.append(header + render_sources(items, room) + "\n" + footer)
+    if answer.refused:
+        # The refusal and its closest pages read as one: no blank line between them.
+        parts[-1] = parts[-1].replace(REFUSAL + "\n\n", REFUSAL + "\n", 1)
+    return parts
+
+
+def thread_name(question: str) -> str:
+    """A thread name from a question: its first line, mention syntax removed, within limits."""
+    line = next((ln for ln in question.splitlines() if ln.strip()), "")
+    line = " ".join(_MENTION_SYNTAX.sub("", line).split())
+    return safe_truncate(line, THREAD_NAME_LIMIT) or "Question"
+
+
+# -- the path ------------------------------------------------------------------------------------
+
+
+class AnswerPath:
+    """Question -> delivered answer, with the answer queue every entry point shares."""
+
+    def __init__(self, bot: RagBot) -> None:
+        self.bot = bot
+        settings = bot.settings
+        self.queue = AnswerQueue(settings.max_concurrent_answers, settings.max_queued_answers)
+        self.answering: set[asyncio.Task[object]] = set()
+        self._cooldowns: dict[int, app_commands.Cooldown] = {}
+        self._told: set[int] = set()  # channels whose missing permission was logged
+
+    def take_cooldown(self, user_id: int) -> float | None:
+        """Count a question of `user_id`: None if allowed, else seconds until the next one.
+
+        One cooldown per person across /ask, follow-ups, replies and mentions."""
+        per = self.bot.settings.ask_cooldown_s
+        if per <= 0:
+            return None
+        if len(self._cooldowns) > 10_000:  # forget windows that have passed
+            self._cooldowns = {u: c for u, c in self._cooldowns.items() if c.get_tokens() < c.rate}
+        cooldown = self._cooldowns.setdefault(user_id, app_commands.Cooldown(1, per))
+        return cooldown.update_rate_limit()
+
+    async def open_thread(self, message: discord.Message, question: str) -> discord.Thread | None:
+        """A thread under `message` for an answer and its follow-ups; None: answer inline."""
+        try:
+            return await message.create_thread(name=thread_name(question))
+        except discord.Forbidden:
+            self.missing_permission(message.channel, "Create Public Threads")
+        except (discord.HTTPException, ValueError):
+            log.warning("could not start a thread under message %s", message.id, exc_info=True)
+        return None
+
+    def missing_permission(self, channel: object, permission: str) -> None:
+        """Said once per channel, not on every message: the bot answers inline meanwhile."""
+        channel_id = getattr(channel, "id", 0)
+        if channel_id in self._told:
+            return
+        self._told.add(channel_id)
+        log.warning(
+            "the bot lacks the %s permission in channel %s: grant it to the bot's role "
+            "(answers there go inline or are skipped meanwhile)",
+            permission,
+            channel_id,
+        )
+
+    async def remember(
+        self, delivered: Delivered, conversation_id: int | None, thread: discord.Thread | None
+    ) -> int | None:
+        """Record `delivered` as the next turn of `conversation_id` (None: a new conversation,
+        in `thread` when the bot started one); the conversation's id."""
+        if delivered.answer_id is None:
+            return None
+        try:
+            return await self.bot.feedback.record_turn(
+                delivered.answer_id,
+                standalone=delivered.answer.standalone or delivered.answer.question,
+                conversation_id=conversation_id,
+                thread_id=thread.id if thread is not None else None,
+            )
+        except Exception:
+            log.exception("could not record the turn of answer %s", delivered.answer_id)
+            return None
+
+    def refusal(self, question: str, asker: Asker) -> str | None:
+        """Why `question` is refused before any work starts (empty, too long, busy), or None.
+
+        Cheap enough to run before an interaction is acknowledged."""
+        limit = self.bot.settings.max_question_chars
+        if is_blank(question):
+            return EmptyQuestionError.user_message
+        if len(question) > limit:
+            return f"That question is too long: please keep it under {limit} characters."
+        if self.queue.full():
+            metrics.observe_error("busy")
+            _log_question(asker, "error", None, 0.0, error="busy")
+            return BUSY
+        return None
+
+    async def stop(self) -> None:
+        """Shutdown: stop answers in flight (aborting their generation) while HTTP still works,
+        so each user sees a clear message instead of a message stuck half-way."""
+        tasks = [t for t in self.answering if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    async def deliver(
+        self,
+        question: str,
+        writer: AnswerWriter,
+        asker: Asker,
+        *,
+        history: Sequence[Turn] = (),
+        votes: bool = True,
+    ) -> Delivered | None:
+        """Answer `question` into `writer`; None when it ended in an error shown to the user.
+
+        `history`: the conversation's earlier turns, oldest first (a follow-up).
+        `votes`: add the 👍/👎 reactions (public answers only)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.answering.add(task)
+        try:
+            return await self._deliver(question, writer, asker, history, votes=votes)
+        finally:
+            if task is not None:
+                self.answering.discard(task)
+
+    async def _deliver(
+        self,
+        question: str,
+        writer: AnswerWriter,
+        asker: Asker,
+        history: Sequence[Turn],
+        *,
+        votes: bool,
+    ) -> Delivered | None:
+        started = time.perf_counter()
+        log.debug("question by %s: %r", asker.user_id, question)
+        prepared: Prepared | None = None
+        try:
+            writer.status(SEARCHING)
+            answerer = self.bot.rag.require_answerer()
+            prepared = await answerer.prepare(question, history)
+            stream = answerer.stream(prepared)
+            if prepared.refused:
+                # No generation: the gate decided, so no slot in the queue is needed.
+                await _consume(stream, writer)
+            else:
+                try:
+                    async with self.queue.slot(_queue_display(writer, self.queue)):
+                        await _consume(stream, writer)
+                finally:  # released, or gave up waiting: one fewer either way
+                    metrics.set_queue_depth(self.queue.waiting)
+            answer = stream.result
+            assert answer is not None
+            metrics.observe_answer(answer)
+            seconds = time.perf_counter() - started
+            contents = render_answer(answer, seconds=seconds, votes_hint=votes)
+            messages = await writer.finish(contents)
+        except asyncio.CancelledError:
+            _log_question(asker, "error", prepared, _since(started), error="shutdown")
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(writer.fail(SHUTTING_DOWN)), timeout=3)
+            raise
+        except QueueFull:
+            # Filled up after the deferral: the public placeholder goes, only the asker is told.
+            metrics.observe_error("busy")
+            _log_question(asker, "error", prepared, _since(started), error="busy")
+            await writer.fail_privately(BUSY)
+            return None
+        except RagError as exc:
+            kind = type(exc).__name__
+            metrics.observe_error(kind)
+            log.warning("answer for %s failed: %s", asker.user_id, exc.detail, exc_info=exc)
+            _log_question(asker, "error", prepared, _since(started), error=kind)
+            await writer.fail(exc.user_message)
+            return None
+        except InteractionExpired:
+            metrics.observe_error("expired")
+            log.warning("the answer for %s outlived its interaction token", asker.user_id)
+            _log_question(asker, "error", prepared, _since(started), error="expired")
+            return None
+        except Exception:
+            metrics.observe_error("unexpected")
+            log.exception("answer for %s failed", asker.user_id)
+            _log_question(asker, "error", prepared, _since(started), error="unexpected")
+            await writer.fail(GENERIC_ERROR)
+            return None
+        _log_question(
+            asker,
+            "refused" if answer.refused else "answered",
+            prepared,
+            seconds,
+            answer=answer,
+            extra=f"edits={writer.edits} messages={len(messages)}",
+        )
+        answer_id = await self._record(asker, answer, messages, seconds)
+        if votes and messages:
+            await self._add_vote_reactions(messages[-1])
+        return Delivered(answer, messages, answer_id)
+
+    async def _record(
+        self, asker: Asker, answer: Answer, messages: Sequence[discord.Message], seconds: float
+    ) -> int | None:
+        if not messages:
+            return None
+        generator = self.bot.rag.generator
+        try:
+            return await self.bot.feedback.record_answer(
+                message_id=messages[0].id,
+                extra_message_ids=[m.id for m in messages[1:]],
+                guild_id=asker.guild_id,
+                channel_id=messages[0].channel.id,
+                user_id=asker.user_id,
+                question=answer.question,
+                answer=answer.text,
+                sources=[
+                    SourceRecord(s.n, s.title, s.url, s.score, s.similarity) for s in answer.sources
+                ],
+                model=generator.model_name if generator is not None else "",
+                refused=answer.refused,
+                latency_ms=round(seconds * 1000),
+                low_support=answer.low_support,
+            )
+        except Exception:
+            log.exception("could not record the answer to %s", asker.user_id)
+            return None
+
+    async def _add_vote_reactions(self, message: discord.Message) -> None:
+        settings = self.bot.settings
+        for emoji in (*settings.good_emojis[:1], *settings.flag_emojis[:1]):
+            try:
+                await message.add_reaction(emoji)
+            except discord.HTTPException:
+                # No Add Reactions permission: users can still react themselves.
+                log.warning("could not add %s to answer %s", emoji, message.id, exc_info=True)
+                return
+
+
+def _queue_display(writer: AnswerWriter, queue: AnswerQueue) -> Callable[[int], None]:
+    """Show the place in the queue: every step near the front, every fifth one further back,
+    so a long queue does not turn into a storm of edits. Each move updates the depth gauge."""
+    shown: list[int] = []
+
+    def show(ahead: int) -> None:
+        metrics.set_queue_depth(queue.waiting)
+        if not shown or ahead < 5 or ahead % 5 == 0:
+            shown.append(ahead)
+            writer.status(queue_text(ahead))
+
+    return show
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def _log_question(
+    asker: Asker,
+    outcome: str,
+    prepared: Prepared | None,
+    total_s: float,
+    *,
+    answer: Answer | None = None,
+    error: str | None = None,
+    extra: str = "",
+) -> None:
+    """The one INFO line per question: outcome and timings, never the question or the answer."""
+    timings = answer.timings if answer else prepared.timings if prepared else None
+    prompt = answer.prompt_tokens if answer else prepared.prompt_tokens if prepared else 0
+    completion = answer.completion_tokens if answer else 0
+    log.info(
+        "question by %s in %s: outcome=%s%s embed_ms=%s search_ms=%s first_token_ms=%s "
+        "total_ms=%s prompt_tokens=%d completion_tokens=%d%s",
+        asker.user_id,
+        asker.guild_id or "DM",
+        outcome,
+        f" error={error}" if error else "",
+        _ms(timings.embed_s if timings else None),
+        _ms(timings.search_s if timings else None),
+        _ms(timings.first_token_s if timings else None),
+        _ms(total_s),
+        prompt,
+        completion,
+        f" {extra}" if extra else "",
+    )
+
+
+async def _consume(stream: AnswerStream, writer: AnswerWriter) -> None:
+    async for delta in stream:
+        await writer.append(delta)

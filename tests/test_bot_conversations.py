@@ -1,0 +1,383 @@
+"""Conversations end to end: follow-ups in the bot's threads, replies to answers, @mentions,
+what is ignored, the Message Content intent, and a restart between two turns. The real
+discord.py client against the loopback fake Discord, answering with the real rag_core (Milvus
+Lite, the offline embedder, the tiny vLLM engine; its text is noise: mechanics only)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import discord
+import pytest
+
+from bot.answer_path import thread_name
+from bot.client import RagBot
+from bot.cogs.conversations import TOO_LONG
+from bot.feedback import Conversation, FeedbackStore
+from rag_core.answering import Answerer
+from rag_core.conversation import Turn, rewrite_by_rules
+from rag_core.llm import GenerationChunk
+from rag_core.retrieval import Retrieval, Retriever
+from rag_core.runtime import Rag
+from tests.bot_fixtures import Indexed, ShapedGenerator, World, populate, running_bot
+from tests.fake_discord import (
+    FakeChannel,
+    FakeDiscord,
+    FakeInteraction,
+    FakeMember,
+    FakeMessage,
+)
+
+pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]
+
+FIRST = "How do I configure a GPU index such as CAGRA?"
+FOLLOW_UP = "and what about IVF_PQ?"
+FOOTER = "-# Answered in"
+INTENT_MESSAGE_CONTENT = 1 << 15
+TALK = {"discord_message_content": True, "conversation_rewrite": "rules"}
+
+
+class PromptSpy(ShapedGenerator):
+    """The shared engine, keeping every prompt it is asked to complete."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.prompts: list[str] = []
+
+    async def stream(  # type: ignore[override]
+        self, prompt: str, *, max_tokens: int | None = None, request_id: str | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        self.prompts.append(prompt)
+        async for chunk in super().stream(prompt, max_tokens=max_tokens, request_id=request_id):
+            yield chunk
+
+
+class QuerySpy(Retriever):
+    """The real retriever, keeping every question it searched with."""
+
+    def __init__(self, inner: Retriever) -> None:
+        super().__init__(inner.settings, inner.store, inner.embedder)
+        self.queries: list[str] = []
+
+    async def retrieve(
+        self, question: str, *, top_k: int | None = None, filter: str | None = None
+    ) -> Retrieval:
+        self.queries.append(question)
+        return await super().retrieve(question, top_k=top_k, filter=filter)
+
+
+def spied(indexed: Indexed, **overrides: object) -> tuple[Rag, PromptSpy, QuerySpy]:
+    """The module's rag_core under `overrides`, its engine and retriever watched."""
+    assert indexed.rag.generator is not None
+    generator = PromptSpy(indexed.rag.generator, max_tokens=8)
+    retriever = QuerySpy(indexed.rag.retriever)
+    rag = indexed.with_settings(generator, **overrides)
+    answerer = Answerer(rag.settings, retriever, generator)
+    return dataclasses.replace(rag, retriever=retriever, answerer=answerer), generator, retriever
+
+
+def answers_in(w: World | FakeDiscord, channel: FakeChannel) -> list[FakeMessage]:
+    """The bot's finished answers in a channel or thread, oldest first."""
+    fake = w if isinstance(w, FakeDiscord) else w.fake
+    return [
+        m
+        for m in fake.channel_messages(channel)
+        if m.author is fake.bot_user and not m.deleted and FOOTER in m.content
+    ]
+
+
+async def wait_answers(w: World | FakeDiscord, channel: FakeChannel, count: int = 1) -> None:
+    fake = w if isinstance(w, FakeDiscord) else w.fake
+    await fake.wait_for(lambda: len(answers_in(w, channel)) >= count, timeout=180)
+
+
+async def ask(
+    w: World | FakeDiscord, store: FeedbackStore, user: FakeMember, question: str = FIRST
+) -> FakeInteraction:
+    """/ask, and wait until the answer and its conversation are stored."""
+    fake = w if isinstance(w, FakeDiscord) else w.fake
+    inter = await fake.invoke("ask", {"question": question}, user=user)
+    await inter.wait_for(
+        lambda i: i.original is not None and FOOTER in i.original.content, timeout=180
+    )
+    assert inter.original is not None
+    async with asyncio.timeout(30):
+        while await store.conversation(message_id=inter.original.id) is None:
+            await asyncio.sleep(0.05)
+    return inter
+
+
+async def wait_turns(
+    store: FeedbackStore, count: int, *, thread_id: int | None = None, message_id: int | None = None
+) -> Conversation:
+    """The conversation once it holds `count` turns (recorded right after the answer)."""
+    async with asyncio.timeout(30):
+        while True:
+            found = await store.conversation(thread_id=thread_id, message_id=message_id)
+            if found is not None and len(found.turns) >= count:
+                return found
+            await asyncio.sleep(0.05)
+
+
+def only_thread(fake: FakeDiscord, channel: FakeChannel) -> FakeChannel:
+    [thread] = fake.threads_of(channel)
+    return thread
+
+
+# --------------------------------------------------------------------------- follow-ups
+
+
+async def test_a_follow_up_in_the_answers_thread_is_answered_with_the_first_turn(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, engine, retriever = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, **TALK) as w:
+        inter = await ask(w, w.store, w.alice)
+        assert inter.original is not None
+        # The public answer got a thread, named from the question, started on the answer.
+        thread = await wait_thread(w, w.general)
+        assert thread.id == inter.original.id and thread.name == thread_name(FIRST)
+        assert thread.owner_id == w.fake.bot_user.id
+        first_prompt = len(engine.prompts)
+
+        follow_up = await w.fake.user_message(thread, w.bob, FOLLOW_UP)
+        await wait_answers(w, thread)
+        [answer] = answers_in(w, thread)
+        assert answer.message_reference is not None
+        assert int(answer.message_reference["message_id"]) == follow_up.id
+        # The engine's prompt held the first turn (as data), then the follow-up as asked.
+        prompt = engine.prompts[first_prompt]
+        assert "Earlier in this conversation" in prompt and f"User: {FIRST}" in prompt
+        assert f"Question: {FOLLOW_UP}" in prompt
+        # Retrieval searched with the standalone question, not with the follow-up as typed.
+        standalone = rewrite_by_rules(FOLLOW_UP, [Turn(FIRST, "")])
+        assert retriever.queries[-1] == standalone != FOLLOW_UP
+        conversation = await wait_turns(w.store, 2, thread_id=thread.id)
+        assert [(t.question, t.standalone) for t in conversation.turns] == [
+            (FIRST, FIRST),
+            (FOLLOW_UP, standalone),
+        ]
+        # The follow-up's answer can be voted on like any answer.
+        await w.fake.wait_for(lambda: len(answer.reactions) == 2)
+    w.fake.assert_clean()
+
+
+async def test_a_reply_to_an_answer_continues_its_conversation(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, engine, retriever = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, ask_threads=False, **TALK) as w:
+        inter = await ask(w, w.store, w.alice)
+        assert inter.original is not None and not w.fake.threads_of(w.general)
+        reply = await w.fake.user_message(w.general, w.alice, FOLLOW_UP, reply_to=inter.original)
+        await wait_answers(w, w.general, 2)
+        answer = answers_in(w, w.general)[-1]
+        assert answer.message_reference is not None
+        assert int(answer.message_reference["message_id"]) == reply.id
+        assert f"User: {FIRST}" in engine.prompts[-1]
+        assert retriever.queries[-1] == rewrite_by_rules(FOLLOW_UP, [Turn(FIRST, "")])
+        conversation = await wait_turns(w.store, 2, message_id=answer.id)
+        assert [t.question for t in conversation.turns] == [
+            FIRST,
+            FOLLOW_UP,
+        ]
+        # Replying to the follow-up's answer continues the same conversation.
+        await w.fake.user_message(w.general, w.bob, "Why?", reply_to=answer)
+        await wait_answers(w, w.general, 3)
+        assert engine.prompts[-1].count("User: ") == 2
+        again = await wait_turns(w.store, 3, message_id=answers_in(w, w.general)[-1].id)
+        assert again.id == conversation.id
+    w.fake.assert_clean()
+
+
+async def test_a_mention_is_answered_in_a_new_thread_under_it(
+    indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rag, engine, _ = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, **TALK) as w:
+        me = w.fake.bot_user.id
+        question = f"<@{me}> how do I build a GPU index with CAGRA?"
+        asked = await w.fake.user_message(w.general, w.alice, question)
+        thread = await wait_thread(w, w.general)
+        assert thread.id == asked.id and thread.name == "how do I build a GPU index with CAGRA?"
+        await wait_answers(w, thread)
+        assert "Question: how do I build a GPU index with CAGRA?" in engine.prompts[-1]
+        # Where the bot may not start threads it answers inline, and says why once, in the log.
+        locked = w.guild.add_channel("no-threads")
+        no_threads = discord.PermissionOverwrite(create_public_threads=False)
+        w.guild.set_overwrite(locked, w.fake.bot_member(w.guild), no_threads)
+        await w.fake.dispatch("CHANNEL_CREATE", locked.to_payload())
+        with caplog.at_level(logging.WARNING, logger="bot.answer_path"):
+            for n in (1, 2):
+                await w.fake.user_message(locked, w.bob, f"<@{me}> what is CAGRA?")
+                await wait_answers(w, locked, n)
+        assert not w.fake.threads_of(locked)
+        told = [m for m in caplog.messages if "Create Public Threads" in m]
+        assert len(told) == 1, told
+    w.fake.assert_clean()
+
+
+async def test_an_ask_where_threads_are_not_allowed_is_continued_by_replies(
+    indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rag, engine, _ = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, **TALK) as w:
+        no_threads = discord.PermissionOverwrite(create_public_threads=False)
+        w.guild.set_overwrite(w.general, w.fake.bot_member(w.guild), no_threads)
+        with caplog.at_level(logging.WARNING, logger="bot.answer_path"):
+            first = await ask(w, w.store, w.alice)
+            await ask(w, w.store, w.bob, "What is CAGRA?")
+        assert not w.fake.threads_of(w.general)
+        assert len([m for m in caplog.messages if "Create Public Threads" in m]) == 1
+        # No thread, but the answer is still a conversation: a reply continues it.
+        assert first.original is not None
+        await w.fake.user_message(w.general, w.alice, FOLLOW_UP, reply_to=first.original)
+        await wait_answers(w, w.general, 3)
+        assert f"User: {FIRST}" in engine.prompts[-1]
+    w.fake.assert_clean()
+
+
+# --------------------------------------------------------------------------- never noisy
+
+
+async def test_bots_system_messages_other_people_and_other_threads_are_ignored(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, engine, _ = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, **TALK) as w:
+        await ask(w, w.store, w.alice)
+        thread = await wait_thread(w, w.general)
+        prompts = len(engine.prompts)
+        other_bot = w.fake.add_user("helper-bot", bot=True)
+        w.fake.add_member(w.guild, other_bot)
+        await w.fake.user_message(thread, other_bot, "and for IVF?")  # a bot
+        await w.fake.user_message(thread, w.bob, "", msg_type=7)  # a system message
+        await w.fake.user_message(thread, w.bob, f"<@{w.carol.id}> can you check this?")
+        await w.fake.user_message(w.general, w.bob, "how do I build an IVF index?")  # no mention
+        people = FakeChannel(
+            id=9_000_001,
+            guild_id=w.guild.id,
+            name="chat",
+            type=11,
+            parent_id=w.general.id,
+            owner_id=w.bob.id,
+        )
+        w.guild.threads[people.id] = people
+        await w.fake.dispatch("THREAD_CREATE", {**people.to_payload(), "newly_created": True})
+        await w.fake.user_message(people, w.bob, "what is an IVF index?")  # not the bot's
+        # A mention in that thread is answered, inline; by then the rest would have been too.
+        await w.fake.user_message(people, w.alice, f"<@{w.fake.bot_user.id}> what is IVF_PQ?")
+        await wait_answers(w, people)
+        await w.fake.wait_quiet()
+        assert len(engine.prompts) == prompts + 1
+        assert not answers_in(w, thread) and len(answers_in(w, w.general)) == 1
+        assert [m for m in w.fake.channel_messages(thread) if m.author is w.fake.bot_user] == []
+    w.fake.assert_clean()
+
+
+async def test_a_long_thread_asks_for_a_new_question_and_the_cooldown_is_shared(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, engine, _ = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, conversation_max_turns=1, ask_cooldown_s=60, **TALK) as w:
+        await ask(w, w.store, w.alice)
+        thread = await wait_thread(w, w.general)
+        prompts = len(engine.prompts)
+        await w.fake.user_message(thread, w.bob, FOLLOW_UP)
+        await w.fake.wait_for(lambda: bool(bot_messages(w, thread)))
+        assert bot_messages(w, thread)[0].content == TOO_LONG
+        # One cooldown per person, whichever way the question arrives.
+        await w.fake.user_message(w.general, w.alice, f"<@{w.fake.bot_user.id}> what is IVF?")
+        await w.fake.wait_for(lambda: len(bot_messages(w, w.general)) >= 2)
+        assert "Please wait" in bot_messages(w, w.general)[-1].content
+        await w.fake.wait_quiet()
+        assert len(engine.prompts) == prompts
+    w.fake.assert_clean()
+
+
+# --------------------------------------------------------------------------- the intent
+
+
+async def test_without_the_message_content_intent_follow_ups_are_off_and_ask_works(
+    indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rag, engine, _ = spied(indexed, conversation_rewrite="rules")
+    with caplog.at_level(logging.INFO, logger="bot.client"):
+        async with running_bot(rag, tmp_path, conversation_rewrite="rules") as w:
+            [identify] = [f for f in w.fake.gateway_frames if f.op == 2]
+            assert isinstance(identify.data, dict)
+            assert not identify.data["intents"] & INTENT_MESSAGE_CONTENT
+            inter = await ask(w, w.store, w.alice)  # /ask works, with no thread to follow up in
+            assert inter.original is not None and not w.fake.threads_of(w.general)
+            prompts = len(engine.prompts)
+            # A reply is no follow-up without the intent (even if its ping carries its text).
+            await w.fake.user_message(w.general, w.bob, FOLLOW_UP, reply_to=inter.original)
+            # A mention carries its text even without the intent: answered.
+            me = w.fake.bot_user.id
+            await w.fake.user_message(w.general, w.alice, f"<@{me}> what is IVF_PQ?")
+            thread = await wait_thread(w, w.general)
+            await wait_answers(w, thread)
+            await w.fake.wait_quiet()
+            assert len(engine.prompts) == prompts + 1
+            assert "User: " not in engine.prompts[-1]
+    assert any(
+        "Message Content intent off" in m and "Developer Portal" in m for m in caplog.messages
+    )
+    w.fake.assert_clean()
+
+
+async def test_the_intent_is_requested_when_the_setting_asks_for_it(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    async with running_bot(indexed.rag, tmp_path, discord_message_content=True) as w:
+        [identify] = [f for f in w.fake.gateway_frames if f.op == 2]
+        assert isinstance(identify.data, dict)
+        assert identify.data["intents"] & INTENT_MESSAGE_CONTENT
+    w.fake.assert_clean()
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+async def test_a_restart_between_two_turns_keeps_the_history(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, engine, _ = spied(indexed, **TALK)
+    settings = rag.settings.model_copy(update=TALK)
+    rag = dataclasses.replace(rag, settings=settings)
+    db = tmp_path / "feedback.db"
+    async with FakeDiscord() as fake:
+        people = populate(fake)
+        general = people["general"]
+        with FeedbackStore.open(db) as store:
+            bot = RagBot(settings, rag, store, guild_ready_timeout=0.05)
+            async with fake.running(bot):
+                await bot.tree.sync()
+                await ask(fake, store, people["alice"])
+                thread = await wait_thread(fake, general)
+        # A new process: a new client, the same database and the same Discord.
+        with FeedbackStore.open(db) as store:
+            bot = RagBot(settings, rag, store, guild_ready_timeout=0.05)
+            async with fake.running(bot):
+                await fake.user_message(thread, people["bob"], FOLLOW_UP)
+                await wait_answers(fake, thread)
+                assert f"User: {FIRST}" in engine.prompts[-1]
+                await wait_turns(store, 2, thread_id=thread.id)
+        fake.assert_clean()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def bot_messages(w: World, channel: FakeChannel) -> list[FakeMessage]:
+    return [m for m in w.fake.channel_messages(channel) if m.author is w.fake.bot_user]
+
+
+async def wait_thread(w: World | FakeDiscord, channel: FakeChannel) -> FakeChannel:
+    fake = w if isinstance(w, FakeDiscord) else w.fake
+    await fake.wait_for(lambda: bool(fake.threads_of(channel)), timeout=60)
+    return only_thread(fake, channel)
