@@ -576,6 +576,48 @@ class FeedbackStore:
 
         return await self._call(run)
 
+    async def export_golden(
+        self, path_or_file: str | os.PathLike[str] | TextIO, guild_id: int | None = None
+    ) -> int:
+        """Write the golden set as eval questions (docs/evaluation.md); the number written.
+
+        Verified answers expect themselves (their Discord link), vouched-for answers the pages
+        they cited. The file works as REINDEX_GATE_QUESTIONS and with `rag_core eval`.
+        """
+        verified = await self.verified(guild_id)
+        answers = [
+            a
+            for a in await self.golden_answers()
+            if a.sources and (guild_id is None or a.guild_id == guild_id)
+        ]
+        records: list[dict[str, Any]] = [
+            {
+                "id": f"verified-{v.id}",
+                "question": v.question,
+                "expected_sources": [v.message_link],
+                "origin": "verified answer",
+            }
+            for v in verified
+        ]
+        records += [
+            {
+                "id": f"answer-{a.id}",
+                "question": a.question,
+                "expected_sources": sorted({s.url.split("#", 1)[0] for s in a.sources}),
+                "origin": "answer marked good",
+            }
+            for a in answers
+        ]
+
+        def write() -> None:
+            if isinstance(path_or_file, str | os.PathLike):
+                _write_atomic(Path(path_or_file), records)
+            else:
+                _write_lines(path_or_file, records)
+
+        await asyncio.to_thread(write)
+        return len(records)
+
     # -- verified answers ---------------------------------------------------------------------
 
     async def add_verified(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .answering import fold_near_duplicates
 from .config import Settings
@@ -88,12 +89,20 @@ def golden_questions(
     """The verified answers' questions, then the answerable ones of REINDEX_GATE_QUESTIONS."""
     golden = [GoldenQuestion(f"verified-{v.id}", v.question, (v.url,), True) for v in verified]
     path = settings.reindex_gate_questions
-    if path:
+    if path and _has_lines(Path(path)):  # an empty export (no golden answers yet) gates nothing
         questions = load_questions(path, base_url=settings.docs_base_url).questions
         golden += [
             GoldenQuestion(q.id, q.question, q.expected_sources) for q in questions if q.answerable
         ]
     return golden
+
+
+def _has_lines(path: Path) -> bool:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return True  # load_questions reports it
+    return any(line.strip() and not line.lstrip().startswith("#") for line in lines)
 
 
 async def ranks(

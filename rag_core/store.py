@@ -367,6 +367,12 @@ class KnowledgeStore:
         name = self._live_name()
         return None if name is None else self._version_info(name)
 
+    def live_since(self) -> float | None:
+        """When the live version was built (unix seconds, from its name), None before any."""
+        name = self._live_name()
+        stamp = name[len(self._prefix) :] if name and name.startswith(self._prefix) else ""
+        return int(stamp) / 1000 if stamp.isdigit() else None
+
     def search(
         self,
         query_vector: np.ndarray,

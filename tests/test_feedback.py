@@ -469,3 +469,33 @@ async def test_golden_answers_are_vouched_for_and_never_refused_or_flagged(
     with pytest.raises(ValueError):
         await store.set_review(liked, "great", by=1)
     assert not await store.set_review(999, "fine", by=1)
+
+
+async def test_the_golden_set_exports_as_eval_questions(
+    store: FeedbackStore, tmp_path: Path
+) -> None:
+    from rag_core.evaluation import load_questions
+
+    await _answer(store, 1)
+    await store.set_vote(1, 10, GOOD)
+    await store.set_vote(1, 11, GOOD)
+    await _answer(store, 2)  # not vouched for
+    await store.add_verified(
+        question="How many replicas?",
+        answer="One per query node.",
+        message_link="https://discord.com/channels/111/222/9",
+        created_by=9,
+        guild_id=GUILD,
+    )
+    out = tmp_path / "golden.jsonl"
+    assert await store.export_golden(out) == 2
+    questions = load_questions(out).questions
+    assert [(q.id, q.question, q.expected_sources) for q in questions] == [
+        ("verified-1", "How many replicas?", ("https://discord.com/channels/111/222/9",)),
+        (
+            "answer-1",
+            "question 1?",
+            ("https://milvus.io/docs/gpu_index.md", "https://milvus.io/docs/index.md"),
+        ),
+    ]
+    assert await store.export_golden(io.StringIO(), guild_id=999) == 0

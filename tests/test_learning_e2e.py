@@ -6,11 +6,13 @@ real rag_core (Milvus Lite, the offline embedder, the tiny vLLM engine).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from bot.client import RagBot
+from bot.cogs.ask import indexed_ago
 from bot.feedback import FeedbackStore
 from rag_core.verified import TITLE
 from tests.bot_fixtures import Indexed, ShapedGenerator, World, populate, running_bot
@@ -67,6 +69,9 @@ async def test_a_moderator_correction_answers_the_next_paraphrase(
     async with running_bot(rag, tmp_path) as w:
         first = await ask(w.fake, w.alice, QUESTION)
         assert TITLE not in answer_text(first)
+        assert re.search(
+            r"-# Answered in [\d.]+ s · docs indexed (just now|\d+ min ago)", answer_text(first)
+        )
         assert first.original is not None
         card = await flagged_card(w, first.original)
         [answer_id] = {int(c.rsplit(":", 1)[1]) for c in buttons(card)}
@@ -215,3 +220,10 @@ async def test_a_reindex_that_loses_a_golden_answer_is_held_back_until_forced(
         assert "✅" in forced and "Published with force" in forced
         assert await asyncio.to_thread(rag.store.live) != live
     w.fake.assert_clean()
+
+
+def test_the_footer_says_how_old_the_docs_are() -> None:
+    assert indexed_ago(None, 100.0) == ""
+    assert indexed_ago(1000.0, 1030.0) == "docs indexed just now"
+    assert indexed_ago(0.0, 7300.0) == "docs indexed 2 h ago"
+    assert indexed_ago(0.0, 3 * 86400 + 5.0) == "docs indexed 3 d ago"

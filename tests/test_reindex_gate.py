@@ -109,6 +109,9 @@ async def test_a_verified_answer_that_would_be_lost_holds_the_reindex_back(
     assert report.published  # the lost bitset question is within the (lenient) allowed drop
     assert report.gate is not None and [q.id for q in report.gate.lost] == ["bitset"]
 
+    # An empty question file (an export before anything was vouched for) gates nothing.
+    empty = Path(rag.indexer.settings.reindex_gate_questions)
+    empty.write_text("", encoding="utf-8")
     golden = [GoldenQuestion("verified-9", "What colour is the sky?", ("https://d/9",), True)]
     page = corpus / "reference" / "replica.md"
     page.write_text(page.read_text() + "\n\nMore text.\n")

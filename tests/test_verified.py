@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,8 @@ async def first_hit(rag: Rag, question: str) -> tuple[str, float]:
 async def test_a_verified_answer_ranks_first_for_a_paraphrase_and_leaves_on_removal(
     rag: Rag,
 ) -> None:
+    since = await asyncio.to_thread(rag.store.live_since)
+    assert since is not None and abs(time.time() - since) < 900  # the footer's "indexed … ago"
     before = await first_hit(rag, PARAPHRASE)
     assert not is_verified(before[0])
     chunks = await asyncio.to_thread(rag.store.count)

@@ -244,7 +244,20 @@ def _label(source: Source) -> str:
     return f"{source.title} › {source.heading_path}" if source.heading_path else source.title
 
 
-def render_answer(answer: Answer, *, seconds: float, votes_hint: bool) -> list[str]:
+def indexed_ago(indexed_at: float | None, now: float) -> str:
+    """How old the knowledge base is, for the footer: "docs indexed 2 h ago"."""
+    if indexed_at is None:
+        return ""
+    age = max(0.0, now - indexed_at)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if age >= size:
+            return f"docs indexed {age // size:.0f} {unit} ago"
+    return "docs indexed just now"
+
+
+def render_answer(
+    answer: Answer, *, seconds: float, votes_hint: bool, freshness: str = ""
+) -> list[str]:
     """The final messages: the answer split within limits, then sources and a footer."""
     items = [(s.n, _label(s), s.url) for s in answer.sources]
     if answer.refused:
@@ -256,6 +269,8 @@ def render_answer(answer: Answer, *, seconds: float, votes_hint: bool) -> list[s
             backed = answer.attribution is not None and bool(answer.attribution.used)
             body += "\n\n" + (LOW_SUPPORT if backed else NOT_BACKED)
     footer = f"-# Answered in {seconds:.1f} s"
+    if freshness:
+        footer += f" · {freshness}"
     if votes_hint:
         footer += " · react 👍 if this helped, 👎 if it is wrong"
     parts = split_message(body, PART_LIMIT) or [EMPTY_ANSWER]
@@ -306,6 +321,15 @@ class Ask(commands.Cog):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+
+    async def _freshness(self) -> str:
+        """The footer's "docs indexed … ago"; nothing when the store cannot say."""
+        try:
+            since = await asyncio.to_thread(self.bot.rag.store.live_since)
+        except Exception:
+            log.debug("no index age for the footer", exc_info=True)
+            return ""
+        return indexed_ago(since, time.time())
 
     @app_commands.command(name="ask", description="Ask a question about the documentation")
     @app_commands.describe(
@@ -384,7 +408,9 @@ class Ask(commands.Cog):
             assert answer is not None
             metrics.observe_answer(answer)
             seconds = time.perf_counter() - started
-            contents = render_answer(answer, seconds=seconds, votes_hint=not private)
+            contents = render_answer(
+                answer, seconds=seconds, votes_hint=not private, freshness=await self._freshness()
+            )
             messages = await writer.finish(contents)
         except asyncio.CancelledError:
             _log_question(interaction, "error", prepared, _since(started), error="shutdown")
