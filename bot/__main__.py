@@ -1,6 +1,7 @@
 """`python -m bot` (or `docs-bot`): run the Discord bot; `sync` publishes its slash commands and
 exits (it needs only Discord: no models, no knowledge base); `export-flags FILE` writes flags as
-JSONL; `doctor [--quick]` checks the settings and every part the bot needs (see bot/doctor.py).
+JSONL, `export-golden FILE` the golden set as eval questions; `doctor [--quick]` checks the
+settings and every part the bot needs (see bot/doctor.py).
 
 Every resource is opened and closed here, in one place:
 feedback database -> rag_core (Milvus, embedder, LLM engine) -> the bot. SIGTERM and Ctrl-C
@@ -113,6 +114,11 @@ async def export_flags(settings: Settings, out: Path, guild_id: int | None) -> i
         return await store.export_jsonl(out, guild_id=guild_id)
 
 
+async def export_golden(settings: Settings, out: Path, guild_id: int | None) -> int:
+    async with FeedbackStore.open(feedback_path(settings)) as store:
+        return await store.export_golden(out, guild_id=guild_id)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="docs-bot", description="Discord bot that answers questions from your docs."
@@ -129,6 +135,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     export = sub.add_parser("export-flags", help="write every flagged answer as JSONL")
     export.add_argument("file", type=Path)
     export.add_argument("--guild", type=int, default=None, help="only this server's answers")
+    golden = sub.add_parser(
+        "export-golden",
+        help="write the golden set (verified answers, answers marked good) as eval questions",
+    )
+    golden.add_argument("file", type=Path)
+    golden.add_argument("--guild", type=int, default=None, help="only this server's")
     # Listed for --help only: main() hands `doctor ...` to bot.doctor.main before parsing.
     sub.add_parser(
         "doctor",
@@ -155,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export-flags":
             count = asyncio.run(export_flags(settings, args.file, args.guild))
             print(f"wrote {count} flagged answers to {args.file}")
+            return 0
+        if args.command == "export-golden":
+            count = asyncio.run(export_golden(settings, args.file, args.guild))
+            print(f"wrote {count} golden questions to {args.file}")
             return 0
         if args.command == "sync" or args.sync:
             asyncio.run(sync_commands(settings))

@@ -343,7 +343,20 @@ def _label(source: Source) -> str:
     return f"{source.title} › {source.heading_path}" if source.heading_path else source.title
 
 
-def render_answer(answer: Answer, *, seconds: float, votes_hint: bool) -> list[str]:
+def indexed_ago(indexed_at: float | None, now: float) -> str:
+    """How old the knowledge base is, for the footer: "docs indexed 2 h ago"."""
+    if indexed_at is None:
+        return ""
+    age = max(0.0, now - indexed_at)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if age >= size:
+            return f"docs indexed {age // size:.0f} {unit} ago"
+    return "docs indexed just now"
+
+
+def render_answer(
+    answer: Answer, *, seconds: float, votes_hint: bool, freshness: str = ""
+) -> list[str]:
     """The final messages: the answer split within limits, then sources and a footer."""
     items = [(s.n, _label(s), s.url) for s in answer.sources]
     if answer.refused:
@@ -355,6 +368,8 @@ def render_answer(answer: Answer, *, seconds: float, votes_hint: bool) -> list[s
             backed = answer.attribution is not None and bool(answer.attribution.used)
             body += "\n\n" + (LOW_SUPPORT if backed else NOT_BACKED)
     footer = f"-# Answered in {seconds:.1f} s"
+    if freshness:
+        footer += f" · {freshness}"
     if votes_hint:
         footer += " · react 👍 if this helped, 👎 if it is wrong"
     parts = split_message(body, PART_LIMIT) or [EMPTY_ANSWER]
@@ -497,6 +512,15 @@ class AnswerPath:
             if task is not None:
                 self.answering.discard(task)
 
+    async def _freshness(self) -> str:
+        """The footer's "docs indexed … ago"; nothing when the store cannot say."""
+        try:
+            since = await asyncio.to_thread(self.bot.rag.store.live_since)
+        except Exception:
+            log.debug("no index age for the footer", exc_info=True)
+            return ""
+        return indexed_ago(since, time.time())
+
     async def _deliver(
         self,
         question: str,
@@ -527,7 +551,9 @@ class AnswerPath:
             assert answer is not None
             metrics.observe_answer(answer)
             seconds = time.perf_counter() - started
-            contents = render_answer(answer, seconds=seconds, votes_hint=votes)
+            contents = render_answer(
+                answer, seconds=seconds, votes_hint=votes, freshness=await self._freshness()
+            )
             messages = await writer.finish(contents)
         except asyncio.CancelledError:
             _log_question(asker, "error", prepared, _since(started), error="shutdown")

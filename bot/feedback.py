@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Self, TextIO, TypeVar
 
 DEFAULT_FILENAME = "feedback.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 GOOD, FLAG = 1, -1
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per attempt
 PATIENCE_S = 60.0  # retrying a busy database gives up after about this long
@@ -105,7 +105,30 @@ _MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # A moderator's verdict on a flagged answer: 'corrected', 'fine' or 'dismissed'.
+        "ALTER TABLE answers ADD COLUMN review_status TEXT",
+        "ALTER TABLE answers ADD COLUMN reviewed_by INTEGER",
+        "ALTER TABLE answers ADD COLUMN reviewed_at REAL",
+        # Answers moderators wrote; each is indexed as `verified:<id>` in the knowledge base.
+        """
+        CREATE TABLE verified_answers (
+            id INTEGER PRIMARY KEY,
+            answer_id INTEGER REFERENCES answers (id) ON DELETE SET NULL,  -- what it corrects
+            guild_id INTEGER,
+            question TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            message_link TEXT NOT NULL,          -- the original Discord message
+            created_by INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            removed_by INTEGER,
+            removed_at REAL                      -- set by /verified remove
+        )
+        """,
+        "CREATE INDEX verified_answers_guild ON verified_answers (guild_id, removed_at)",
+    ],
 ]
+REVIEW_STATUSES = ("corrected", "fine", "dismissed")
 
 
 class FeedbackStoreClosed(RuntimeError):
@@ -189,6 +212,35 @@ class FlaggedAnswer:
     flags: int
     good: int
     last_flagged_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedRecord:
+    """A moderator's answer to a question, as the feedback database keeps it."""
+
+    id: int
+    answer_id: int | None
+    guild_id: int | None
+    question: str
+    answer: str
+    message_link: str
+    created_by: int
+    created_at: datetime
+    removed_at: datetime | None = None
+
+
+def _verified(row: sqlite3.Row) -> VerifiedRecord:
+    return VerifiedRecord(
+        id=row["id"],
+        answer_id=row["answer_id"],
+        guild_id=row["guild_id"],
+        question=row["question"],
+        answer=row["answer"],
+        message_link=row["message_link"],
+        created_by=row["created_by"],
+        created_at=_dt(row["created_at"]),
+        removed_at=_dt(row["removed_at"]) if row["removed_at"] is not None else None,
+    )
 
 
 def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
@@ -624,6 +676,166 @@ class FeedbackStore:
                 )
 
         await self._call(run)
+
+    async def answer_by_id(self, answer_id: int) -> AnswerRecord | None:
+        def run(conn: sqlite3.Connection) -> AnswerRecord | None:
+            row = conn.execute(
+                f"SELECT {_ANSWER_COLUMNS} FROM answers a WHERE a.id = ?", (answer_id,)
+            ).fetchone()
+            return _answer(row) if row else None
+
+        return await self._call(run)
+
+    async def set_review(self, answer_id: int, status: str, by: int) -> bool:
+        """Record a moderator's verdict on an answer; False if there is no such answer."""
+        if status not in REVIEW_STATUSES:
+            raise ValueError(f"review status must be one of {REVIEW_STATUSES}, not {status!r}")
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "UPDATE answers SET review_status = ?, reviewed_by = ?, reviewed_at = ? "
+                    "WHERE id = ?",
+                    (status, by, now, answer_id),
+                )
+                return cur.rowcount == 1
+
+        return await self._call(run)
+
+    async def golden_answers(self, min_good: int = 2) -> list[AnswerRecord]:
+        """Answers the community vouched for: marked fine by a moderator, or 👍 by at least
+        `min_good` people and never flagged (refused answers and corrected ones excluded)."""
+
+        def run(conn: sqlite3.Connection) -> list[AnswerRecord]:
+            rows = conn.execute(
+                f"SELECT {_ANSWER_COLUMNS} FROM answers a "
+                "LEFT JOIN votes v ON v.answer_id = a.id "
+                "WHERE a.refused = 0 AND COALESCE(a.review_status, '') NOT IN "
+                "('corrected', 'dismissed') GROUP BY a.id "
+                "HAVING a.review_status = 'fine' OR "
+                "(COALESCE(SUM(v.vote = 1), 0) >= ? AND COALESCE(SUM(v.vote = -1), 0) = 0) "
+                "ORDER BY a.id",
+                (min_good,),
+            ).fetchall()
+            return [_answer(r) for r in rows]
+
+        return await self._call(run)
+
+    async def export_golden(
+        self, path_or_file: str | os.PathLike[str] | TextIO, guild_id: int | None = None
+    ) -> int:
+        """Write the golden set as eval questions (docs/evaluation.md); the number written.
+
+        Verified answers expect themselves (their Discord link), vouched-for answers the pages
+        they cited. The file works as REINDEX_GATE_QUESTIONS and with `rag_core eval`.
+        """
+        verified = await self.verified(guild_id)
+        answers = [
+            a
+            for a in await self.golden_answers()
+            if a.sources and (guild_id is None or a.guild_id == guild_id)
+        ]
+        records: list[dict[str, Any]] = [
+            {
+                "id": f"verified-{v.id}",
+                "question": v.question,
+                "expected_sources": [v.message_link],
+                "origin": "verified answer",
+            }
+            for v in verified
+        ]
+        records += [
+            {
+                "id": f"answer-{a.id}",
+                "question": a.question,
+                "expected_sources": sorted({s.url.split("#", 1)[0] for s in a.sources}),
+                "origin": "answer marked good",
+            }
+            for a in answers
+        ]
+
+        def write() -> None:
+            if isinstance(path_or_file, str | os.PathLike):
+                _write_atomic(Path(path_or_file), records)
+            else:
+                _write_lines(path_or_file, records)
+
+        await asyncio.to_thread(write)
+        return len(records)
+
+    # -- verified answers ---------------------------------------------------------------------
+
+    async def add_verified(
+        self,
+        *,
+        question: str,
+        answer: str,
+        message_link: str,
+        created_by: int,
+        guild_id: int | None = None,
+        answer_id: int | None = None,
+    ) -> VerifiedRecord:
+        """Store a moderator's answer (marking the answer it corrects, if any, as corrected)."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> VerifiedRecord:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "INSERT INTO verified_answers (answer_id, guild_id, question, answer, "
+                    "message_link, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (answer_id, guild_id, question, answer, message_link, created_by, now),
+                )
+                if answer_id is not None:
+                    conn.execute(
+                        "UPDATE answers SET review_status = 'corrected', reviewed_by = ?, "
+                        "reviewed_at = ? WHERE id = ?",
+                        (created_by, now, answer_id),
+                    )
+                row = conn.execute(
+                    "SELECT * FROM verified_answers WHERE id = ?", (cur.lastrowid,)
+                ).fetchone()
+                return _verified(row)
+
+        return await self._call(run)
+
+    async def verified(
+        self, guild_id: int | None = None, *, include_removed: bool = False
+    ) -> list[VerifiedRecord]:
+        """Verified answers (of one guild, or all), oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[VerifiedRecord]:
+            rows = conn.execute(
+                "SELECT * FROM verified_answers WHERE (:guild IS NULL OR guild_id = :guild) "
+                "AND (:all OR removed_at IS NULL) ORDER BY id",
+                {"guild": guild_id, "all": int(include_removed)},
+            ).fetchall()
+            return [_verified(r) for r in rows]
+
+        return await self._call(run)
+
+    async def remove_verified(
+        self, verified_id: int, by: int, guild_id: int | None = None
+    ) -> VerifiedRecord | None:
+        """Mark a verified answer removed; None if there is none (in `guild_id`) to remove."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> VerifiedRecord | None:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "UPDATE verified_answers SET removed_at = :now, removed_by = :by "
+                    "WHERE id = :id AND removed_at IS NULL "
+                    "AND (:guild IS NULL OR guild_id = :guild)",
+                    {"now": now, "by": by, "id": verified_id, "guild": guild_id},
+                )
+                if cur.rowcount != 1:
+                    return None
+                row = conn.execute(
+                    "SELECT * FROM verified_answers WHERE id = ?", (verified_id,)
+                ).fetchone()
+                return _verified(row)
+
+        return await self._call(run)
 
     async def export_jsonl(
         self, path_or_file: str | os.PathLike[str] | TextIO, guild_id: int | None = None

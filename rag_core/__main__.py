@@ -94,16 +94,29 @@ async def _index(args: argparse.Namespace, settings: Settings) -> int:
     progress = _ProgressPrinter(quiet=args.quiet)
     async with open_rag(settings) as rag:
         try:
-            report = await rag.indexer.run(specs, prune=args.prune, on_progress=progress)
+            report = await rag.indexer.run(
+                specs, prune=args.prune, on_progress=progress, force=args.force
+            )
         finally:
             progress.close()
     for failure in report.failed:
         print(f"skipped {failure.source}: {failure.reason}")
-    state = "published" if report.published else "no change, live index kept"
-    print(f"{report.summary()} ({state})")
+    print(f"{report.summary()} ({report.state})")
+    if report.gate is not None:
+        print(report.gate.summary())
+        if not report.gate.passed:
+            for line in report.gate.details():
+                print(f"  {line}")
     if report.nothing_loaded:
         print("error: no document could be read from any source", file=sys.stderr)
         return 1
+    if report.held_back:
+        print(
+            "error: the new index answers the golden questions worse; the live index was kept "
+            "(fix the docs, or publish anyway with --force)",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
@@ -362,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-private-urls",
         action="store_true",
         help="allow URLs on loopback/private networks (ALLOW_PRIVATE_URLS)",
+    )
+    index.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even when the reindex gate finds the golden questions answered worse",
     )
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

@@ -28,6 +28,7 @@ from .errors import GenerationError, RagError
 from .llm import Generator
 from .retrieval import Retriever
 from .text_fragments import passage_url, source_key
+from .verified import is_verified
 
 REFUSAL = (
     "I couldn't find this in the documentation, so I won't guess. "
@@ -348,7 +349,8 @@ def _source(n: int, hit: Hit) -> Source:
         n=n,
         title=hit.title,
         # The link scrolls to the passage and highlights it (a text fragment; the anchor stays).
-        url=passage_url(hit.url, hit.text),
+        # (a verified answer links to its Discord message as it is).
+        url=hit.url if is_verified(hit.doc_id) else passage_url(hit.url, hit.text),
         heading_path=hit.heading_path,
         doc_id=hit.doc_id,
         score=hit.score,

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Passages from one page among the top ones before any page gets one more",
     )
+    verified_min_similarity: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="A verified answer whose question is this close (cosine) to the asked one "
+        "is ranked above every passage",
+    )
 
     # --- reindex ---
     reindex_timeout_min: float = Field(
@@ -118,6 +125,18 @@ class Settings(BaseSettings):
         ge=0,
         description="A reindex still running after this many minutes is stopped and the live "
         "index kept (0 = no limit)",
+    )
+    reindex_gate_max_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="A reindex is not published when the golden questions' recall@5 drops by "
+        "more than this (or a verified answer is no longer found)",
+    )
+    reindex_gate_questions: str = Field(
+        "",
+        description="Question file (eval format) replayed by the reindex gate beside the "
+        "verified answers (empty = verified answers only)",
     )
 
     # --- answering (LLM) ---

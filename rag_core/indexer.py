@@ -24,7 +24,10 @@ from .config import Settings
 from .documents import Chunk, SourceFailure
 from .embedding import Embedder
 from .errors import ReindexBusyError, ReindexTimeoutError
+from .gate import GateReport, GoldenQuestion, check, golden_questions
+from .retrieval import Retriever
 from .store import DocRecord, KnowledgeStore
+from .verified import VerifiedIndex, is_verified
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,13 @@ class IndexReport:
     chunks_total: int = 0  # chunks in the index after the run
     seconds: float = 0.0
     published: bool = False  # False when nothing changed: the live version was kept as is
+    gate: GateReport | None = None  # the golden questions replayed before publishing
+    forced: bool = False  # published although the gate held it back
+
+    @property
+    def held_back(self) -> bool:
+        """The gate found the new version worse: it was not published."""
+        return self.gate is not None and not self.gate.passed and not self.published
 
     @property
     def nothing_loaded(self) -> bool:
@@ -63,6 +73,15 @@ class IndexReport:
             f"{self.chunks_embedded} chunks embedded, {self.chunks_total} in the index; "
             f"{self.seconds:.1f} s"
         )
+
+    @property
+    def state(self) -> str:
+        """What happened to the live version, in words."""
+        if self.held_back:
+            return "held back by the reindex gate, live index kept"
+        if self.forced:
+            return "published despite the reindex gate"
+        return "published" if self.published else "no change, live index kept"
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -85,6 +104,7 @@ class Indexer:
         self.store = store
         self.embedder = embedder
         self.chunker = chunker
+        self.verified = VerifiedIndex(store, embedder)
         self._lock = asyncio.Lock()
         # Texts handed to the encoder per call: large enough for its length-sorted batching,
         # small enough that loading, embedding and writing overlap.
@@ -100,8 +120,14 @@ class Indexer:
         *,
         prune: bool = False,
         on_progress: ProgressCallback | None = None,
+        force: bool = False,
+        golden: Sequence[GoldenQuestion] = (),
     ) -> IndexReport:
         """Bring the index in line with `specs`. `prune` also removes documents of other sources.
+
+        Before the switch the golden set (verified answers, REINDEX_GATE_QUESTIONS, `golden`)
+        is replayed on both versions; a worse new version is held back (`report.held_back`)
+        unless `force`.
 
         Cancelling the calling task stops the run cleanly (the live index is kept), and so does
         Settings.reindex_timeout_min: a source that never ends cannot hold the index forever.
@@ -111,6 +137,7 @@ class Indexer:
         minutes = self.settings.reindex_timeout_min
         async with self._lock:
             run = _Run(self, [normalize_spec(s) for s in specs], prune, on_progress)
+            run.force, run.golden = force, list(golden)
             deadline = asyncio.timeout(minutes * 60 if minutes else None)
             try:
                 async with deadline:
@@ -145,6 +172,9 @@ class _Run:
             ("fetched", "chunked", "embedded", "written"), 0
         )
         self.pending: list[Chunk] = []
+        self.force = False
+        self.golden: list[GoldenQuestion] = []
+        self.changed_pages: set[str] = set()
         self.writes: list[asyncio.Task[None]] = []
 
     def progress(self, stage: Stage, n: int) -> None:
@@ -205,19 +235,22 @@ class _Run:
                     self.report.added += 1
                 else:
                     self.report.updated += 1
+                self.changed_pages.add(item.url)
                 await self.add(chunks)
             await self.flush()
             # Old documents not seen again: removed if their source was read in full.
             for doc_id, record in old.items():
-                if doc_id in seen or doc_id in keep:
-                    continue
+                if doc_id in seen or doc_id in keep or is_verified(doc_id):
+                    continue  # verified answers are carried over at publish, never pruned
                 in_run = record.source in self.specs
                 if (in_run and record.source not in failed_specs) or doc_id in gone:
                     self.report.removed += 1
+                    self.changed_pages.add(record.url or doc_id)
                 elif in_run or not self.prune:
                     keep.add(doc_id)
                 else:
                     self.report.removed += 1
+                    self.changed_pages.add(record.url or doc_id)
             if live is not None and not reuse:
                 log.warning(
                     "embedding model changed (%s -> %s): every document is embedded again",
@@ -234,7 +267,21 @@ class _Run:
                 self.version = await self.create_version()
             if keep and live is not None:
                 await asyncio.to_thread(store.copy_documents, live.name, self.version, keep)
-            await asyncio.to_thread(store.publish, self.version)
+            async with self.ix.verified.lock:
+                # The live version's verified answers as they are now, then the switch: one
+                # added or removed meanwhile waits for the lock and lands in the new version.
+                if live is not None:
+                    await self.ix.verified.carry_over(live.name, self.version, same_model=reuse)
+                    self.report.gate = await self.gate(live.name, self.version)
+                    gate = self.report.gate
+                    if gate is not None and not gate.passed and not self.force:
+                        log.warning("%s", gate.summary())
+                        version, self.version = self.version, None
+                        await asyncio.to_thread(store.drop, version)
+                        self.report.chunks_total = await asyncio.to_thread(store.count)
+                        return self.finish(start)
+                    self.report.forced = self.report.held_back
+                await asyncio.to_thread(store.publish, self.version)
             self.version = None
             self.report.published = True
             self.report.chunks_total = await asyncio.to_thread(store.count)
@@ -248,6 +295,25 @@ class _Run:
                     await asyncio.to_thread(store.drop, self.version)
                 except Exception as exc:  # the run's own error is the one to report
                     log.warning("could not drop %s now (the next run will): %s", self.version, exc)
+
+    async def gate(self, live: str, new: str) -> GateReport | None:
+        """Replay the golden set on both versions; None when there is none."""
+        settings = self.ix.settings
+        verified = await self.ix.verified.listed(live)
+        questions = golden_questions(settings, verified) + self.golden
+        if not questions:
+            return None
+        retriever = Retriever(settings, self.store, self.ix.embedder)
+        report = await check(
+            retriever,
+            questions,
+            live=live,
+            new=new,
+            max_drop=settings.reindex_gate_max_drop,
+            changed_pages=self.changed_pages,
+        )
+        log.info("%s", report.summary())
+        return report
 
     def finish(self, start: float) -> IndexReport:
         self.report.seconds = time.perf_counter() - start

@@ -11,6 +11,7 @@ from .config import Settings
 from .documents import Hit
 from .embedding import Embedder
 from .store import KnowledgeStore
+from .verified import FILTER as VERIFIED_FILTER
 
 # Hits fetched per hit kept, so the top ones can come from several pages.
 _DIVERSITY_POOL = 4
@@ -47,21 +48,59 @@ class Retriever:
         self.embedder = embedder
 
     async def retrieve(
-        self, question: str, *, top_k: int | None = None, filter: str | None = None
+        self,
+        question: str,
+        *,
+        top_k: int | None = None,
+        filter: str | None = None,
+        collection: str | None = None,
     ) -> Retrieval:
-        """Embed (the embedder's own thread) and search (a worker thread): the loop stays free."""
+        """Embed (the embedder's own thread) and search (a worker thread): the loop stays free.
+
+        A verified answer whose question is close enough to this one comes first.
+        `collection` searches a version other than the live one (a reindex being checked).
+        """
         top_k = top_k or self.settings.top_k
         t0 = time.perf_counter()
         vector = await self.embedder.aembed_query(question)
         t1 = time.perf_counter()
-        hits = await asyncio.to_thread(
+        search = asyncio.to_thread(
             self.store.search,
             vector,
             question,
             top_k=top_k * _DIVERSITY_POOL,
             mode=self.settings.search_mode,
             filter=filter,
+            collection=collection,
         )
+        if filter is None:
+            # The closest verified answer, searched beside the docs (one batched Milvus call).
+            verified = asyncio.to_thread(
+                self.store.search,
+                vector,
+                "",
+                top_k=1,
+                mode="dense",
+                filter=VERIFIED_FILTER,
+                collection=collection,
+            )
+            hits, best = await asyncio.gather(search, verified)
+            hits = diversify(hits, top_k, self.settings.passages_per_page)
+            hits = promote_verified(hits, best, self.settings.verified_min_similarity, top_k)
+        else:
+            hits = diversify(await search, top_k, self.settings.passages_per_page)
         t2 = time.perf_counter()
-        hits = diversify(hits, top_k, self.settings.passages_per_page)
         return Retrieval(hits=hits, embed_s=t1 - t0, search_s=t2 - t1)
+
+
+def promote_verified(
+    hits: Sequence[Hit], verified: Sequence[Hit], min_similarity: float, top_k: int
+) -> list[Hit]:
+    """`hits` with the best verified answer first when it matches the question closely enough.
+
+    Moderators wrote it for this question: it outranks any passage that merely resembles it.
+    """
+    best = verified[0] if verified else None
+    if best is None or best.similarity < min_similarity:
+        return list(hits)
+    return [best, *(h for h in hits if h.chunk_id != best.chunk_id)][:top_k]

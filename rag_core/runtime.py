@@ -17,6 +17,7 @@ from .indexer import Indexer
 from .llm import Generator, create_generator
 from .retrieval import Retriever
 from .store import Fusion, KnowledgeStore
+from .verified import VerifiedIndex
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ class Rag:
     retriever: Retriever
     generator: Generator | None = None
     answerer: Answerer | None = None
+
+    @property
+    def verified(self) -> VerifiedIndex:
+        """Verified answers in the knowledge base (added, removed, carried over by reindexes)."""
+        return self.indexer.verified
 
     def require_answerer(self) -> Answerer:
         if self.answerer is None:

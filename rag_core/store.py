@@ -98,6 +98,7 @@ class DocRecord:
     doc_hash: str
     source: str
     chunks: int
+    url: str = ""  # the page (without a chunk's anchor)
 
 
 @dataclass(frozen=True)
@@ -248,13 +249,14 @@ class _Query:
     top_k: int
     hybrid: bool
     filter: str
+    collection: str = ""  # empty: the live version
     done: bool = False
     hits: list[Hit] | None = None
     error: BaseException | None = None
 
     @property
-    def shape(self) -> tuple[bool, int, str]:
-        return (self.hybrid, self.top_k, self.filter)
+    def shape(self) -> tuple[bool, int, str, str]:
+        return (self.hybrid, self.top_k, self.filter, self.collection)
 
 
 class KnowledgeStore:
@@ -383,6 +385,12 @@ class KnowledgeStore:
         name = self._live_name()
         return None if name is None else self._version_info(name)
 
+    def live_since(self) -> float | None:
+        """When the live version was built (unix seconds, from its name), None before any."""
+        name = self._live_name()
+        stamp = name[len(self._prefix) :] if name and name.startswith(self._prefix) else ""
+        return int(stamp) / 1000 if stamp.isdigit() else None
+
     def search(
         self,
         query_vector: np.ndarray,
@@ -391,8 +399,10 @@ class KnowledgeStore:
         top_k: int,
         mode: Literal["hybrid", "dense"] = "hybrid",
         filter: str | None = None,
+        collection: str | None = None,
     ) -> list[Hit]:
-        """Top `top_k` chunks of the live version; `filter` is a Milvus boolean expression.
+        """Top `top_k` chunks of the live version (or of `collection`, a version being built);
+        `filter` is a Milvus boolean expression.
 
         Searches that arrive while another is running wait for it and then go to Milvus
         together, in one call (the same hits each would get alone).
@@ -403,7 +413,7 @@ class KnowledgeStore:
             query = query / norm
         # BM25 of an empty text finds nothing and the dense side would be ranked alone anyway.
         hybrid = mode == "hybrid" and bool(query_text.strip())
-        job = _Query(query, query_text, top_k, hybrid, filter or "")
+        job = _Query(query, query_text, top_k, hybrid, filter or "", collection or "")
         cond = self._batch_cond
         with cond:
             self._waiting.append(job)
@@ -430,7 +440,7 @@ class KnowledgeStore:
 
     def _run_batch(self, batch: list[_Query]) -> None:
         """One Milvus call per shape (mode, top_k, filter) in `batch`; every job ends done."""
-        groups: dict[tuple[bool, int, str], list[_Query]] = {}
+        groups: dict[tuple[bool, int, str, str], list[_Query]] = {}
         for job in batch:
             groups.setdefault(job.shape, []).append(job)
         try:
@@ -451,7 +461,7 @@ class KnowledgeStore:
         first = group[0]
         queries = [job.vector for job in group]
         for attempt in range(_SEARCH_RETRIES):
-            name = self._live_name()
+            name = first.collection or self._live_name()
             if name is None:
                 raise IndexMissingError(detail=f"alias {self.alias!r} does not exist yet")
             try:
@@ -466,7 +476,9 @@ class KnowledgeStore:
                     for query, found in zip(queries, rows, strict=True)
                 ]
             except Exception as exc:
-                if attempt + 1 < _SEARCH_RETRIES and self._worth_retrying(name):
+                # Only the live pointer moves under a search; a named version does not.
+                retry = not first.collection and attempt + 1 < _SEARCH_RETRIES
+                if retry and self._worth_retrying(name):
                     log.debug("search in %s failed, retrying: %s", name, exc)
                     continue
                 raise StoreError(detail=f"search in {name} failed: {exc}") from exc
@@ -584,11 +596,25 @@ class KnowledgeStore:
 
     def _documents(self, name: str) -> dict[str, DocRecord]:
         self._ensure_loaded(name)
-        seen: dict[str, tuple[str, str, int]] = {}
-        for row in self._iterate(name, "", ["doc_id", "doc_hash", "source"]):
-            _, _, n = seen.get(row["doc_id"], ("", "", 0))
-            seen[row["doc_id"]] = (row["doc_hash"], row["source"], n + 1)
-        return {doc: DocRecord(h, src, n) for doc, (h, src, n) in seen.items()}
+        seen: dict[str, tuple[str, str, int, str]] = {}
+        for row in self._iterate(name, "", ["doc_id", "doc_hash", "source", "url"]):
+            _, _, n, _ = seen.get(row["doc_id"], ("", "", 0, ""))
+            url = row["url"].split("#", 1)[0]
+            seen[row["doc_id"]] = (row["doc_hash"], row["source"], n + 1, url)
+        return {doc: DocRecord(h, src, n, url) for doc, (h, src, n, url) in seen.items()}
+
+    def rows(self, filter: str, collection: str | None = None) -> list[dict[str, Any]]:
+        """The rows `filter` matches in `collection` (default: the live version), no vectors."""
+        name = collection or self._live_name()
+        if name is None:
+            return []
+        fields = [f for f in _HIT_FIELDS if f != "vector"]
+
+        def run() -> list[dict[str, Any]]:
+            self._ensure_loaded(name)
+            return list(self._iterate(name, filter, fields))
+
+        return self._call(run, f"query {name}")
 
     def _iterate(self, name: str, filter: str, fields: list[str]) -> Iterable[dict[str, Any]]:
         """All matching rows, page by page (a plain query stops at 16384 rows)."""
@@ -665,19 +691,23 @@ class KnowledgeStore:
         log.info("created collection version %s (%s, dim %d)", name, model, dim)
         return name
 
-    def copy_documents(self, src: str, dst: str, doc_ids: Collection[str]) -> int:
-        """Copy the rows of `doc_ids` from `src` to `dst` as stored (no re-embedding)."""
-        return self._call(lambda: self._copy(src, dst, set(doc_ids)), f"copy {src} -> {dst}")
+    def copy_documents(
+        self, src: str, dst: str, doc_ids: Collection[str] | None, *, filter: str = ""
+    ) -> int:
+        """Copy the rows of `doc_ids` (None: every row `filter` matches) from `src` to `dst` as
+        stored (no re-embedding)."""
+        wanted = None if doc_ids is None else set(doc_ids)
+        return self._call(lambda: self._copy(src, dst, wanted, filter), f"copy {src} -> {dst}")
 
-    def _copy(self, src: str, dst: str, doc_ids: set[str]) -> int:
+    def _copy(self, src: str, dst: str, doc_ids: set[str] | None, filter: str = "") -> int:
         self._ensure_loaded(src)
         copied = 0
         batch: list[dict[str, Any]] = []
         # One pass over `src`, picking rows here: no filter expression has to spell the ids
         # (Lite 2.5 cannot match some characters in a literal), and a reindex copies most
         # documents anyway.
-        for row in self._iterate(src, "", _COPY_FIELDS):
-            if row["doc_id"] not in doc_ids:
+        for row in self._iterate(src, filter, _COPY_FIELDS):
+            if doc_ids is not None and row["doc_id"] not in doc_ids:
                 continue
             batch.append({f: row[f] for f in _COPY_FIELDS})
             if len(batch) >= _INSERT_BATCH:
@@ -706,6 +736,19 @@ class KnowledgeStore:
         for start in range(0, len(rows), _INSERT_BATCH):
             self.client.insert(collection, rows[start : start + _INSERT_BATCH])
         self._check_written(f"insert into {collection}")
+
+    def delete_documents(self, collection: str, doc_ids: Collection[str]) -> None:
+        """Delete every row of `doc_ids` from `collection` (searches miss them at once)."""
+        if not doc_ids:
+            return
+        expr = f"doc_id in [{', '.join(milvus_str(d) for d in sorted(doc_ids))}]"
+
+        def run() -> None:
+            self._ensure_loaded(collection)
+            self.client.delete(collection, filter=expr)
+            self._check_written(f"delete from {collection}")
+
+        self._call(run, f"delete from {collection}")
 
     def publish(self, collection: str) -> None:
         """Point the live pointer at `collection` in one step, then drop the version it replaced.

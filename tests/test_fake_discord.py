@@ -339,6 +339,9 @@ async def test_button_click_updates_the_message(fake: FakeDiscord, bot: ToyBot) 
     await click.wait_done(quiet=0.05)
     assert click.response_type == 7
     assert inter.original.content == "voted by alice"
+    # Only a component the message shows can be pressed.
+    with pytest.raises(LookupError):
+        await fake.click(inter.original, "toy:missing")
     fake.assert_clean()
 
 

@@ -452,3 +452,121 @@ def test_review_card_shows_only_the_bots_own_links() -> None:
     assert r"\*\*now\*\*" in question
     # The source link is the bot's own: encoded, so the ")" cannot end it early.
     assert "[Page \\(v2\\)](https://docs.example/a_%28b%29%29%20x)" in fields["Sources"]
+
+
+# -- moderator review and verified answers -----------------------------------------------------
+
+
+async def test_a_version_2_database_gains_review_and_verified_answers(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    for statements in _MIGRATIONS[:2]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(
+        "INSERT INTO answers (message_id, channel_id, user_id, question, answer, created_at) "
+        "VALUES (7, 1, 2, 'q', 'a', 0)"
+    )
+    conn.commit()
+    conn.close()
+    async with FeedbackStore.open(path) as store:
+        assert await store.set_review(1, "fine", by=5)
+        assert [a.id for a in await store.golden_answers()] == [1]
+        added = await store.add_verified(
+            question="q", answer="right", message_link="https://d/1", created_by=5, answer_id=1
+        )
+        assert added.id == 1 and added.removed_at is None
+
+
+async def test_verified_answers_are_added_listed_per_guild_and_removed(
+    store: FeedbackStore,
+) -> None:
+    answer_id = await _answer(store, 1001)
+    first = await store.add_verified(
+        question="How many replicas?",
+        answer="One per query node.",
+        message_link="https://discord.com/channels/111/222/1001",
+        created_by=9,
+        guild_id=GUILD,
+        answer_id=answer_id,
+    )
+    other = await store.add_verified(
+        question="q", answer="a", message_link="https://d/2", created_by=9, guild_id=999
+    )
+    assert [v.id for v in await store.verified(GUILD)] == [first.id]
+    assert [v.id for v in await store.verified()] == [first.id, other.id]
+    assert (first.question, first.answer, first.created_by) == (
+        "How many replicas?",
+        "One per query node.",
+        9,
+    )
+    # The corrected answer is no longer a golden answer, however many 👍 it had.
+    await store.set_vote(1001, 1, GOOD)
+    await store.set_vote(1001, 2, GOOD)
+    assert await store.golden_answers() == []
+    # Removal is scoped to the guild and happens once.
+    assert await store.remove_verified(first.id, by=3, guild_id=999) is None
+    removed = await store.remove_verified(first.id, by=3, guild_id=GUILD)
+    assert removed is not None and removed.removed_at is not None
+    assert await store.remove_verified(first.id, by=3) is None
+    assert [v.id for v in await store.verified(GUILD)] == []
+    assert [v.id for v in await store.verified(GUILD, include_removed=True)] == [first.id]
+
+
+async def test_golden_answers_are_vouched_for_and_never_refused_or_flagged(
+    store: FeedbackStore,
+) -> None:
+    liked = await _answer(store, 1)
+    await store.set_vote(1, 10, GOOD)
+    await store.set_vote(1, 11, GOOD)
+    await _answer(store, 2)
+    await store.set_vote(2, 10, GOOD)  # one 👍 is not enough
+    await _answer(store, 3)
+    await store.set_vote(3, 10, GOOD)
+    await store.set_vote(3, 11, GOOD)
+    await store.set_vote(3, 12, FLAG)  # disputed
+    fine = await _answer(store, 4)
+    await store.set_vote(4, 12, FLAG)
+    await store.set_review(fine, "fine", by=12)  # a moderator settled it
+    await _answer(store, 5, refused=True)
+    await store.set_vote(5, 10, GOOD)
+    await store.set_vote(5, 11, GOOD)
+    dismissed = await _answer(store, 6)
+    await store.set_vote(6, 10, GOOD)
+    await store.set_vote(6, 11, GOOD)
+    await store.set_review(dismissed, "dismissed", by=12)
+    assert [a.id for a in await store.golden_answers()] == [liked, fine]
+    with pytest.raises(ValueError):
+        await store.set_review(liked, "great", by=1)
+    assert not await store.set_review(999, "fine", by=1)
+
+
+async def test_the_golden_set_exports_as_eval_questions(
+    store: FeedbackStore, tmp_path: Path
+) -> None:
+    from rag_core.evaluation import load_questions
+
+    await _answer(store, 1)
+    await store.set_vote(1, 10, GOOD)
+    await store.set_vote(1, 11, GOOD)
+    await _answer(store, 2)  # not vouched for
+    await store.add_verified(
+        question="How many replicas?",
+        answer="One per query node.",
+        message_link="https://discord.com/channels/111/222/9",
+        created_by=9,
+        guild_id=GUILD,
+    )
+    out = tmp_path / "golden.jsonl"
+    assert await store.export_golden(out) == 2
+    questions = load_questions(out).questions
+    assert [(q.id, q.question, q.expected_sources) for q in questions] == [
+        ("verified-1", "How many replicas?", ("https://discord.com/channels/111/222/9",)),
+        (
+            "answer-1",
+            "question 1?",
+            ("https://milvus.io/docs/gpu_index.md", "https://milvus.io/docs/index.md"),
+        ),
+    ]
+    assert await store.export_golden(io.StringIO(), guild_id=999) == 0

@@ -1,3 +1,9 @@
 """One cog per feature; each module ends in `async def setup(bot)`."""
 
-EXTENSIONS = ("bot.cogs.ask", "bot.cogs.conversations", "bot.cogs.feedback", "bot.cogs.admin")
+EXTENSIONS = (
+    "bot.cogs.ask",
+    "bot.cogs.conversations",
+    "bot.cogs.feedback",
+    "bot.cogs.admin",
+    "bot.cogs.review",
+)

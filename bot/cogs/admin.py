@@ -15,10 +15,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from rag_core.errors import RagError
+from rag_core.evaluation import page_url
+from rag_core.gate import GoldenQuestion
 from rag_core.indexer import IndexReport, Progress
 
 from .. import metrics
 from ..checks import admin_only, owner_only
+from ..feedback import AnswerRecord
 from ..streaming import (
     MESSAGE_LIMIT,
     ThrottledEditor,
@@ -45,9 +48,12 @@ def _code(text: str) -> str:
 class ReindexJob:
     """One reindex run in the background; every /reindex caller watches its progress."""
 
-    def __init__(self, specs: Sequence[str], *, prune: bool, trigger: str) -> None:
+    def __init__(
+        self, specs: Sequence[str], *, prune: bool, trigger: str, force: bool = False
+    ) -> None:
         self.specs = list(specs)
         self.prune = prune
+        self.force = force
         self.trigger = trigger
         self.counts: dict[str, int] = {}
         self.started = time.monotonic()
@@ -70,12 +76,41 @@ class ReindexJob:
         for watcher in self.watchers:
             watcher.update(text)
 
+    def render_held_back(self, what: str) -> str:
+        r = self.report
+        assert r is not None and r.gate is not None
+        gate = r.gate
+        lines = [
+            f"⛔ Reindex of {what} was **not published**: the new index answers the golden "
+            f"questions worse (recall@5 {gate.live_recall:.2f} → {gate.new_recall:.2f}, "
+            f"{gate.questions} questions). The live index is unchanged.",
+            f"added **{r.added}** · updated **{r.updated}** · removed **{r.removed}**",
+        ]
+        if gate.lost:
+            lines.append("**Questions that lost their sources**")
+        for q in gate.lost[:8]:
+            kind = "verified answer" if q.verified else "question"
+            question = fit(plain_text, q.question, 150)
+            lines.append(f"- {kind} {_code(q.id)}: {question}")
+        if len(gate.lost) > 8:
+            lines.append(f"- … and {len(gate.lost) - 8} more")
+        if gate.changed_pages:
+            lines.append("**Pages that changed**")
+        for page in gate.changed_pages[:8]:
+            lines.append(f"- {_code(page)}")
+        if len(gate.changed_pages) > 8:
+            lines.append(f"- … and {len(gate.changed_pages) - 8} more")
+        lines.append("Fix the docs, or publish anyway with `/reindex force:true`.")
+        return "\n".join(lines)
+
     def render(self) -> str:
         what = ", ".join(_code(s) for s in self.specs[:3])
         if len(self.specs) > 3:
             what += f" and {len(self.specs) - 3} more"
         if self.error is not None:
             return safe_truncate(f"❌ Reindex of {what} failed: {self.error}", MESSAGE_LIMIT)
+        if self.report is not None and self.report.held_back:
+            return safe_truncate(self.render_held_back(what), MESSAGE_LIMIT)
         if self.report is not None:
             r = self.report
             lines = [
@@ -85,6 +120,11 @@ class ReindexJob:
                 f"-# {r.chunks_embedded} chunks embedded, {r.chunks_total} in the index"
                 + ("" if r.published else " · nothing changed, the live index was kept"),
             ]
+            if r.forced and r.gate is not None:
+                lines.append(
+                    f"⚠️ Published with force: {len(r.gate.lost)} golden questions lost their "
+                    f"sources (recall@5 {r.gate.live_recall:.2f} → {r.gate.new_recall:.2f})."
+                )
             for failure in r.failed[:5]:
                 reason = escape_markdown(safe_truncate(failure.reason, 150))
                 lines.append(f"- {_code(failure.source)}: {reason}")
@@ -127,6 +167,7 @@ class Admin(commands.Cog):
     @app_commands.describe(
         source="One configured source or an http(s) URL (default: all)",
         cancel="Stop the running reindex instead; the live index stays as it is",
+        force="Publish even if the golden questions would be answered worse",
     )
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
@@ -136,6 +177,7 @@ class Admin(commands.Cog):
         interaction: discord.Interaction[RagBot],
         source: str | None = None,
         cancel: bool = False,
+        force: bool = False,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         if cancel:
@@ -145,7 +187,9 @@ class Admin(commands.Cog):
         job = self.job
         if job is None or job.done:
             try:
-                job = self.start_reindex(source, trigger=f"/reindex by {interaction.user.id}")
+                job = self.start_reindex(
+                    source, trigger=f"/reindex by {interaction.user.id}", force=force
+                )
             except RagError as exc:
                 await interaction.followup.send(
                     exc.user_message, ephemeral=True, allowed_mentions=NO_MENTIONS
@@ -167,7 +211,7 @@ class Admin(commands.Cog):
             if current.lower() in s.lower() and len(s) <= 100
         ][:25]
 
-    def start_reindex(self, source: str | None, *, trigger: str) -> ReindexJob:
+    def start_reindex(self, source: str | None, *, trigger: str, force: bool = False) -> ReindexJob:
         """Start a background run of `source` (or every configured source)."""
         if self.bot.rag.indexer.running:
             raise RagError("A reindex is already running (started from the command line?).")
@@ -181,7 +225,7 @@ class Admin(commands.Cog):
             specs, prune = [source], False
         else:
             raise RagError("Name one of the configured sources, or an http(s) URL.")
-        job = ReindexJob(specs, prune=prune, trigger=trigger)
+        job = ReindexJob(specs, prune=prune, trigger=trigger, force=force)
         job.task = asyncio.create_task(self._run(job), name="reindex")
         self.job = job
         return job
@@ -202,8 +246,15 @@ class Admin(commands.Cog):
         log.info("reindex started (%s): %s", job.trigger, job.specs)
         try:
             job.report = await self.bot.rag.indexer.run(
-                job.specs, prune=job.prune, on_progress=job.on_progress
+                job.specs,
+                prune=job.prune,
+                on_progress=job.on_progress,
+                force=job.force,
+                golden=await self.golden_questions(),
             )
+            if job.report.held_back:
+                assert job.report.gate is not None
+                log.warning("reindex held back: %s", job.report.gate.summary())
         except RagError as exc:
             log.warning("reindex failed: %s", exc.detail, exc_info=exc)
             job.error = exc.user_message
@@ -227,6 +278,18 @@ class Admin(commands.Cog):
                 )
                 metrics.observe_reindex(None, False, seconds=time.monotonic() - job.started)
             job.notify()
+
+    async def golden_questions(self) -> list[GoldenQuestion]:
+        """Answers the community marked good, with the pages they cited (beside the verified
+        answers and REINDEX_GATE_QUESTIONS, which rag_core adds itself)."""
+        records = await self.bot.feedback.golden_answers()
+        return [
+            GoldenQuestion(
+                f"answer-{a.id}", a.question, tuple({page_url(s.url) for s in a.sources})
+            )
+            for a in records
+            if a.sources
+        ]
 
     async def _watch(
         self, interaction: discord.Interaction[RagBot], job: ReindexJob, prefix: str
@@ -334,6 +397,10 @@ class Admin(commands.Cog):
         await interaction.followup.send(
             f"Synced {len(synced)} commands to {where}.", ephemeral=True
         )
+
+
+def _pages(answer: AnswerRecord) -> set[str]:
+    return {page_url(s.url) for s in answer.sources}
 
 
 def _pairs(values: Mapping[str, int], empty: str = "none") -> str:

@@ -1,5 +1,8 @@
 """Reactions on answers: 👍 marks one good, 👎 (or a flag emoji) flags it for moderators.
 
+The moderators' card carries buttons (bot/cogs/review.py) to correct the answer, accept it or
+dismiss the flag.
+
 Votes are written in arrival order. When the feedback database stays locked longer than the
 store's patience, a vote is kept in memory (and logged) and written before the next one, or
 by a retry a little later; only a shutdown with votes still waiting loses them, and says so.
@@ -20,6 +23,7 @@ from .. import metrics
 from ..feedback import FLAG, GOOD, AnswerRecord, FeedbackStoreClosed, VoteChange, is_busy
 from ..streaming import escape_markdown, fit, link_target, plain_links, plain_text, safe_truncate
 from ..utils import NO_MENTIONS
+from .review import review_view
 
 if TYPE_CHECKING:
     from ..client import RagBot
@@ -246,7 +250,9 @@ class Feedback(commands.Cog):
             if not isinstance(channel, discord.abc.Messageable):
                 raise TypeError(f"moderators channel {channel_id} cannot receive messages")
             card = review_card(record, flagged_by=flagged_by, flags=change.flags)
-            message = await channel.send(embed=card, allowed_mentions=NO_MENTIONS)
+            message = await channel.send(
+                embed=card, view=review_view(change.answer_id), allowed_mentions=NO_MENTIONS
+            )
             await store.mark_reviewed_card(change.answer_id, message.id)
         except Exception:
             log.exception("could not post the review card for answer %d", change.answer_id)

@@ -41,7 +41,11 @@ Acting as Discord's users (the client must be connected):
 - ``await fake.invoke("ask", {"question": "..."}, user=, guild=, channel=,
   member_permissions=None, locale="en-US")`` -> ``FakeInteraction`` (type 2; options typed from
   the schema the client synced: sync first, or ``FakeDiscord(strict_commands=False)``).
-- ``await fake.click(message, custom_id, user=...)`` -> a component interaction (type 3).
+- ``await fake.click(message, custom_id, user=...)`` -> a component interaction (type 3); only
+  a component the message shows can be clicked.
+- ``await fake.submit_modal(opened, {"input_id": "typed text"}, user=...)`` submits the modal
+  that ``opened`` answered with (type 5, carrying the clicked message); unnamed inputs keep
+  their prefilled values; required and length rules as in Discord's client.
 - ``await fake.add_reaction(channel, message, user, "👍")`` / ``remove_reaction(...)``;
   ``await fake.user_message(channel, user, "text")``; ``await fake.dispatch(event, data)``.
 - ``await fake.reconnect(resume=True)``: op 7 then RESUME (missed events replayed); with
@@ -104,9 +108,8 @@ Threads; ``fake.threads_of(channel)``); posting in a thread needs Send Messages 
 fails in a locked one. Without the Message Content intent MESSAGE_CREATE carries no text unless
 the bot wrote or is mentioned in the message, as on Discord.
 
-Not simulated: DMs, forum channels, private threads, attachments' content, modal submission
-and autocomplete interactions (a modal response, callback type 9, is recorded), sharding beyond
-one shard.
+Not simulated: DMs, forum channels, private threads, attachments' content, autocomplete
+interactions, sharding beyond one shard.
 """
 
 from .interactions import FakeInteraction

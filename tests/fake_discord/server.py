@@ -11,7 +11,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -117,6 +117,16 @@ class _Session:
 
 Handler = Callable[[_Call], Awaitable[tuple[int, Any]]]
 WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _walk_components(components: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every component with a custom_id, inside action rows and labels too."""
+    for component in components:
+        if component.get("custom_id") is not None:
+            yield component
+        yield from _walk_components(component.get("components") or [])
+        if isinstance(component.get("component"), dict):
+            yield from _walk_components([component["component"]])
 
 
 def _route_matches(pattern: str, method: str, path: str, template: str) -> bool:
@@ -502,7 +512,13 @@ class FakeDiscord:
         values: list[str] | None = None,
         locale: str = "en-US",
     ) -> FakeInteraction:
-        """Press a button (or pick ``values`` in a select) on ``message``: interaction type 3."""
+        """Press a button (or pick ``values`` in a select) on ``message``: interaction type 3.
+
+        As in Discord's client, only a component the message shows can be used.
+        """
+        shown = {c.get("custom_id") for c in _walk_components(message.components)}
+        if custom_id not in shown:
+            raise LookupError(f"message {message.id} has no component {custom_id!r}: {shown}")
         guild = self.guilds[message.guild_id or 0]
         channel = guild.channels[message.channel_id]
         member = self._resolve_member(guild, user)
@@ -511,6 +527,65 @@ class FakeDiscord:
             data["values"] = values
         return await self._send_interaction(
             3, data, member, guild, channel, custom_id, {}, None, locale, message=message
+        )
+
+    async def submit_modal(
+        self,
+        opened: FakeInteraction,
+        values: Mapping[str, str] | None = None,
+        *,
+        user: UserLike | None = None,
+        locale: str = "en-US",
+    ) -> FakeInteraction:
+        """Submit the modal that ``opened`` answered with (callback type 9): interaction type 5.
+
+        ``values`` maps text inputs' custom_ids to what the user typed; an input left out
+        keeps its prefilled value. Discord's client rules apply: a required input cannot be
+        empty and lengths must fit (ValueError otherwise). The submission carries the message
+        of the component that opened the modal, as Discord sends it.
+        """
+        modal = opened.modal
+        if modal is None:
+            raise LookupError(f"interaction {opened.name!r} did not answer with a modal")
+        values = dict(values or {})
+        inputs = {c["custom_id"]: c for c in _walk_components(modal.get("components", []))}
+        unknown = set(values) - set(inputs)
+        if unknown:
+            raise LookupError(f"the modal has no text input {sorted(unknown)}")
+        for custom_id, spec in inputs.items():
+            value = values.get(custom_id, spec.get("value") or "")
+            if spec.get("required", True) and not value:
+                raise ValueError(f"text input {custom_id!r} is required")
+            low, high = spec.get("min_length", 0), spec.get("max_length", 4000)
+            if value and not low <= len(value) <= high:
+                raise ValueError(f"text input {custom_id!r}: {len(value)} characters don't fit")
+            values[custom_id] = value
+
+        def submitted(component: dict[str, Any]) -> dict[str, Any]:
+            if component["type"] == 1:
+                return {"type": 1, "components": [submitted(c) for c in component["components"]]}
+            if component["type"] == 18:
+                return {"type": 18, "component": submitted(component["component"])}
+            custom_id = component["custom_id"]
+            return {"type": component["type"], "custom_id": custom_id, "value": values[custom_id]}
+
+        data = {
+            "custom_id": modal["custom_id"],
+            "components": [submitted(c) for c in modal.get("components", [])],
+        }
+        guild, channel = opened.guild, opened.channel
+        member = self._resolve_member(guild, user or opened.user)
+        return await self._send_interaction(
+            5,
+            data,
+            member,
+            guild,
+            channel,
+            modal["custom_id"],
+            values,
+            None,
+            locale,
+            message=opened.source_message,
         )
 
     async def user_message(
@@ -1356,6 +1431,12 @@ class FakeDiscord:
                 MODAL,
             },
             4: {AUTOCOMPLETE_RESULT},
+            5: {
+                CHANNEL_MESSAGE,
+                DEFERRED_CHANNEL_MESSAGE,
+                DEFERRED_UPDATE_MESSAGE,
+                UPDATE_MESSAGE,
+            },
         }[inter.type]
         if kind not in allowed:
             errors = rules.FormErrors()

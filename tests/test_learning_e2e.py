@@ -1,0 +1,229 @@
+"""Moderators teach the bot, end to end: review buttons, the correction modal, verified answers
+and the reindex gate, with the real discord.py client against the loopback fake Discord and the
+real rag_core (Milvus Lite, the offline embedder, the tiny vLLM engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.client import RagBot
+from bot.answer_path import indexed_ago
+from bot.feedback import FeedbackStore
+from rag_core.verified import TITLE
+from tests.bot_fixtures import Indexed, ShapedGenerator, World, populate, running_bot
+from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMember, FakeMessage
+
+pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]
+
+QUESTION = "How many replicas can a single collection have loaded in memory?"
+PARAPHRASE = "What is the maximum number of in-memory replicas for one collection?"
+CORRECTION = "Each replica needs its own query node, so at most one replica per query node."
+FOOTER = "-# Answered in"
+
+
+def answered(inter: FakeInteraction) -> bool:
+    messages = [inter.original, *inter.followups] if inter.original else []
+    return any(FOOTER in m.content or m.content.startswith("⚠️") for m in messages)
+
+
+async def ask(fake: FakeDiscord, user: FakeMember, question: str) -> FakeInteraction:
+    inter = await fake.invoke("ask", {"question": question}, user=user)
+    await inter.wait_for(answered, timeout=120)
+    assert inter.original is not None
+    message = inter.original
+    await fake.wait_for(lambda: len(message.reactions) == 2)
+    return inter
+
+
+def answer_text(inter: FakeInteraction) -> str:
+    assert inter.original is not None
+    return "\n".join(m.content for m in [inter.original, *inter.followups] if not m.deleted)
+
+
+def buttons(message: FakeMessage) -> list[str]:
+    return [c["custom_id"] for row in message.components for c in row.get("components", [])]
+
+
+def fields(message: FakeMessage) -> dict[str, str]:
+    return {f["name"]: f["value"] for f in message.embeds[0].get("fields", [])}
+
+
+async def flagged_card(w: World, answer: FakeMessage) -> FakeMessage:
+    await w.fake.add_reaction(w.general, answer, w.bob, "👎")
+    await w.fake.wait_for(lambda: len(w.fake.channel_messages(w.moderators)) == 1)
+    [card] = w.fake.channel_messages(w.moderators)
+    return card
+
+
+async def test_a_moderator_correction_answers_the_next_paraphrase(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    # The "model" repeats what its first passage says and cites it.
+    scripted = ShapedGenerator(indexed.rag.generator, max_tokens=8, prefix=f"{CORRECTION} [1]\n")
+    rag = indexed.with_settings(scripted)
+    async with running_bot(rag, tmp_path) as w:
+        first = await ask(w.fake, w.alice, QUESTION)
+        assert TITLE not in answer_text(first)
+        assert re.search(
+            r"-# Answered in [\d.]+ s · docs indexed (just now|\d+ min ago)", answer_text(first)
+        )
+        assert first.original is not None
+        card = await flagged_card(w, first.original)
+        [answer_id] = {int(c.rsplit(":", 1)[1]) for c in buttons(card)}
+        assert buttons(card) == [f"review:{a}:{answer_id}" for a in ("correct", "fine", "dismiss")]
+
+        # Someone without the admin rule is refused at click time; nothing opens.
+        denied = await w.fake.click(card, f"review:correct:{answer_id}", user=w.carol)
+        await denied.wait_done()
+        assert denied.ephemeral and "Only server admins" in (denied.content or "")
+        assert denied.modal is None
+
+        # A moderator who is also an admin opens the modal (question prefilled) and writes the
+        # right answer.
+        lead = w.fake.add_member(w.guild, "lead", [w.mods_role, w.guild.role("Admins")])
+        opened = await w.fake.click(card, f"review:correct:{answer_id}", user=lead)
+        await opened.wait_done()
+        assert opened.modal is not None, opened.content
+        inputs = {c["custom_id"]: c for row in opened.modal["components"] for c in _inputs(row)}
+        question_id, answer_input = list(inputs)
+        assert inputs[question_id]["value"] == QUESTION
+        submitted = await w.fake.submit_modal(opened, {answer_input: CORRECTION})
+        await submitted.wait_done()
+        assert submitted.response_type == 7  # the card itself is updated
+        review = fields(card)["Review"]
+        assert "Corrected" in review and f"<@{lead.id}>" in review and CORRECTION in review
+        assert buttons(card) == []  # corrected: nothing left to decide
+        [verified] = await w.store.verified()
+        assert (verified.question, verified.answer) == (QUESTION, CORRECTION)
+        link = f"https://discord.com/channels/{w.guild.id}/{w.general.id}/{first.original.id}"
+        assert verified.message_link == link
+        assert verified.created_by == lead.id and verified.answer_id == answer_id
+
+        # The next paraphrase is answered from it, cited as verified with a link to the thread.
+        second = await ask(w.fake, w.bob, PARAPHRASE)
+        text = answer_text(second)
+        assert f"[1] [{TITLE}" in text and f"(<{verified.message_link}>)" in text
+
+        # /verified list and remove (admins only); a removed one is gone for the next question.
+        refused = await w.fake.invoke("verified list", user=w.alice)
+        await refused.wait_done()
+        assert "Only server admins" in (refused.content or "")
+        listing = await w.fake.invoke("verified list", user=w.admin)
+        await listing.wait_done()
+        assert listing.ephemeral and f"**#{verified.id}**" in listing.embeds[0]["description"]
+        removed = await w.fake.invoke("verified remove", {"id": verified.id}, user=w.admin)
+        await removed.wait_done()
+        assert "was removed" in (removed.followups[-1].content or "")
+        missing = await w.fake.invoke("verified remove", {"id": 999}, user=w.admin)
+        await missing.wait_done()
+        assert "no verified answer #999" in (missing.followups[-1].content or "")
+        assert await w.store.verified() == []
+        third = await ask(w.fake, w.bob, PARAPHRASE)
+        assert TITLE not in answer_text(third)
+    w.fake.assert_clean()
+
+
+def _inputs(component: dict[str, Any]) -> list[dict[str, Any]]:
+    if component.get("type") == 18:
+        return [component["component"]]
+    return list(component.get("components") or [])
+
+
+async def test_review_buttons_work_after_a_restart(indexed: Indexed, tmp_path: Path) -> None:
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=8))
+    async with FakeDiscord() as fake:
+        people = populate(fake)
+        settings = rag.settings.model_copy(
+            update={"moderators_channel_id": people["moderators"].id}
+        )
+        with FeedbackStore.open(tmp_path / "feedback.db") as store:
+            first = RagBot(settings, rag, store, guild_ready_timeout=0.05)
+            async with fake.running(first):
+                await first.tree.sync()
+                inter = await ask(fake, people["alice"], "What is a bitset?")
+                assert inter.original is not None
+                await fake.add_reaction(people["general"], inter.original, people["bob"], "👎")
+                await fake.wait_for(lambda: bool(fake.channel_messages(people["moderators"])))
+            [card] = fake.channel_messages(people["moderators"])
+            answer_id = int(buttons(card)[0].rsplit(":", 1)[1])
+
+            # A new process: nothing in memory knows the card, its custom_ids are enough.
+            lead = fake.add_member(
+                people["guild"], "lead", [people["mods_role"], people["guild"].role("Admins")]
+            )
+            second = RagBot(settings, rag, store, guild_ready_timeout=0.05)
+            async with fake.running(second):
+                fine = await fake.click(card, f"review:fine:{answer_id}", user=lead)
+                await fine.wait_done()
+                assert fine.response_type == 7 and "Answer is fine" in fields(card)["Review"]
+                assert len(buttons(card)) == 3  # a later verdict may still replace this one
+                [golden] = await store.golden_answers()
+                assert golden.id == answer_id
+
+                dismiss = await fake.click(card, f"review:dismiss:{answer_id}", user=lead)
+                await dismiss.wait_done()
+                assert "Dismissed" in fields(card)["Review"]
+                assert "Answer is fine" not in fields(card)["Review"]
+                assert await store.golden_answers() == []
+    fake.assert_clean()
+
+
+async def test_a_reindex_that_loses_a_golden_answer_is_held_back_until_forced(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    extra = tmp_path / "extra-docs"
+    extra.mkdir()
+    page = extra / "zebra.md"
+    page.write_text(
+        "# Zebra tuning\n\nThe zebra_stripes setting sets how many stripes each zebra "
+        "segment gets when Milvus compacts striped segments.\n",
+        encoding="utf-8",
+    )
+    question = "What does the zebra_stripes setting control?"
+    sources = [*indexed.settings.docs_sources, str(extra)]
+    # The answer says what the page says and cites it: the page is the source it vouches for.
+    said = "The zebra_stripes setting sets how many stripes each zebra segment gets [1].\n"
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=8, prefix=said))
+    async with running_bot(rag, tmp_path, docs_sources=sources) as w:
+
+        async def reindex(**options: Any) -> str:
+            run = await w.fake.invoke("reindex", {"source": str(extra), **options}, user=w.admin)
+            await run.wait_for(lambda i: any(m in (i.content or "") for m in "✅⛔❌"), 180)
+            return run.content or ""
+
+        assert "✅" in await reindex()
+        inter = await ask(w.fake, w.alice, question)
+        assert "zebra" in answer_text(inter)
+        assert inter.original is not None
+        # Two people vouch for the answer: it joins the golden set with the page it cited.
+        for member in (w.bob, w.carol):
+            await w.fake.add_reaction(w.general, inter.original, member, "👍")
+        deadline = time.monotonic() + 5
+        while not await w.store.golden_answers():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+        page.unlink()
+        live = await asyncio.to_thread(rag.store.live)
+        held = await reindex()
+        assert "not published" in held and "live index is unchanged" in held
+        assert question.replace("_", "\\_") in held  # shown as plain text, escaped
+        assert "answer-" in held and "zebra.md" in held and "force:true" in held
+        assert await asyncio.to_thread(rag.store.live) == live
+
+        forced = await reindex(force=True)
+        assert "✅" in forced and "Published with force" in forced
+        assert await asyncio.to_thread(rag.store.live) != live
+    w.fake.assert_clean()
+
+
+def test_the_footer_says_how_old_the_docs_are() -> None:
+    assert indexed_ago(None, 100.0) == ""
+    assert indexed_ago(1000.0, 1030.0) == "docs indexed just now"
+    assert indexed_ago(0.0, 7300.0) == "docs indexed 2 h ago"
+    assert indexed_ago(0.0, 3 * 86400 + 5.0) == "docs indexed 3 d ago"

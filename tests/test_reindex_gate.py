@@ -1,0 +1,158 @@
+"""The reindex gate: real Milvus Lite, the real offline embedder, real question files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rag_core.gate import GoldenQuestion
+from rag_core.runtime import Rag, open_rag
+from rag_core.verified import VerifiedAnswer, doc_id_of
+
+from .conftest import FIXTURES, offline_model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "https://milvus.io/docs/"
+REPLICA_Q = "How do in-memory replicas improve query throughput?"
+BITSET_Q = "What is a bitset used for in Milvus?"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    dst = tmp_path / "docs"
+    shutil.copytree(FIXTURES / "milvus-docs", dst)
+    return dst
+
+
+def question_file(tmp_path: Path) -> Path:
+    path = tmp_path / "golden.jsonl"
+    lines = [
+        {"id": "replica", "question": REPLICA_Q, "expected_sources": ["replica.md"]},
+        {"id": "bitset", "question": BITSET_Q, "expected_sources": ["bitset.md"]},
+        {"id": "off-topic", "question": "Who won the 1998 world cup?", "expected_sources": []},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+async def rag(settings, embedder, tmp_path: Path, corpus: Path):
+    gated = settings.model_copy(
+        update={
+            "docs_base_url": BASE,
+            "reindex_gate_questions": str(question_file(tmp_path)),
+            "reindex_gate_max_drop": 0.2,
+        }
+    )
+    async with open_rag(gated, embedder=embedder) as r:
+        first = await r.indexer.run([str(corpus)])
+        assert first.published and first.gate is None  # nothing live to compare with yet
+        yield r
+
+
+async def top_pages(rag: Rag, question: str) -> list[str]:
+    return [h.url.split("#")[0] for h in (await rag.retriever.retrieve(question, top_k=5)).hits]
+
+
+async def test_a_reindex_that_loses_a_golden_page_is_held_back_and_force_publishes_it(
+    rag: Rag, corpus: Path
+) -> None:
+    live_before = await asyncio.to_thread(rag.store.live)
+    assert BASE + "replica.md" in await top_pages(rag, REPLICA_Q)
+
+    (corpus / "reference" / "replica.md").unlink()
+    held = await rag.indexer.run([str(corpus)])
+    assert held.held_back and not held.published and held.removed == 1
+    gate = held.gate
+    assert gate is not None and not gate.passed
+    assert gate.questions == 2  # the unanswerable question is not part of the golden set
+    assert (gate.live_recall, gate.new_recall) == (1.0, 0.5)
+    assert [q.id for q in gate.lost] == ["replica"]
+    assert gate.changed_pages == [BASE + "replica.md"]
+    assert any("replica" in line and REPLICA_Q in line for line in gate.details())
+    # The live index is untouched and no unfinished version is left behind.
+    assert await asyncio.to_thread(rag.store.live) == live_before
+    assert BASE + "replica.md" in await top_pages(rag, REPLICA_Q)
+    assert await asyncio.to_thread(rag.store.drop_orphans) == []
+
+    forced = await rag.indexer.run([str(corpus)], force=True)
+    assert forced.published and forced.forced and not forced.held_back
+    assert BASE + "replica.md" not in await top_pages(rag, REPLICA_Q)
+
+
+async def test_a_harmless_change_passes_the_gate(rag: Rag, corpus: Path) -> None:
+    page = corpus / "reference" / "bitset.md"
+    page.write_text(page.read_text() + "\n\n## Zebra\n\nZebras are striped.\n")
+    report = await rag.indexer.run([str(corpus)])
+    assert report.published and not report.forced
+    assert report.gate is not None and report.gate.passed and report.gate.lost == []
+    assert report.gate.changed_pages == [BASE + "bitset.md"]
+
+
+async def test_a_verified_answer_that_would_be_lost_holds_the_reindex_back(
+    rag: Rag, corpus: Path
+) -> None:
+    """Extra golden questions (what the bot adds from its feedback) count like the file's, and a
+    lost verified answer holds a version back whatever the drop in recall."""
+    await rag.verified.add(VerifiedAnswer(4, "Can Milvus run on a toaster?", "No.", "https://d/4"))
+    (corpus / "reference" / "bitset.md").unlink()
+    lenient = rag.indexer.settings.model_copy(update={"reindex_gate_max_drop": 1.0})
+    rag.indexer.settings = lenient
+    report = await rag.indexer.run([str(corpus)])
+    assert report.published  # the lost bitset question is within the (lenient) allowed drop
+    assert report.gate is not None and [q.id for q in report.gate.lost] == ["bitset"]
+
+    # An empty question file (an export before anything was vouched for) gates nothing.
+    empty = Path(rag.indexer.settings.reindex_gate_questions)
+    empty.write_text("", encoding="utf-8")
+    golden = [GoldenQuestion("verified-9", "What colour is the sky?", ("https://d/9",), True)]
+    page = corpus / "reference" / "replica.md"
+    page.write_text(page.read_text() + "\n\nMore text.\n")
+    report = await rag.indexer.run([str(corpus)], golden=golden)
+    # Never found on the live version either: not "lost", so it does not hold anything back.
+    assert report.published and report.gate is not None and report.gate.lost == []
+    assert [v.id for v in await rag.verified.listed()] == [4]
+    assert doc_id_of(4) in await asyncio.to_thread(rag.store.documents)
+
+
+def test_cli_index_exits_non_zero_when_held_back_and_force_publishes(
+    tmp_path: Path, corpus: Path
+) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATA_DIR": str(tmp_path / "data"),
+        "EMBEDDING_MODEL": offline_model_path(),
+        "EMBEDDING_DEVICE": "cpu",
+        "DOCS_BASE_URL": BASE,
+        "REINDEX_GATE_QUESTIONS": str(question_file(tmp_path)),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+    def index(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rag_core", "index", str(corpus), "-q", *extra],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert index().returncode == 0
+    (corpus / "reference" / "replica.md").unlink()
+    held = index()
+    assert held.returncode == 3, held.stderr
+    assert "held back by the reindex gate" in held.stdout
+    assert "lost question replica" in held.stdout and BASE + "replica.md" in held.stdout
+    assert "--force" in held.stderr
+    forced = index("--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "published despite the reindex gate" in forced.stdout

@@ -1,0 +1,132 @@
+"""Verified answers in the knowledge base: real Milvus Lite, the real offline embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from rag_core.answering import _source
+from rag_core.runtime import Rag, open_rag
+from rag_core.verified import TITLE, VerifiedAnswer, doc_id_of, is_verified
+
+from .conftest import FIXTURES, offline_model_path
+
+BASE = "https://milvus.io/docs/"
+LINK = "https://discord.com/channels/1/2/3"
+QUESTION = "How many replicas can a single collection have loaded in memory?"
+PARAPHRASE = "What is the maximum number of in-memory replicas for one collection?"
+ANSWER = "Up to the number of query nodes: each replica needs its own query node."
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    dst = tmp_path / "docs"
+    shutil.copytree(FIXTURES / "milvus-docs", dst)
+    return dst
+
+
+@pytest.fixture
+async def rag(settings, embedder, corpus: Path):
+    async with open_rag(
+        settings.model_copy(update={"docs_base_url": BASE}), embedder=embedder
+    ) as r:
+        report = await r.indexer.run([str(corpus)])
+        assert report.published
+        yield r
+
+
+def verified(n: int = 1, question: str = QUESTION, answer: str = ANSWER) -> VerifiedAnswer:
+    return VerifiedAnswer(n, question, answer, f"{LINK}{n}")
+
+
+async def first_hit(rag: Rag, question: str) -> tuple[str, float]:
+    hits = (await rag.retriever.retrieve(question)).hits
+    return hits[0].doc_id, hits[0].similarity
+
+
+async def test_a_verified_answer_ranks_first_for_a_paraphrase_and_leaves_on_removal(
+    rag: Rag,
+) -> None:
+    since = await asyncio.to_thread(rag.store.live_since)
+    assert since is not None and abs(time.time() - since) < 900  # the footer's "indexed … ago"
+    before = await first_hit(rag, PARAPHRASE)
+    assert not is_verified(before[0])
+    chunks = await asyncio.to_thread(rag.store.count)
+
+    await rag.verified.add(verified(7))
+    doc_id, similarity = await first_hit(rag, PARAPHRASE)
+    assert doc_id == doc_id_of(7)
+    assert similarity >= rag.settings.verified_min_similarity
+    hit = (await rag.retriever.retrieve(PARAPHRASE)).hits[0]
+    assert (hit.title, hit.url, hit.heading_path) == (TITLE, f"{LINK}7", QUESTION)
+    assert ANSWER in hit.text
+    # Cited as is: the Discord link gets no text fragment.
+    assert _source(1, hit).url == f"{LINK}7"
+
+    # An unrelated question is not answered by it.
+    other, _ = await first_hit(rag, "What do the parameters for HNSW mean?")
+    assert not is_verified(other)
+
+    # Adding the same id again replaces it (one row), and removing takes it out at once.
+    await rag.verified.add(verified(7, answer="Changed: one replica per query node."))
+    listed = await rag.verified.listed()
+    assert [(v.id, v.answer) for v in listed] == [(7, "Changed: one replica per query node.")]
+    await rag.verified.remove(7)
+    assert await rag.verified.listed() == []
+    assert (await first_hit(rag, PARAPHRASE))[0] == before[0]
+    assert await asyncio.to_thread(rag.store.count) == chunks
+
+
+async def test_only_a_close_question_puts_a_verified_answer_first(rag: Rag) -> None:
+    await rag.verified.add(verified(1))
+    related = "What is a replica?"  # the same topic, another question (cosine about 0.47)
+    doc_id, _ = await first_hit(rag, related)
+    assert not is_verified(doc_id)
+    rag.retriever.settings = rag.settings.model_copy(update={"verified_min_similarity": 0.4})
+    doc_id, _ = await first_hit(rag, related)
+    assert doc_id == doc_id_of(1)
+
+
+async def test_verified_answers_survive_reindexes_with_prune(rag: Rag, corpus: Path) -> None:
+    await rag.verified.add(verified(1))
+    await rag.verified.add(verified(2, "Which port does the Discord bot listen on?", "None."))
+    # A changed page publishes a new version; --prune with another source drops the docs but
+    # never the verified answers.
+    page = corpus / "reference" / "replica.md"
+    page.write_text(page.read_text() + "\n\n## Zebra\n\nZebras replicate stripes.\n")
+    report = await rag.indexer.run([str(corpus)], prune=True)
+    assert report.published and report.removed == 0
+    assert [v.id for v in await rag.verified.listed()] == [1, 2]
+    assert (await first_hit(rag, PARAPHRASE))[0] == doc_id_of(1)
+
+    other = corpus.parent / "other"
+    other.mkdir()
+    (other / "page.md").write_text("# Other\n\nSomething else entirely about zebras.\n")
+    report = await rag.indexer.run([str(other)], prune=True)
+    assert report.published and report.added == 1 and report.removed > 0
+    assert [v.id for v in await rag.verified.listed()] == [1, 2]
+    docs = await asyncio.to_thread(rag.store.documents)
+    assert sorted(d for d in docs if not is_verified(d)) == [str((other / "page.md").resolve())]
+    assert (await first_hit(rag, PARAPHRASE))[0] == doc_id_of(1)
+
+
+async def test_verified_answers_are_re_embedded_when_the_model_changes(
+    settings, embedder, corpus: Path, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"docs_base_url": BASE})
+    async with open_rag(settings, embedder=embedder) as rag:
+        await rag.indexer.run([str(corpus)])
+        await rag.verified.add(verified(3))
+    # The same model under another name counts as another model: every vector is redone.
+    alias = tmp_path / "model-alias"
+    alias.symlink_to(offline_model_path())
+    changed = settings.model_copy(update={"embedding_model": str(alias)})
+    async with open_rag(changed) as rag:
+        report = await rag.indexer.run([str(corpus)])
+        assert report.published
+        assert [v.id for v in await rag.verified.listed()] == [3]
+        assert (await first_hit(rag, PARAPHRASE))[0] == doc_id_of(3)
