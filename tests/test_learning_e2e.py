@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.client import RagBot
 from bot.answer_path import indexed_ago
+from bot.client import RagBot
 from bot.feedback import FeedbackStore
 from rag_core.verified import TITLE
 from tests.bot_fixtures import Indexed, ShapedGenerator, World, populate, running_bot
