@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,11 +63,10 @@ def build_naive(db: Path, pages: list[tuple[str, str]], embedder) -> None:
 
     splitter = RecursiveCharacterTextSplitter(chunk_size=NAIVE_CHUNK_CHARS, chunk_overlap=0)
     chunks = [(url, piece) for url, text in pages for piece in splitter.split_text(text)]
+    # The Lite engine first: its start can time out on a busy host, better before embedding.
+    client = MilvusClient(str(db), timeout=120)
     print(f"naive baseline: embedding {len(chunks)} chunks once...", file=sys.stderr)
     vectors = embedder.embed_passages([text for _, text in chunks])
-    tmp = db.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    client = MilvusClient(str(tmp))
     schema = client.create_schema(auto_id=True)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("url", DataType.VARCHAR, max_length=2048)
@@ -93,7 +93,7 @@ def build_naive(db: Path, pages: list[tuple[str, str]], embedder) -> None:
         client.insert("naive", rows[i : i + 512])
     client.flush("naive")
     client.close()
-    tmp.rename(db)
+    db.with_name("complete").touch()  # a build cut short is redone, not reused
 
 
 def naive_search(client, embedder, question: str) -> list[str]:
@@ -160,10 +160,11 @@ async def main() -> None:
     embedder = Embedder(settings.embedding_model, device="cpu")
     corpus_key = hashlib.sha256(str(Path(args.corpus).resolve()).encode()).hexdigest()[:10]
     db = CACHE / f"naive-{corpus_key}" / "naive.db"
-    if not db.exists():
+    if not db.with_name("complete").exists():
+        shutil.rmtree(db.parent, ignore_errors=True)
         db.parent.mkdir(parents=True, exist_ok=True)
         build_naive(db, await naive_pages(args.corpus, args.base_url), embedder)
-    client = MilvusClient(str(db))
+    client = MilvusClient(str(db), timeout=120)
     client.load_collection("naive")
 
     naive: list[QuestionResult] = []

@@ -420,7 +420,7 @@ def test_follow_up_sets_load_and_bad_lines_name_the_line(tmp_path: Path) -> None
             ev.load_follow_ups(bad)
 
 
-async def test_follow_ups_rewritten_by_the_rules_find_what_the_typed_ones_miss(
+async def test_follow_ups_rewritten_by_the_rules_rank_higher_than_typed_ones(
     indexed_settings, embedder
 ) -> None:
     settings = indexed_settings.model_copy(update={"relevance_threshold": MINILM_THRESHOLD})
@@ -431,15 +431,16 @@ async def test_follow_ups_rewritten_by_the_rules_find_what_the_typed_ones_miss(
     ranks = {way: [r.rank for r in rs] for way, rs in run.results.items()}
     queries = [r.question for r in run.results["rules"]]
     assert queries[0] == "What is mmap in Milvus? how do I turn it on for just one collection?"
-    # MiniLM, hybrid search: "what parameters does it take?" alone finds nothing on DiskANN,
-    # joined to the question before it the page is found; written out in full, all are first.
+    # MiniLM, hybrid search, one passage per page first: "what parameters does it take?" alone
+    # finds DiskANN's page 5th (without page diversity: not at all); joined to the question
+    # before it, 3rd; written out in full, every expected page is first.
     assert ranks == {
-        "typed": [4, None, 1, 1],
-        "rules": [1, 5, 1, 1],
+        "typed": [4, 5, 1, 1],
+        "rules": [1, 3, 1, 1],
         "standalone": [1, 1, 1, 1],
     }
-    recall = {way: ev.score_group(rs)["recall@5"] for way, rs in run.results.items()}
-    assert recall == {"typed": 0.75, "rules": 1.0, "standalone": 1.0}
+    mrr = {way: ev.score_group(rs)["mrr"] for way, rs in run.results.items()}
+    assert mrr["typed"] < mrr["rules"] < mrr["standalone"] == 1.0
     table = ev.format_follow_ups(run)
     assert table.splitlines()[0].split()[:4] == ["way", "n", "R@1", "R@3"]
     assert [line.split()[0] for line in table.splitlines()[2:]] == list(run.results)
