@@ -30,7 +30,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -156,11 +156,8 @@ def parse_question(
     )
 
 
-def load_questions(path: str | Path, *, base_url: str = "") -> QuestionSet:
-    """Read a JSON-lines question set; blank lines and `#` comments are ignored."""
-    questions: list[Question] = []
-    skipped: list[str] = []
-    seen: set[str] = set()
+def _json_lines(path: str | Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, "path:line", object) per line; blank lines and `#` comments skipped."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -175,6 +172,15 @@ def load_questions(path: str | Path, *, base_url: str = "") -> QuestionSet:
             raise QuestionSetError(f"{where}: not JSON ({exc.msg})") from exc
         if not isinstance(record, dict):
             raise QuestionSetError(f"{where}: each line must be a JSON object")
+        yield n, where, record
+
+
+def load_questions(path: str | Path, *, base_url: str = "") -> QuestionSet:
+    """Read a JSON-lines question set; blank lines and `#` comments are ignored."""
+    questions: list[Question] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    for n, where, record in _json_lines(path):
         if record.get("id") is None:
             record = {**record, "id": f"line-{n}"}
         question = parse_question(record, where=where, base_url=base_url)
@@ -684,20 +690,7 @@ def load_follow_ups(path: str | Path, *, base_url: str = "") -> list[FollowUp]:
     """Read a follow-up set: `turns` (two or more questions), `standalone`, `expected_sources`."""
     cases: list[FollowUp] = []
     seen: set[str] = set()
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise QuestionSetError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    for n, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        where = f"{path}:{n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QuestionSetError(f"{where}: not JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise QuestionSetError(f"{where}: each line must be a JSON object")
+    for n, where, record in _json_lines(path):
         raw_turns = record.get("turns")
         turns = [_turn_text(t) for t in raw_turns] if isinstance(raw_turns, list) else []
         if len(turns) < 2 or not all(turns):
