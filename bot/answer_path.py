@@ -619,6 +619,8 @@ class AnswerPath:
                 refused=answer.refused,
                 latency_ms=round(seconds * 1000),
                 low_support=answer.low_support,
+                # A refusal's pages are suggestions, not what an answer rests on.
+                cited_hashes=() if answer.refused else [s.chunk_hash for s in answer.sources],
             )
         except Exception:
             log.exception("could not record the answer to %s", asker.user_id)

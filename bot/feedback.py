@@ -20,7 +20,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Self, TextIO, TypeVar
 
 DEFAULT_FILENAME = "feedback.db"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 GOOD, FLAG = 1, -1
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per attempt
 PATIENCE_S = 60.0  # retrying a busy database gives up after about this long
@@ -127,6 +127,13 @@ _MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX verified_answers_guild ON verified_answers (guild_id, removed_at)",
     ],
+    [
+        # Content hashes of the passages an answer cites (rag_core Chunk.chunk_hash): a later
+        # index without one of them changed what the answer is based on.
+        "ALTER TABLE answers ADD COLUMN cited_hashes TEXT NOT NULL DEFAULT '[]'",
+        # When a reindex found its cited passages changed (its footer then says so).
+        "ALTER TABLE answers ADD COLUMN stale_at REAL",
+    ],
 ]
 REVIEW_STATUSES = ("corrected", "fine", "dismissed")
 
@@ -212,6 +219,23 @@ class FlaggedAnswer:
     flags: int
     good: int
     last_flagged_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StaleAnswer:
+    """An answer whose cited passages changed, and the messages it was posted as."""
+
+    answer_id: int
+    guild_id: int | None
+    channel_id: int
+    message_ids: tuple[int, ...]  # oldest first: the last one carries the footer
+    stale_at: datetime
+
+
+def stale_answer_ids(cited: Mapping[int, Collection[str]], present: Collection[str]) -> list[int]:
+    """The answers (of `cited`: answer id -> its cited chunk hashes) citing a hash that is not
+    in `present`, the hashes the live index still has."""
+    return sorted(a for a, hashes in cited.items() if any(h not in present for h in hashes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,12 +447,15 @@ class FeedbackStore:
         latency_ms: int | None = None,
         extra_message_ids: Sequence[int] = (),
         low_support: bool = False,
+        cited_hashes: Collection[str] = (),
     ) -> int:
         """Store an answer posted as `message_id` (and any continuation messages); its id.
 
+        `cited_hashes`: the content hashes of the passages it cites (see `cited_since`).
         Raises ValueError if one of the messages is already recorded.
         """
         sources_json = json.dumps([asdict(s) for s in sources], ensure_ascii=False)
+        hashes_json = json.dumps(sorted({h for h in cited_hashes if h}))
         now = self._clock()
 
         def run(conn: sqlite3.Connection) -> int:
@@ -437,7 +464,7 @@ class FeedbackStore:
                     cur = conn.execute(
                         "INSERT INTO answers (message_id, guild_id, channel_id, user_id, "
                         "question, answer, sources, model, refused, created_at, latency_ms, "
-                        "low_support) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "low_support, cited_hashes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             message_id,
                             guild_id,
@@ -451,6 +478,7 @@ class FeedbackStore:
                             now,
                             latency_ms,
                             int(low_support),
+                            hashes_json,
                         ),
                     )
                     answer_id = cur.lastrowid
@@ -475,6 +503,59 @@ class FeedbackStore:
                 (message_id,),
             ).fetchone()
             return _answer(row) if row else None
+
+        return await self._call(run)
+
+    # -- stale answers ------------------------------------------------------------------------
+
+    async def cited_since(self, since: float) -> dict[int, frozenset[str]]:
+        """Answers given at or after `since` (unix seconds) and not stale yet, with the content
+        hashes of the passages they cite (refusals cite nothing)."""
+
+        def run(conn: sqlite3.Connection) -> dict[int, frozenset[str]]:
+            rows = conn.execute(
+                "SELECT id, cited_hashes FROM answers WHERE created_at >= ? AND refused = 0 "
+                "AND stale_at IS NULL AND cited_hashes != '[]'",
+                (since,),
+            ).fetchall()
+            return {r["id"]: frozenset(json.loads(r["cited_hashes"])) for r in rows}
+
+        return await self._call(run)
+
+    async def mark_stale(self, answer_ids: Collection[int]) -> list[StaleAnswer]:
+        """Mark `answer_ids` stale now (those not stale already); the ones marked, each with
+        the messages it was posted as."""
+        now = self._clock()
+        ids = sorted(set(answer_ids))
+
+        def run(conn: sqlite3.Connection) -> list[StaleAnswer]:
+            marked: list[StaleAnswer] = []
+            with _transaction(conn):
+                for answer_id in ids:
+                    cur = conn.execute(
+                        "UPDATE answers SET stale_at = ? WHERE id = ? AND stale_at IS NULL",
+                        (now, answer_id),
+                    )
+                    if cur.rowcount != 1:
+                        continue
+                    row = conn.execute(
+                        "SELECT guild_id, channel_id FROM answers WHERE id = ?", (answer_id,)
+                    ).fetchone()
+                    messages = conn.execute(
+                        "SELECT message_id FROM answer_messages WHERE answer_id = ? "
+                        "ORDER BY message_id",
+                        (answer_id,),
+                    ).fetchall()
+                    marked.append(
+                        StaleAnswer(
+                            answer_id,
+                            row["guild_id"],
+                            row["channel_id"],
+                            tuple(m[0] for m in messages),
+                            _dt(now),
+                        )
+                    )
+            return marked
 
         return await self._call(run)
 
@@ -863,14 +944,15 @@ class FeedbackStore:
         return len(records)
 
     async def stats(self, guild_id: int | None = None) -> dict[str, int]:
-        """Counts: answers, refused, low-support answers, flags, good votes, flagged answers."""
+        """Counts: answers, refused, low-support answers, flags, good votes, flagged answers,
+        stale answers (their cited passages changed in a later reindex)."""
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             params = {"guild": guild_id}
             where = "WHERE (:guild IS NULL OR a.guild_id = :guild)"
             answers = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(a.refused), 0), COALESCE(SUM(a.low_support), 0) "
-                f"FROM answers a {where}",
+                "SELECT COUNT(*), COALESCE(SUM(a.refused), 0), COALESCE(SUM(a.low_support), 0), "
+                f"COUNT(a.stale_at) FROM answers a {where}",
                 params,
             ).fetchone()
             votes = conn.execute(
@@ -886,6 +968,7 @@ class FeedbackStore:
                 "flags": votes[0],
                 "good": votes[1],
                 "flagged_answers": votes[2],
+                "stale": answers[3],
             }
 
         return await self._call(run)

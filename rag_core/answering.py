@@ -48,6 +48,7 @@ class Source:
     score: float
     similarity: float
     text: str = field(repr=False, default="")
+    chunk_hash: str = ""  # of the passage as indexed: stale answers are found by it
 
 
 @dataclass
@@ -356,6 +357,7 @@ def _source(n: int, hit: Hit) -> Source:
         score=hit.score,
         similarity=hit.similarity,
         text=hit.text,
+        chunk_hash=hit.chunk_hash,
     )
 
 

@@ -250,6 +250,12 @@ class Settings(BaseSettings):
     reindex_interval_min: float = Field(
         0, ge=0, description="Reindex docs_sources every N minutes (0 = only on /reindex)"
     )
+    stale_window_days: float = Field(
+        30,
+        ge=0,
+        description="After a reindex, answers of the last N days whose cited passages changed "
+        "get a footer saying so (0 = off)",
+    )
     feedback_db: str = Field("", description="Feedback SQLite file (empty = data_dir/feedback.db)")
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0 = off)"

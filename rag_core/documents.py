@@ -74,6 +74,7 @@ class Hit:
     text: str
     score: float  # the ranking score (RRF in hybrid mode, cosine in dense mode)
     similarity: float  # cosine similarity of query and chunk vectors (for the relevance gate)
+    chunk_hash: str = ""  # the stored chunk's content hash: a later version without it changed
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,16 @@ _MAX_BYTES = {
     "chunk_hash": 64,
 }
 # What a Hit needs; the vector comes back too, for the exact query-chunk cosine.
-_HIT_FIELDS = ["chunk_id", "doc_id", "url", "title", "heading_path", "text", "vector"]
+_HIT_FIELDS = [
+    "chunk_id",
+    "doc_id",
+    "url",
+    "title",
+    "heading_path",
+    "text",
+    "chunk_hash",
+    "vector",
+]
 # Everything a copy carries over, except `sparse`: a BM25 function output cannot be inserted,
 # the target collection recomputes it from `text`.
 _COPY_FIELDS = [*_MAX_BYTES, "vector", "indexed_at"]
@@ -88,6 +97,7 @@ _TIE_SLACK = 8
 _INSERT_BATCH = 512
 _ITER_BATCH = 5000  # query_iterator page size (a plain query caps at 16384 rows); each page
 # costs Lite a scan of the collection, so few large pages beat many small ones
+_HASH_BATCH = 500  # chunk hashes per `in [...]` filter when looking up stale answers
 _SEARCH_RETRIES = 3  # a search racing publish() may hit the version it just dropped
 
 
@@ -616,6 +626,29 @@ class KnowledgeStore:
 
         return self._call(run, f"query {name}")
 
+    def present_chunk_hashes(
+        self, hashes: Collection[str], collection: str | None = None
+    ) -> set[str]:
+        """Which of `hashes` some chunk of `collection` (default: the live version) still has.
+
+        A hash that is missing means the passage it names changed or left the index.
+        """
+        name = collection or self._live_name()
+        wanted = sorted(set(hashes))
+        if name is None or not wanted:
+            return set()
+
+        def run() -> set[str]:
+            self._ensure_loaded(name)
+            found: set[str] = set()
+            for start in range(0, len(wanted), _HASH_BATCH):
+                batch = wanted[start : start + _HASH_BATCH]
+                expr = f"chunk_hash in [{', '.join(milvus_str(h) for h in batch)}]"
+                found.update(row["chunk_hash"] for row in self._iterate(name, expr, ["chunk_hash"]))
+            return found
+
+        return self._call(run, f"look up chunk hashes in {name}")
+
     def _iterate(self, name: str, filter: str, fields: list[str]) -> Iterable[dict[str, Any]]:
         """All matching rows, page by page (a plain query stops at 16384 rows)."""
         iterator = self.client.query_iterator(
@@ -1037,6 +1070,7 @@ def _to_hit(row: dict[str, Any], query: np.ndarray) -> Hit:
         text=row["text"],
         score=float(row["_score"]),
         similarity=similarity,
+        chunk_hash=row.get("chunk_hash") or "",
     )
 
 

@@ -27,7 +27,9 @@ from bot.feedback import (
     FeedbackStoreClosed,
     SourceRecord,
     default_path,
+    stale_answer_ids,
 )
+from bot.stale import with_stale_footer
 from tests.fake_discord import clickable_links
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,6 +223,7 @@ async def test_one_vote_per_user_and_revote_replaces(store: FeedbackStore) -> No
         "flags": 1,
         "good": 0,
         "flagged_answers": 1,
+        "stale": 0,
     }
     assert await store.set_vote(12345, 10, GOOD) is None  # not an answer: ignored
     with pytest.raises(ValueError):
@@ -570,3 +573,61 @@ async def test_the_golden_set_exports_as_eval_questions(
         ),
     ]
     assert await store.export_golden(io.StringIO(), guild_id=999) == 0
+
+
+async def test_answers_whose_cited_passages_changed_are_marked_stale_once(
+    store: FeedbackStore,
+) -> None:
+    old = await _answer(store, 1, cited_hashes=["h-old"])
+    since = store._clock() + 0.5  # answers after this are "recent"
+    fresh = await _answer(store, 2, cited_hashes=["h1", "h2"], extra_message_ids=[20, 21])
+    kept = await _answer(store, 3, cited_hashes=["h1"])
+    await _answer(store, 4, refused=True, cited_hashes=["h2"])  # a refusal cites nothing
+    await _answer(store, 5)  # recorded before answers kept their hashes
+    cited = await store.cited_since(since)
+    assert cited == {fresh: frozenset({"h1", "h2"}), kept: frozenset({"h1"})}
+    assert old not in cited
+
+    # The new index still has h1, not h2: only the answer citing h2 is stale.
+    ids = stale_answer_ids(cited, {"h1"})
+    assert ids == [fresh]
+    [marked] = await store.mark_stale(ids)
+    assert (marked.answer_id, marked.channel_id, marked.guild_id) == (fresh, CHANNEL, GUILD)
+    assert marked.message_ids == (2, 20, 21)  # the last part carries the footer
+    assert (await store.stats())["stale"] == 1
+    assert (await store.stats(guild_id=999))["stale"] == 0
+    # Marked once: the next reindex neither lists nor marks it again.
+    assert fresh not in await store.cited_since(since)
+    assert await store.mark_stale([fresh]) == []
+    assert (await store.stats())["stale"] == 1
+
+
+async def test_a_version_4_database_gains_cited_hashes(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path)
+    for statements in _MIGRATIONS[:4]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute(
+        "INSERT INTO answers (message_id, channel_id, user_id, question, answer, created_at) "
+        "VALUES (7, 1, 2, 'What is HNSW?', 'A graph index.', 0)"
+    )
+    conn.commit()
+    conn.close()
+    async with FeedbackStore.open(path) as store:
+        assert await store.cited_since(0) == {}  # an old answer has no hashes: never stale
+        new = await store.record_answer(
+            message_id=8, channel_id=1, user_id=2, question="q", answer="a", cited_hashes=["h"]
+        )
+        assert await store.cited_since(0) == {new: frozenset({"h"})}
+
+
+def test_the_stale_note_replaces_the_footer() -> None:
+    note = "-# ⚠️ The docs this answer cites changed on <t:1:D>: ask again for the current answer."
+    answer = "HNSW is a graph [1].\n\n**Sources**\n[1] Index\n-# Answered in 1.0 s · react 👍"
+    edited = with_stale_footer(answer, note)
+    assert edited == answer.rsplit("\n", 1)[0] + "\n" + note
+    assert with_stale_footer(edited, note) is None  # says so already: no edit
+    assert with_stale_footer("no footer here", note) == "no footer here\n" + note
+    assert with_stale_footer("x" * 1990, note) is None  # would not fit a message

@@ -222,6 +222,113 @@ async def test_a_reindex_that_loses_a_golden_answer_is_held_back_until_forced(
     w.fake.assert_clean()
 
 
+async def test_a_changed_page_marks_the_answers_that_cited_it_stale(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    extra = tmp_path / "stale-docs"
+    extra.mkdir()
+    page = extra / "otter.md"
+    page.write_text(
+        "# Otter paddles\n\nThe otter_paddles setting sets how many paddles each otter shard "
+        "keeps when Milvus rebalances otter shards.\n",
+        encoding="utf-8",
+    )
+    sources = [*indexed.settings.docs_sources, str(extra)]
+    said = "The otter_paddles setting sets how many paddles each otter shard keeps [1].\n"
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=8, prefix=said))
+    async with running_bot(rag, tmp_path, docs_sources=sources) as w:
+
+        async def reindex() -> str:
+            run = await w.fake.invoke("reindex", {"source": str(extra)}, user=w.admin)
+            await run.wait_for(lambda i: any(m in (i.content or "") for m in "✅⛔❌"), 180)
+            return run.content or ""
+
+        assert "✅" in await reindex()
+        otter = await ask(w.fake, w.alice, "What does the otter_paddles setting control?")
+        bitset = await ask(w.fake, w.bob, "What is a bitset?")
+        gone = await ask(w.fake, w.carol, "How many paddles does an otter shard keep?")
+        records = {}
+        for name, inter in (("otter", otter), ("bitset", bitset), ("gone", gone)):
+            assert inter.original is not None
+            record = await w.store.answer_by_message(inter.original.id)
+            assert record is not None
+            records[name] = record
+        # The premise: two answers cite the otter page, the third does not.
+        assert any("otter" in s.url for s in records["otter"].sources)
+        assert any("otter" in s.url for s in records["gone"].sources)
+        assert not any("otter" in s.url for s in records["bitset"].sources)
+        assert otter.original is not None and bitset.original is not None
+        assert gone.original is not None
+        bitset_before = bitset.original.content
+        gone.original.deleted_at = w.fake.now()  # someone deleted that answer meanwhile
+
+        page.write_text(
+            "# Otter paddles\n\nThe otter_paddles setting is gone: shards keep four paddles.\n",
+            encoding="utf-8",
+        )
+        report = await reindex()
+        assert "✅" in report and "2 recent answers cite passages that changed" in report
+
+        message = otter.original
+        await w.fake.wait_for(lambda: "changed on <t:" in message.content, timeout=30)
+        footer = message.content.rsplit("\n", 1)[1]
+        assert footer.startswith("-# ⚠️ The docs this answer cites changed on <t:")
+        assert footer.endswith(":D>: ask again for the current answer.")
+        assert message.history[-1].allowed_mentions == {"parse": []}
+        assert "Sources" in message.content  # only the footer changed
+        await w.fake.wait_quiet()
+        assert bitset.original.content == bitset_before  # its pages did not change
+        assert (await w.store.stats())["stale"] == 2  # the deleted one was skipped, still counted
+
+        stats = await w.fake.invoke("stats", user=w.admin)
+        await stats.wait_done()
+        feedback = {f["name"]: f["value"] for f in stats.embeds[0]["fields"]}
+        assert "stale (docs changed since) **2**" in feedback["Feedback (this server)"]
+
+        # Answers already marked are not marked (nor edited) again by the next change.
+        page.write_text("# Otter paddles\n\nShards keep five paddles now.\n", encoding="utf-8")
+        again = await reindex()
+        assert "✅" in again and "recent answers" not in again
+    w.fake.assert_clean(allow=(10008,))
+
+
+async def test_a_reindex_while_the_bot_was_stopped_is_noticed_at_start(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    extra = tmp_path / "cli-docs"
+    extra.mkdir()
+    page = extra / "beaver.md"
+    page.write_text(
+        "# Beaver dams\n\nThe beaver_dams setting caps how many dams a beaver node builds.\n",
+        encoding="utf-8",
+    )
+    said = "The beaver_dams setting caps how many dams a beaver node builds [1].\n"
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=8, prefix=said))
+    assert (await rag.indexer.run([str(extra)])).published
+    async with FakeDiscord() as fake:
+        people = populate(fake)
+        with FeedbackStore.open(tmp_path / "feedback.db") as store:
+            first = RagBot(rag.settings, rag, store, guild_ready_timeout=0.05)
+            async with fake.running(first):
+                await first.tree.sync()
+                inter = await ask(fake, people["alice"], "How many dams can a beaver node build?")
+            assert inter.original is not None
+            record = await store.answer_by_message(inter.original.id)
+            assert record is not None and any("beaver" in s.url for s in record.sources)
+
+            # `python -m rag_core index` while the bot is down publishes a changed page.
+            page.write_text("# Beaver dams\n\nBeavers build no dams any more.\n", "utf-8")
+            assert (await rag.indexer.run([str(extra)])).published
+            message = inter.original
+            assert "changed on" not in message.content
+
+            second = RagBot(rag.settings, rag, store, guild_ready_timeout=0.05)
+            async with fake.running(second):
+                await fake.wait_for(lambda: "changed on <t:" in message.content, timeout=30)
+            assert (await store.stats())["stale"] == 1
+    fake.assert_clean()
+
+
 def test_the_footer_says_how_old_the_docs_are() -> None:
     assert indexed_ago(None, 100.0) == ""
     assert indexed_ago(1000.0, 1030.0) == "docs indexed just now"

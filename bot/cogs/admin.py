@@ -22,6 +22,7 @@ from rag_core.indexer import IndexReport, Progress
 from .. import metrics
 from ..checks import admin_only, owner_only
 from ..feedback import AnswerRecord
+from ..stale import edit_footers, mark_stale_answers
 from ..streaming import (
     MESSAGE_LIMIT,
     ThrottledEditor,
@@ -62,6 +63,7 @@ class ReindexJob:
         self.task: asyncio.Task[None] | None = None
         self.cancelled = False
         self.watchers: list[ThrottledEditor] = []
+        self.stale = 0  # recent answers whose cited passages this run changed
 
     @property
     def done(self) -> bool:
@@ -125,6 +127,11 @@ class ReindexJob:
                     f"⚠️ Published with force: {len(r.gate.lost)} golden questions lost their "
                     f"sources (recall@5 {r.gate.live_recall:.2f} → {r.gate.new_recall:.2f})."
                 )
+            if self.stale:
+                lines.append(
+                    f"-# {self.stale} recent answers cite passages that changed: "
+                    "their footers now say so."
+                )
             for failure in r.failed[:5]:
                 reason = escape_markdown(safe_truncate(failure.reason, 150))
                 lines.append(f"- {_code(failure.source)}: {reason}")
@@ -148,14 +155,26 @@ class Admin(commands.Cog):
         self.bot = bot
         self.job: ReindexJob | None = None
         self.auto_task: asyncio.Task[None] | None = None
+        self.start_check: asyncio.Task[None] | None = None
+        self.footer_edits: set[asyncio.Task[None]] = set()
 
     async def cog_load(self) -> None:
+        if not self.bot.serving:
+            return
         minutes = self.bot.settings.reindex_interval_min
-        if minutes > 0 and self.bot.serving:
+        if minutes > 0:
             self.auto_task = asyncio.create_task(self._auto_reindex(minutes * 60))
+        # A reindex from the command line runs while the bot is stopped: catch up on start.
+        self.start_check = asyncio.create_task(self._stale_on_start(), name="stale-on-start")
+
+    async def _stale_on_start(self) -> None:
+        await self.bot.wait_until_ready()
+        await self.notice_stale_answers()
 
     async def cog_unload(self) -> None:
-        tasks = [t for t in (self.auto_task, self.job.task if self.job else None) if t]
+        jobs = (self.auto_task, self.start_check, self.job.task if self.job else None)
+        running = (*jobs, *self.footer_edits)
+        tasks = [t for t in running if t]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -255,6 +274,8 @@ class Admin(commands.Cog):
             if job.report.held_back:
                 assert job.report.gate is not None
                 log.warning("reindex held back: %s", job.report.gate.summary())
+            if job.report.published:
+                job.stale = await self.notice_stale_answers()
         except RagError as exc:
             log.warning("reindex failed: %s", exc.detail, exc_info=exc)
             job.error = exc.user_message
@@ -278,6 +299,28 @@ class Admin(commands.Cog):
                 )
                 metrics.observe_reindex(None, False, seconds=time.monotonic() - job.started)
             job.notify()
+
+    async def notice_stale_answers(self) -> int:
+        """Mark the recent answers a publish made stale; their footers are edited in the
+        background (the reindex report does not wait for Discord). How many were marked."""
+        try:
+            stale = await mark_stale_answers(self.bot)
+        except Exception:
+            log.exception("could not look for answers made stale by the reindex")
+            return 0
+        if stale:
+
+            async def edit() -> None:
+                try:
+                    edited = await edit_footers(self.bot, stale)
+                    log.info("stale notices: %d of %d answers edited", edited, len(stale))
+                except Exception:
+                    log.exception("stale notices stopped")
+
+            task = asyncio.create_task(edit(), name="stale-footers")
+            self.footer_edits.add(task)
+            task.add_done_callback(self.footer_edits.discard)
+        return len(stale)
 
     async def golden_questions(self) -> list[GoldenQuestion]:
         """Answers the community marked good, with the pages they cited (beside the verified
@@ -461,12 +504,14 @@ def stats_embed(snap: Mapping[str, Any], feedback: Mapping[str, int]) -> discord
             f" ({lat.get('count', 0)} observed)"
         )
     field("Latency (ms)", "\n".join(lines), inline=False)
-    fb = {k: feedback.get(k, 0) for k in ("answers", "refused", "good", "flags", "flagged_answers")}
+    keys = ("answers", "refused", "good", "flags", "flagged_answers", "stale")
+    fb = {k: feedback.get(k, 0) for k in keys}
     field(
         "Feedback (this server)",
         f"answers **{fb['answers']}** · not in the docs **{fb['refused']}**"
         f" · 👍 **{fb['good']}** · 👎 **{fb['flags']}**"
-        f" · flagged answers **{fb['flagged_answers']}**",
+        f" · flagged answers **{fb['flagged_answers']}**"
+        f" · stale (docs changed since) **{fb['stale']}**",
         inline=False,
     )
     return embed
