@@ -1,7 +1,8 @@
 """`python -m bot` (or `docs-bot`): run the Discord bot; `sync` publishes its slash commands and
 exits (it needs only Discord: no models, no knowledge base); `export-flags FILE` writes flags as
-JSONL, `export-golden FILE` the golden set as eval questions; `doctor [--quick]` checks the
-settings and every part the bot needs (see bot/doctor.py).
+JSONL, `export-golden FILE` the golden set as eval questions; `gaps [--days N]` prints the
+coverage-gaps report as Markdown; `doctor [--quick]` checks the settings and every part the bot
+needs (see bot/doctor.py).
 
 Every resource is opened and closed here, in one place:
 feedback database -> rag_core (Milvus, embedder, LLM engine) -> the bot. SIGTERM and Ctrl-C
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import discord
+import numpy as np
 
 from rag_core.config import Settings, load_settings
 from rag_core.errors import ConfigError, RagError, error_lines
@@ -119,6 +121,37 @@ async def export_golden(settings: Settings, out: Path, guild_id: int | None) -> 
         return await store.export_golden(out, guild_id=guild_id)
 
 
+async def gaps_report(settings: Settings, days: float, guild_id: int | None = None) -> str:
+    """The coverage-gaps report as Markdown (the embedder loads only when there is something
+    to group; the knowledge base is not opened, so this works beside a running bot)."""
+    from rag_core.embedding import Embedder
+
+    from .gaps import coverage_gaps, render_gaps
+
+    embedder: Embedder | None = None
+
+    async def embed(texts: Sequence[str]) -> np.ndarray:
+        nonlocal embedder
+        if embedder is None:
+            embedder = await asyncio.to_thread(
+                Embedder,
+                settings.embedding_model,
+                device=settings.embedding_device,
+                batch_size=settings.embedding_batch_size,
+            )
+        return await embedder.aembed_passages(texts)
+
+    try:
+        async with FeedbackStore.open(feedback_path(settings)) as store:
+            gaps = await coverage_gaps(
+                store, embed, days=days, threshold=settings.gaps_similarity, guild_id=guild_id
+            )
+    finally:
+        if embedder is not None:
+            await asyncio.to_thread(embedder.close)
+    return render_gaps(gaps, days)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="docs-bot", description="Discord bot that answers questions from your docs."
@@ -141,6 +174,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     golden.add_argument("file", type=Path)
     golden.add_argument("--guild", type=int, default=None, help="only this server's")
+    gaps = sub.add_parser(
+        "gaps",
+        help="print what the docs are missing: refused and flagged questions, grouped (Markdown)",
+    )
+    gaps.add_argument("--days", type=_days, default=30, help="how far back (default 30 days)")
+    gaps.add_argument("--guild", type=int, default=None, help="only this server's questions")
+    gaps.add_argument("-o", "--output", type=Path, default=None, help="write to this file")
     # Listed for --help only: main() hands `doctor ...` to bot.doctor.main before parsing.
     sub.add_parser(
         "doctor",
@@ -172,6 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             count = asyncio.run(export_golden(settings, args.file, args.guild))
             print(f"wrote {count} golden questions to {args.file}")
             return 0
+        if args.command == "gaps":
+            report = asyncio.run(gaps_report(settings, args.days, args.guild))
+            if args.output is None:
+                print(report)
+            else:
+                args.output.write_text(report + "\n", encoding="utf-8")
+                print(f"wrote the coverage gaps to {args.output}")
+            return 0
         if args.command == "sync" or args.sync:
             asyncio.run(sync_commands(settings))
             print("slash commands published")
@@ -200,6 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("stopped")
     return 0
+
+
+def _days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        days = 0.0
+    if not 0 < days <= 3650:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of days, more than 0")
+    return days
 
 
 def _network_reason(exc: BaseException) -> str:

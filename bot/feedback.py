@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TextIO, TypeVar
 
+from rag_core.gaps import AskedQuestion
+
 DEFAULT_FILENAME = "feedback.db"
 SCHEMA_VERSION = 5
 GOOD, FLAG = 1, -1
@@ -556,6 +558,33 @@ class FeedbackStore:
                         )
                     )
             return marked
+
+        return await self._call(run)
+
+    # -- coverage gaps ------------------------------------------------------------------------
+
+    async def gap_questions(self, since: float, guild_id: int | None = None) -> list[AskedQuestion]:
+        """Questions asked at or after `since` that the bot refused ("not in the docs") or whose
+        answer was flagged (unless a moderator found it fine or dismissed the flag), oldest
+        first. A follow-up counts as the standalone question retrieval used."""
+
+        def run(conn: sqlite3.Connection) -> list[AskedQuestion]:
+            rows = conn.execute(
+                "SELECT COALESCE(NULLIF(t.standalone, ''), a.question) AS question, "
+                "a.created_at, a.refused, "
+                "EXISTS (SELECT 1 FROM votes v WHERE v.answer_id = a.id AND v.vote = -1) "
+                "AND COALESCE(a.review_status, '') NOT IN ('fine', 'dismissed') AS flagged "
+                "FROM answers a LEFT JOIN turns t ON t.answer_id = a.id "
+                "WHERE a.created_at >= :since AND (:guild IS NULL OR a.guild_id = :guild) "
+                "AND (a.refused = 1 OR flagged) ORDER BY a.created_at, a.id",
+                {"since": since, "guild": guild_id},
+            ).fetchall()
+            return [
+                AskedQuestion(
+                    r["question"], r["created_at"], bool(r["refused"]), bool(r["flagged"])
+                )
+                for r in rows
+            ]
 
         return await self._call(run)
 

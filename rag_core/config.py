@@ -256,6 +256,16 @@ class Settings(BaseSettings):
         description="After a reindex, answers of the last N days whose cited passages changed "
         "get a footer saying so (0 = off)",
     )
+    # Cosines depend on the model: with all-MiniLM-L6-v2 paraphrases of one question score
+    # 0.74-0.81 and related but different questions 0.45-0.56 (0.65 separates them); BGE v1.5
+    # scores everything higher, so its default is higher (uncalibrated).
+    gaps_similarity: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="/gaps: a question joins the group whose centre is at least this close "
+        "(cosine; MiniLM: 0.65, BGE v1.5: 0.8, uncalibrated)",
+    )
     feedback_db: str = Field("", description="Feedback SQLite file (empty = data_dir/feedback.db)")
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0 = off)"

@@ -329,6 +329,46 @@ async def test_a_reindex_while_the_bot_was_stopped_is_noticed_at_start(
     fake.assert_clean()
 
 
+BACKUP_QUESTIONS = [
+    "How do I back up a Milvus collection to S3?",
+    "What's the way to make a backup of my collection into an S3 bucket? @everyone",
+    "Can I back up collections to S3, and how?",
+]
+
+
+async def test_gaps_groups_the_refused_questions_that_ask_the_same_thing(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag = indexed.with_settings(relevance_threshold=0.99)  # nothing is in these docs
+    async with running_bot(rag, tmp_path, gaps_similarity=0.65) as w:
+        empty = await w.fake.invoke("gaps", user=w.admin)
+        await empty.wait_done()
+        assert "No question was refused or flagged" in (empty.content or "")
+
+        for member, question in zip((w.alice, w.bob, w.carol), BACKUP_QUESTIONS, strict=True):
+            await ask(w.fake, member, question)
+        await ask(w.fake, w.alice, "Does Milvus run on Windows ARM laptops?")
+        assert (await w.store.stats())["refused"] == 4
+
+        denied = await w.fake.invoke("gaps", user=w.alice)
+        await denied.wait_done()
+        assert "Only server admins" in (denied.content or "")
+
+        report = await w.fake.invoke("gaps", {"days": 7}, user=w.admin)
+        await report.wait_done()
+        assert report.ephemeral
+        text = "\n".join(m.content for m in [report.original, *report.followups] if m)
+        assert "the last 7 days" in text and "4 questions" in text and "in 2 groups" in text
+        first, second = text.split("**1. ")[1].split("**2. ")
+        assert first.startswith("Asked 3 times** · 3 not in the docs")
+        assert "Windows ARM" not in first and "Can I back up collections to S3" in first
+        assert "\\@everyone" in first  # a user's text is escaped: shown, never a ping
+        assert second.startswith("Asked once** · 1 not in the docs")
+        assert "Windows ARM laptops" in second
+        assert all(len(m.content) <= 2000 for m in report.followups)
+    w.fake.assert_clean()
+
+
 def test_the_footer_says_how_old_the_docs_are() -> None:
     assert indexed_ago(None, 100.0) == ""
     assert indexed_ago(1000.0, 1030.0) == "docs indexed just now"

@@ -22,6 +22,7 @@ from rag_core.indexer import IndexReport, Progress
 from .. import metrics
 from ..checks import admin_only, owner_only
 from ..feedback import AnswerRecord
+from ..gaps import coverage_gaps, gap_messages
 from ..stale import edit_footers, mark_stale_answers
 from ..streaming import (
     MESSAGE_LIMIT,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLAGS_SHOWN = 10
+GAPS_SHOWN = 10  # groups /gaps lists; `python -m bot gaps` lists them all
 
 
 def _code(text: str) -> str:
@@ -413,6 +415,29 @@ class Admin(commands.Cog):
         await interaction.followup.send(
             embed=embed, files=files, ephemeral=True, allowed_mentions=NO_MENTIONS
         )
+
+    # -- /gaps -------------------------------------------------------------------------------
+
+    @app_commands.command(
+        name="gaps", description="What the docs are missing: refused and flagged questions (admins)"
+    )
+    @app_commands.describe(days="How many days back to look (default 30)")
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    @admin_only()
+    async def gaps(
+        self, interaction: discord.Interaction[RagBot], days: app_commands.Range[int, 1, 365] = 30
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        found = await coverage_gaps(
+            self.bot.feedback,
+            self.bot.rag.embedder.aembed_passages,
+            days=days,
+            threshold=self.bot.settings.gaps_similarity,
+            guild_id=interaction.guild_id,
+        )
+        for text in gap_messages(found, days, limit=GAPS_SHOWN):
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     # -- /stats ------------------------------------------------------------------------------
 
