@@ -54,10 +54,11 @@ async def mark_stale_answers(bot: RagBot) -> list[StaleAnswer]:
     if days <= 0:
         return []
     cited = await bot.feedback.cited_since(time.time() - days * 86400)
-    if not cited:
-        return []
+    store = bot.rag.store
+    if not cited or await asyncio.to_thread(store.live) is None:
+        return []  # no live index (a new database): nothing to compare with
     hashes = set().union(*cited.values())
-    present = await asyncio.to_thread(bot.rag.store.present_chunk_hashes, hashes)
+    present = await asyncio.to_thread(store.present_chunk_hashes, hashes)
     stale = await bot.feedback.mark_stale(stale_answer_ids(cited, present))
     if stale:
         log.info("%d recent answers cite passages that changed: marking their footers", len(stale))
