@@ -102,6 +102,7 @@ def test_a_rejected_secret_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> N
         ("bot",),
         ("bot", "sync"),
         ("bot", "export-flags", "out.jsonl"),
+        ("bot", "gaps"),
         ("bot", "doctor"),
     ],
     ids=" ".join,
