@@ -619,3 +619,24 @@ def test_unreachable_server_is_a_store_error():
     assert not isinstance(err.value, StoreLockedError)
     assert "unavailable" in err.value.user_message
     assert time.monotonic() - started < 10
+
+
+def test_present_chunk_hashes_says_which_cited_passages_a_version_still_has(store):
+    chunks, vectors = random_chunks(1200, docs=12)
+    old = store.create_version(model="random", dim=8)
+    store.insert(old, chunks, vectors)
+    store.publish(old)
+    [hit] = store.search(vectors[7], "", top_k=1, mode="dense")
+    assert hit.chunk_id == "c7" and hit.chunk_hash == chunks[7].chunk_hash
+
+    # The next version edits one passage and drops another page.
+    edited = dataclasses.replace(chunks[7], text="passage number 7, rewritten")
+    kept = [edited if c is chunks[7] else c for c in chunks if c.doc_id != "doc-3"]
+    new = store.create_version(model="random", dim=8)
+    store.insert(new, kept, np.stack([vectors[int(c.chunk_id[1:])] for c in kept]))
+    store.publish(new)
+    cited = {c.chunk_hash for c in chunks}  # more than one filter's worth of hashes
+    present = store.present_chunk_hashes(cited | {"not-a-hash"})
+    gone = {chunks[7].chunk_hash} | {c.chunk_hash for c in chunks if c.doc_id == "doc-3"}
+    assert present == cited - gone
+    assert store.present_chunk_hashes([]) == set()
