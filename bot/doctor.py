@@ -234,13 +234,18 @@ def message_content_notice(settings: Settings) -> str:
     """Which conversation features the Message Content intent setting turns on or off."""
     if settings.discord_message_content:
         threads = "a thread per public /ask answer, " if settings.ask_threads else ""
+        forums = len(settings.forum_channel_ids)
+        posts = f"answers to new posts in {forums} forum(s), " if forums else ""
         return (
             "Message Content intent requested: follow-ups in the bot's threads, replies to its "
-            f"answers, {threads}@mentions and /ask are on (the intent must also be enabled in "
-            "the Developer Portal, or login fails)"
+            f"answers, {threads}{posts}@mentions and /ask are on (the intent must also be "
+            "enabled in the Developer Portal, or login fails)"
         )
+    off = "follow-ups in threads, replies to answers and new forum posts"
+    if not settings.forum_channel_ids:
+        off = "follow-ups in threads and replies to answers"
     return (
-        "Message Content intent off: follow-ups in threads and replies to answers are "
+        f"Message Content intent off: {off} are "
         "disabled (no threads for /ask answers); /ask and @mentions work. " + MESSAGE_CONTENT_HOWTO
     )
 

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 PREFIX = "docsbot"
 HEARTBEAT_METRIC = f"{PREFIX}_heartbeat_timestamp_seconds"
 
-Stage = Literal["embed", "search", "first_token", "total", "ack"]
-STAGES: tuple[Stage, ...] = ("embed", "search", "first_token", "total", "ack")
+Stage = Literal["rewrite", "embed", "search", "first_token", "total", "ack"]
+STAGES: tuple[Stage, ...] = ("rewrite", "embed", "search", "first_token", "total", "ack")
 VoteKind = Literal["flag", "good", "unflag", "ungood"]
 
 # Seconds: embedding and search are milliseconds, first token and totals are seconds, a cold
@@ -61,15 +61,19 @@ class Metrics:
         )
         self.latency = Histogram(
             f"{PREFIX}_stage_seconds",
-            "Latency per stage: embed, search, first_token (from the start), total, ack",
+            "Latency per stage: rewrite (a follow-up made standalone), embed, search, "
+            "first_token (from the start), total, ack",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.tokens = Counter(
-            f"{PREFIX}_generation_tokens", "LLM tokens, by kind (prompt, completion)", ["kind"],
+            f"{PREFIX}_generation_tokens",
+            "LLM tokens, by kind (prompt, completion, and rewrite_prompt, rewrite_completion "
+            "for making follow-ups standalone)",
+            ["kind"],
             registry=r,
-        )  # fmt: skip
+        )
         self.finish = Counter(
             f"{PREFIX}_generation_finish", "Generations by finish reason", ["reason"], registry=r
         )
@@ -107,7 +111,7 @@ class Metrics:
         # Pre-create the label sets a dashboard expects, so they read 0 rather than missing.
         for stage in STAGES:
             self.latency.labels(stage)
-        for kind in ("prompt", "completion"):
+        for kind in ("prompt", "completion", "rewrite_prompt", "rewrite_completion"):
             self.tokens.labels(kind)
         for outcome in ("published", "unchanged", "failed"):
             self.reindexes.labels(outcome)
@@ -123,6 +127,10 @@ class Metrics:
         self.latency.labels("embed").observe(t.embed_s)
         self.latency.labels("search").observe(t.search_s)
         self.latency.labels("total").observe(t.total_s)
+        if (rewrite := answer.rewrite) is not None:  # a follow-up, whatever became of it
+            self.latency.labels("rewrite").observe(rewrite.seconds)
+            self.tokens.labels("rewrite_prompt").inc(rewrite.prompt_tokens)
+            self.tokens.labels("rewrite_completion").inc(rewrite.completion_tokens)
         if answer.refused:
             self.refusals.inc()
             return

@@ -95,6 +95,7 @@ class Answer:
     low_support: bool = False  # most of the text is backed by no passage
     attribution: Attribution | None = field(default=None, repr=False)
     standalone: str = ""  # the question retrieval used (a follow-up rewritten), else question
+    rewrite: Rewrite | None = None  # a follow-up: how it was made standalone, and its cost
 
 
 class EmptyQuestionError(RagError):
@@ -287,7 +288,16 @@ class AnswerStream:
             # No engine call: the gate decided the docs don't cover this.
             p.timings.total_s = time.perf_counter() - p.started
             self.result = Answer(
-                p.question, REFUSAL, p.sources, True, 0, 0, None, p.timings, standalone=p.standalone
+                p.question,
+                REFUSAL,
+                p.sources,
+                True,
+                0,
+                0,
+                None,
+                p.timings,
+                standalone=p.standalone,
+                rewrite=p.rewrite,
             )
             yield REFUSAL
             return
@@ -337,6 +347,7 @@ class AnswerStream:
             low_support=checked.low_support,
             attribution=checked,
             standalone=p.standalone,
+            rewrite=p.rewrite,
         )
 
 

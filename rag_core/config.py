@@ -247,6 +247,26 @@ class Settings(BaseSettings):
     conversation_max_turns: int = Field(
         10, ge=1, description="Answers per thread before the bot asks for a new question"
     )
+    forum_channel_ids: IntList = Field(
+        default_factory=list,
+        description="Forum channels where each new post gets one answer, as its first reply, "
+        "when the docs cover it (JSON list or comma-separated; needs DISCORD_MESSAGE_CONTENT)",
+    )
+    forum_uncovered: Literal["silent", "closest"] = Field(
+        "silent",
+        description="A forum post the docs do not cover: no reply, so people answer it "
+        "(silent), or the 'not in the docs, closest pages' reply (closest)",
+    )
+    forum_solved_tag: str = Field(
+        "Solved",
+        description="Forum tag applied when the poster reacts to the bot's answer with a "
+        "solved emoji (matched by name, case ignored; empty = off; needs Manage Threads)",
+    )
+    solved_emojis: StrList = Field(
+        default_factory=lambda: ["✅"],
+        description="Reactions by which a forum post's author marks the bot's answer as the "
+        "solution",
+    )
     reindex_interval_min: float = Field(
         0, ge=0, description="Reindex docs_sources every N minutes (0 = only on /reindex)"
     )
@@ -276,7 +296,13 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "docs_sources", "discord_admin_role_ids", "flag_emojis", "good_emojis", mode="before"
+        "docs_sources",
+        "discord_admin_role_ids",
+        "flag_emojis",
+        "good_emojis",
+        "forum_channel_ids",
+        "solved_emojis",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:

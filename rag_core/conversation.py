@@ -159,14 +159,21 @@ class Rewriter:
         mode = self.settings.conversation_rewrite
         if not history or mode == "off":
             return Rewrite(question, "none")
+        started = time.perf_counter()
+        usage = [0, 0]  # prompt, completion tokens of the model call, as far as it got
         if mode == "llm" and self.generator is not None and needs_context(question):
             try:
-                return await self._by_model(question, history)
+                text = await self._by_model(question, history, usage)
+                previous = history[-1].question
+                line = usable_rewrite(text, question, previous, self.settings.max_question_chars)
+                return Rewrite(line, "llm", time.perf_counter() - started, *usage)
             except (RagError, TimeoutError, ValueError) as exc:
                 # The answer itself may still work: retrieval falls back to the rules.
                 log.info("rewriting by the model failed (%s): using the rules", exc)
         standalone = rewrite_by_rules(question, history)
-        return Rewrite(standalone, "rules" if standalone != question else "none")
+        method: Method = "rules" if standalone != question else "none"
+        # A model call that failed or was not usable still cost its time and tokens.
+        return Rewrite(standalone, method, time.perf_counter() - started, *usage)
 
     def prompt(self, question: str, history: Sequence[Turn]) -> str:
         assert self.generator is not None
@@ -177,12 +184,12 @@ class Rewriter:
             [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
         )
 
-    async def _by_model(self, question: str, history: Sequence[Turn]) -> Rewrite:
+    async def _by_model(self, question: str, history: Sequence[Turn], usage: list[int]) -> str:
+        """The model's text for the rewrite prompt; `usage` follows its [prompt, completion]
+        token counts as they arrive."""
         assert self.generator is not None
-        started = time.perf_counter()
         prompt = self.prompt(question, history)
         parts: list[str] = []
-        prompt_tokens = completion_tokens = 0
         async with asyncio.timeout(min(REWRITE_TIMEOUT_S, self.settings.llm_timeout_s)):
             async for chunk in self.generator.stream(
                 prompt,
@@ -190,20 +197,11 @@ class Rewriter:
                 request_id=f"rewrite-{uuid.uuid4().hex[:12]}",
             ):
                 parts.append(chunk.text)
-                prompt_tokens = chunk.prompt_tokens or prompt_tokens
-                completion_tokens = chunk.completion_tokens
+                usage[0] = chunk.prompt_tokens or usage[0]
+                usage[1] = chunk.completion_tokens
                 if "\n" in "".join(parts).strip():
                     break  # one line is all we read: stop the engine early
-        standalone = usable_rewrite(
-            "".join(parts), question, history[-1].question, self.settings.max_question_chars
-        )
-        return Rewrite(
-            standalone,
-            "llm",
-            time.perf_counter() - started,
-            prompt_tokens,
-            completion_tokens,
-        )
+        return "".join(parts)
 
 
 _LABEL = re.compile(r"^(standalone question|question|rewritten question)\s*:\s*", re.IGNORECASE)

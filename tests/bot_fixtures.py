@@ -176,6 +176,7 @@ class World:
     store: FeedbackStore
     guild: FakeGuild
     general: FakeChannel
+    help: FakeChannel  # a forum, watched by default (FORUM_CHANNEL_IDS)
     moderators: FakeChannel
     mods_role: FakeRole
     admin: FakeMember
@@ -202,9 +203,16 @@ def populate(fake: FakeDiscord) -> dict[str, Any]:
             fake.bot_member(guild): discord.PermissionOverwrite(view_channel=True),
         },
     )
+    # A help forum where the bot may tag posts (the solved tag).
+    help_forum = guild.add_forum(
+        "help",
+        tags=("Solved", "Question"),
+        overwrites={fake.bot_member(guild): discord.PermissionOverwrite(manage_threads=True)},
+    )
     return {
         "guild": guild,
         "general": guild.channel("general"),
+        "help": help_forum,
         "moderators": moderators,
         "mods_role": mods,
         "alice": fake.add_member(guild, "alice"),
@@ -230,7 +238,11 @@ async def running_bot(
     `store_options` go to FeedbackStore.open (e.g. short busy timeouts)."""
     async with FakeDiscord(**(fake_options or {})) as fake:
         people = populate(fake)
-        overrides = {"moderators_channel_id": people["moderators"].id, **setting_overrides}
+        overrides = {
+            "moderators_channel_id": people["moderators"].id,
+            "forum_channel_ids": [people["help"].id],
+            **setting_overrides,
+        }
         settings = rag.settings.model_copy(update=overrides)
         with FeedbackStore.open(tmp_path / "feedback.db", **(store_options or {})) as store:
             bot = RagBot(settings, rag, store, guild_ready_timeout=0.05)

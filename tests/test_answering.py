@@ -309,6 +309,8 @@ async def test_the_model_rewrites_a_follow_up_and_noise_falls_back_to_the_rules(
     noisy = Answerer(settings, rag.retriever, local_generator)
     rewrite = await noisy.rewriter.rewrite(follow_up, [FIRST])
     assert rewrite.method == "rules" and rewrite.standalone.endswith(follow_up)
+    # The model call it did not use still cost time and tokens, and says so.
+    assert rewrite.seconds > 0 and rewrite.prompt_tokens > 0 and rewrite.completion_tokens > 0
     # A usable rewrite from the model (scripted: the tiny model cannot write one) is used.
     script = "What do the parameters for IVF_FLAT mean?\n"
     scripted = Scripted(local_generator, script)

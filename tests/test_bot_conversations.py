@@ -18,7 +18,7 @@ from bot.answer_path import thread_name
 from bot.client import RagBot
 from bot.cogs.conversations import TOO_LONG
 from bot.feedback import Conversation, FeedbackStore
-from rag_core.answering import Answerer
+from rag_core.answering import REFUSAL, Answerer
 from rag_core.conversation import Turn, rewrite_by_rules
 from rag_core.llm import GenerationChunk
 from rag_core.retrieval import Retrieval, Retriever
@@ -316,6 +316,8 @@ async def test_without_the_message_content_intent_follow_ups_are_off_and_ask_wor
             prompts = len(engine.prompts)
             # A reply is no follow-up without the intent (even if its ping carries its text).
             await w.fake.user_message(w.general, w.bob, FOLLOW_UP, reply_to=inter.original)
+            # Neither is a forum post (its text is blank without the intent).
+            await w.fake.forum_post(w.help, w.alice, *COVERED)
             # A mention carries its text even without the intent: answered.
             me = w.fake.bot_user.id
             await w.fake.user_message(w.general, w.alice, f"<@{me}> what is IVF_PQ?")
@@ -325,7 +327,8 @@ async def test_without_the_message_content_intent_follow_ups_are_off_and_ask_wor
             assert len(engine.prompts) == prompts + 1
             assert "User: " not in engine.prompts[-1]
     assert any(
-        "Message Content intent off" in m and "Developer Portal" in m for m in caplog.messages
+        "Message Content intent off" in m and "new forum posts" in m and "Developer Portal" in m
+        for m in caplog.messages
     )
     w.fake.assert_clean()
 
@@ -338,6 +341,98 @@ async def test_the_intent_is_requested_when_the_setting_asks_for_it(
         assert isinstance(identify.data, dict)
         assert identify.data["intents"] & INTENT_MESSAGE_CONTENT
     w.fake.assert_clean()
+
+
+# --------------------------------------------------------------------------- help forums
+
+COVERED = ("GPU index with CAGRA", "How do I configure a GPU index such as CAGRA?")
+UNCOVERED = ("Sourdough", "Where can I buy a sourdough starter?")
+GATE = {"relevance_threshold": 0.44}  # the offline embedder's calibrated gate
+
+
+async def test_a_forum_post_the_docs_cover_gets_one_answer_and_one_they_dont_gets_none(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, engine, _ = spied(indexed, **GATE, **TALK)
+    async with running_bot(rag, tmp_path, **TALK) as w:
+        me = w.fake.bot_user.id
+        post, _ = await w.fake.forum_post(w.help, w.alice, *COVERED)
+        await wait_answers(w, post)
+        # The answer is the post's first reply, and the only message the bot posted there:
+        # no "searching" line came and went.
+        [answer] = bot_messages(w, post)
+        assert FOOTER in answer.content and answer.message_reference is None
+        assert f"Question: {COVERED[0]}\n{COVERED[1]}" in engine.prompts[-1]
+        await w.fake.wait_for(lambda: "✅" in answer.reactions)  # how to mark it solved
+        # The rest of the post is the poster's conversation with people...
+        prompts = len(engine.prompts)
+        await w.fake.user_message(post, w.bob, "Did you set the GPU memory pool?")
+        await w.fake.user_message(post, w.alice, "Yes, still the same error")
+        uncovered, _ = await w.fake.forum_post(w.help, w.bob, *UNCOVERED)
+        await w.fake.wait_quiet()
+        assert len(engine.prompts) == prompts and len(bot_messages(w, post)) == 1
+        assert bot_messages(w, uncovered) == []  # a post the docs don't cover: left to people
+        # ...until someone mentions the bot: a follow-up of the first answer.
+        await w.fake.user_message(post, w.alice, f"<@{me}> and for IVF_PQ?")
+        await wait_answers(w, post, 2)
+        assert f"User: {COVERED[0]}" in engine.prompts[-1]
+        conversation = await wait_turns(w.store, 2, thread_id=post.id)
+        assert conversation.turns[0].question == f"{COVERED[0]}\n{COVERED[1]}"
+        # A mention in the uncovered post is a direct question: it gets the honest refusal.
+        await w.fake.user_message(uncovered, w.bob, f"<@{me}> {UNCOVERED[1]}")
+        refused = lambda: [m.content.startswith(REFUSAL) for m in bot_messages(w, uncovered)]  # noqa: E731
+        await w.fake.wait_for(lambda: refused() == [True], timeout=60)
+        # A post in a forum the bot does not watch is not answered.
+        other = w.guild.add_forum("offtopic")
+        await w.fake.dispatch("CHANNEL_CREATE", other.to_payload())
+        elsewhere, _ = await w.fake.forum_post(other, w.alice, *COVERED)
+        await w.fake.wait_quiet()
+        assert bot_messages(w, elsewhere) == []
+    w.fake.assert_clean()
+
+
+async def test_a_forum_can_get_the_closest_pages_for_posts_the_docs_dont_cover(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, _, _ = spied(indexed, **GATE, **TALK)
+    async with running_bot(rag, tmp_path, forum_uncovered="closest", **TALK) as w:
+        post, _ = await w.fake.forum_post(w.help, w.bob, *UNCOVERED)
+        await w.fake.wait_for(lambda: FOOTER in "".join(m.content for m in bot_messages(w, post)))
+        await w.fake.wait_quiet()
+        [reply] = bot_messages(w, post)
+        assert reply.content.startswith(REFUSAL + "\n[1] ")
+        assert "✅" not in reply.reactions  # nothing to mark as the solution
+    w.fake.assert_clean()
+
+
+async def test_the_poster_marks_the_answer_solved_which_tags_the_post(
+    indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rag, _, _ = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, **TALK) as w:
+        solved = w.help.tag("Solved")
+        post, _ = await w.fake.forum_post(w.help, w.alice, *COVERED, tags=["Question"])
+        await wait_answers(w, post)
+        [answer] = bot_messages(w, post)
+        await w.fake.add_reaction(post, answer, w.bob, "✅")  # not the poster: nothing
+        await w.fake.wait_quiet()
+        assert post.applied_tags == [w.help.tag("Question")]
+        await w.fake.add_reaction(post, answer, w.alice, "✅")
+        await w.fake.wait_for(lambda: solved in post.applied_tags)
+        assert post.applied_tags == [w.help.tag("Question"), solved]
+        # Without Manage Threads the bot cannot tag: it says so once, in the log.
+        w.guild.set_overwrite(w.help, w.fake.bot_member(w.guild), discord.PermissionOverwrite())
+        await w.fake.dispatch("CHANNEL_UPDATE", w.help.to_payload())
+        with caplog.at_level(logging.WARNING, logger="bot.answer_path"):
+            for user in (w.bob, w.carol):
+                other, _ = await w.fake.forum_post(w.help, user, *COVERED)
+                await wait_answers(w, other)
+                await w.fake.add_reaction(other, bot_messages(w, other)[0], user, "✅")
+                await w.fake.wait_quiet()
+                assert other.applied_tags == []
+        assert len([m for m in caplog.messages if "Manage Threads" in m]) == 1
+        assert len([e for e in w.fake.errors if e.code == 50013]) == 2  # one try per click
+    w.fake.assert_clean(allow=[50013])
 
 
 # --------------------------------------------------------------------------- restarts

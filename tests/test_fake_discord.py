@@ -38,10 +38,10 @@ class VoteView(discord.ui.View):
 class ToyBot(commands.Bot):
     """A minimal real bot: a few slash commands that follow (or break) Discord's rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, intents: discord.Intents | None = None) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=discord.Intents.default(),
+            intents=intents or discord.Intents.default(),
             tree_cls=RecordingTree,
             guild_ready_timeout=0.05,
             allowed_mentions=discord.AllowedMentions.none(),
@@ -404,6 +404,53 @@ async def test_channel_permissions_and_unknown_channel(fake: FakeDiscord, bot: T
         10003,
     )
     fake.assert_clean(allow=[50001, 50013, 10003])
+
+
+async def test_forum_posts_tags_and_what_a_forum_refuses() -> None:
+    async with FakeDiscord() as fake:
+        guild, alice = populate(fake)
+        forum = guild.add_forum("help", tags=("Solved", "Bug"))
+        bot = ToyBot(intents=discord.Intents.default() | discord.Intents(message_content=True))
+        async with fake.running(bot):
+            seen: list[discord.Message] = []
+
+            async def on_message(message: discord.Message) -> None:
+                seen.append(message)
+
+            bot.add_listener(on_message)
+            post, starter = await fake.forum_post(forum, alice, "Crash on start", "Logs below")
+            await fake.wait_for(lambda: bool(seen))
+            [message] = seen
+            thread = message.channel
+            assert isinstance(thread, discord.Thread) and isinstance(
+                thread.parent, discord.ForumChannel
+            )
+            assert message.id == thread.id == post.id == starter.id
+            assert (thread.name, message.content, thread.owner_id) == (
+                "Crash on start",
+                "Logs below",
+                alice.id,
+            )
+            assert [t.name for t in thread.parent.available_tags] == ["Solved", "Bug"]
+            with pytest.raises(discord.HTTPException) as no_messages:
+                await bot.http.send_message(forum.id, params=_text("hi"))
+            with pytest.raises(discord.Forbidden) as not_allowed:  # Manage Threads needed
+                await thread.add_tags(thread.parent.available_tags[0])
+            overwrite = discord.PermissionOverwrite(manage_threads=True)
+            guild.set_overwrite(forum, fake.bot_member(guild), overwrite)
+            await thread.add_tags(thread.parent.available_tags[0])
+            assert post.applied_tags == [forum.tag("Solved")]
+            await fake.wait_for(lambda: [t.name for t in thread.applied_tags] == ["Solved"])
+            with pytest.raises(discord.HTTPException) as unknown_tag:
+                await bot.http.edit_channel(thread.id, applied_tags=["42"])
+            await thread.send("in the post")  # a post is a thread: messages go there
+        codes = (no_messages.value.code, not_allowed.value.code, unknown_tag.value.code)
+        assert codes == (50024, 50013, 50035)
+        fake.assert_clean(allow=[50024, 50013, 50035])
+
+
+def _text(content: str) -> Any:
+    return discord.http.handle_message_parameters(content=content)
 
 
 async def test_allowed_mentions_decide_who_is_pinged(fake: FakeDiscord, bot: ToyBot) -> None:

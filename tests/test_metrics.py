@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import urllib.request
 
 import pytest
@@ -11,7 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot import metrics as metrics_module
 from bot.metrics import Metrics, heartbeat, start_metrics_server
 from rag_core.answering import Answer, Timings
+from rag_core.conversation import Rewrite
 from rag_core.indexer import IndexReport
+
+REWRITE_NONE = {"rewrite_prompt": 0, "rewrite_completion": 0}  # no follow-ups asked
 
 
 def answer(*, refused: bool = False, total_s: float = 2.0, completion: int = 40) -> Answer:
@@ -86,6 +90,20 @@ def test_endpoint_serves_observed_figures() -> None:
     assert s[("docsbot_process_resident_memory_bytes", ())] > 0
 
 
+def test_a_follow_ups_rewrite_is_timed_and_its_tokens_counted() -> None:
+    m = Metrics(process=False)
+    m.observe_answer(answer())  # a first question: no rewrite
+    by_model = Rewrite("How do I build an IVF_PQ index?", "llm", 0.8, 310, 12)
+    by_rules = Rewrite("How do I build an index? and for IVF_PQ?", "rules", 0.0002)
+    m.observe_answer(dataclasses.replace(answer(), rewrite=by_model))
+    m.observe_answer(dataclasses.replace(answer(refused=True), rewrite=by_rules))
+    snap = m.snapshot()
+    assert snap["latency"]["rewrite"]["count"] == 2
+    assert snap["latency"]["rewrite"]["mean_ms"] == pytest.approx(400.1, abs=0.1)
+    assert snap["tokens"]["rewrite_prompt"] == 310 and snap["tokens"]["rewrite_completion"] == 12
+    assert snap["tokens"]["prompt"] == 1800  # the answers' own prompts, apart
+
+
 def test_registries_are_isolated() -> None:
     a, b = Metrics(process=False), Metrics(process=False)
     a.observe_answer(answer())
@@ -110,7 +128,7 @@ def test_snapshot_for_stats() -> None:
     assert snap["questions"] == 6 and snap["refusals"] == 1
     assert snap["errors"] == {"StoreError": 1}
     assert snap["votes"]["flag"] == 1 and snap["votes"]["good"] == 0
-    assert snap["tokens"] == {"prompt": 4500, "completion": 200}
+    assert snap["tokens"] == {"prompt": 4500, "completion": 200} | REWRITE_NONE
     assert snap["index_chunks"] == 5000
     assert snap["reindex"]["runs"]["unchanged"] == 1 and snap["reindex"]["mean_s"] == 10.0
     assert snap["reindex"]["last_success"] is not None

@@ -482,6 +482,7 @@ def _ms(value: float | int | None) -> str:
 
 STAGE_NAMES = {
     "ack": "acknowledge",
+    "rewrite": "follow-up rewrite",
     "embed": "embed",
     "search": "search",
     "first_token": "first token",
@@ -512,7 +513,9 @@ def stats_embed(snap: Mapping[str, Any], feedback: Mapping[str, int]) -> discord
     tokens = snap["tokens"]
     field(
         "Tokens",
-        f"prompt **{tokens.get('prompt', 0)}** · completion **{tokens.get('completion', 0)}**",
+        f"prompt **{tokens.get('prompt', 0)}** · completion **{tokens.get('completion', 0)}**"
+        f" · follow-up rewrites **{tokens.get('rewrite_prompt', 0)}**"
+        f" + **{tokens.get('rewrite_completion', 0)}**",
     )
     field("Queue", f"**{snap['queue_depth']}** waiting")
     field("Index", f"**{snap['index_chunks']}** chunks")

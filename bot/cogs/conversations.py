@@ -4,11 +4,16 @@ Which messages get an answer:
 - in a thread the bot started for an answer: every message from a person (a follow-up);
 - a reply to one of the bot's answers, anywhere: continues that answer's conversation;
 - `@Bot question` elsewhere: a new conversation, answered in a thread under that message
-  (inline where a thread is not possible).
+  (inline where a thread is not possible);
+- a new post in a forum listed in FORUM_CHANNEL_IDS: one answer as its first reply, only when
+  the docs cover it (FORUM_UNCOVERED=closest also posts the "closest pages" reply), so posts
+  that people should answer are not buried. Later messages in the post are the poster's
+  conversation with people: the bot answers them only when mentioned or replied to. The poster
+  reacting with a solved emoji (✅) to the bot's answer applies the forum's solved tag.
 Never: bots (the bot itself included), system messages, messages that only mention or reply to
 other people, threads the bot did not start unless it is mentioned. Reading a message's text
 needs the Message Content intent; without it only @mentions reach the bot (Discord sends the
-text of a message that mentions it), so follow-ups and replies are off.
+text of a message that mentions it), so follow-ups, replies and forum posts are off.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import discord
 from discord.ext import commands
 
 from rag_core.answering import clean_question
+from rag_core.config import Settings
 from rag_core.conversation import Turn
 
 from ..answer_path import Asker, MessageWriter
@@ -48,6 +54,7 @@ class _Request:
     question: str
     conversation: Conversation | None
     new_thread: bool  # answer in a new thread under the message
+    forum_post: bool = False  # the first message of a new post in a watched forum
 
 
 class Conversations(commands.Cog):
@@ -90,9 +97,16 @@ class Conversations(commands.Cog):
             return None
         store = self.bot.feedback
         channel = message.channel
+        if self._is_new_post(message):
+            if await store.conversation(thread_id=channel.id) is not None:
+                return None  # answered already (the event came twice)
+            title = getattr(channel, "name", "")
+            return _Request(clean_question(f"{title}\n{question}"), None, False, forum_post=True)
         if isinstance(channel, discord.Thread | discord.PartialMessageable):
             conversation = await store.conversation(thread_id=channel.id)
-            if conversation is not None:
+            # In a thread someone else started (a forum post) people talk among themselves.
+            owner = getattr(channel, "owner_id", me.id)
+            if conversation is not None and (mentioned or owner == me.id):
                 return _Request(question, conversation, new_thread=False)
         if replied is not None and replied.author.id == me.id:
             conversation = await store.conversation(message_id=replied.id)
@@ -106,6 +120,15 @@ class Conversations(commands.Cog):
             return None
         in_thread = isinstance(channel, discord.Thread)
         return _Request(question, None, new_thread=not in_thread)
+
+    def _is_new_post(self, message: discord.Message) -> bool:
+        """The starter message of a post in a watched forum (it has the post's id)."""
+        post = message.channel
+        return (
+            isinstance(post, discord.Thread)
+            and post.parent_id in self.bot.settings.forum_channel_ids
+            and message.id == post.id
+        )
 
     async def _replied_to(self, message: discord.Message) -> discord.Message | None:
         ref = message.reference
@@ -121,6 +144,9 @@ class Conversations(commands.Cog):
     # -- answering ------------------------------------------------------------------------------
 
     async def _answer(self, message: discord.Message, request: _Request) -> None:
+        if request.forum_post:
+            await self._answer_post(message, request.question)
+            return
         path = self.bot.answers
         asker = Asker.of_message(message)
         conversation = request.conversation
@@ -158,11 +184,80 @@ class Conversations(commands.Cog):
         if delivered is not None:
             await path.remember(delivered, conversation.id if conversation else None, thread)
 
+    async def _answer_post(self, message: discord.Message, question: str) -> None:
+        """The first reply to a new forum post, when the docs cover it. Nobody asked the bot
+        here, so it never posts a status line, a "please wait" or an error into the post."""
+        path = self.bot.answers
+        settings = self.bot.settings
+        post = message.channel
+        asker = Asker.of_message(message)
+        if path.take_cooldown(asker.user_id) is not None or path.refusal(question, asker):
+            log.info("forum post %s left to people: cooldown, empty question or busy", post.id)
+            return
+        if not _may(post, "send_messages_in_threads"):
+            forum = getattr(post, "parent", None) or post
+            path.missing_permission(forum, "Send Messages in Threads")
+            return
+        writer = MessageWriter(post, interval=settings.edit_interval_s, quiet=True)
+        refusals = settings.forum_uncovered == "closest"
+        delivered = await path.deliver(question, writer, asker, refusals=refusals)
+        if delivered is None:
+            return
+        assert isinstance(post, discord.Thread)
+        await path.remember(delivered, None, post)
+        if delivered.messages and not delivered.answer.refused and _solved_tag(post, settings):
+            try:
+                await delivered.messages[-1].add_reaction(settings.solved_emojis[0])
+            except (discord.HTTPException, IndexError):
+                log.warning("could not offer the solved reaction in post %s", post.id)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await self._mark_solved(payload)
+        except Exception:
+            log.exception("could not handle a reaction on message %s", payload.message_id)
+
+    async def _mark_solved(self, payload: discord.RawReactionActionEvent) -> None:
+        """The poster's solved emoji on the bot's answer in their post: the solved tag."""
+        settings = self.bot.settings
+        me = self.bot.user
+        post = self.bot.get_channel(payload.channel_id)
+        if (
+            me is None
+            or str(payload.emoji) not in settings.solved_emojis
+            or payload.message_author_id not in (None, me.id)
+            or not isinstance(post, discord.Thread)
+            or post.parent_id not in settings.forum_channel_ids
+            or payload.user_id != post.owner_id  # only the poster says their post is solved
+        ):
+            return
+        tag = _solved_tag(post, settings)
+        if tag is None or tag in post.applied_tags:
+            return
+        if await self.bot.feedback.answer_by_message(payload.message_id) is None:
+            return  # not one of the bot's answers
+        try:
+            await post.add_tags(tag, reason="the poster marked the bot's answer as the solution")
+        except discord.Forbidden:  # said once per forum
+            self.bot.answers.missing_permission(post.parent or post, "Manage Threads")
+        except discord.HTTPException:
+            log.warning("could not tag post %s as solved", post.id, exc_info=True)
+
     async def _reply(self, message: discord.Message, text: str) -> None:
         try:
             await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException:
             self.bot.answers.missing_permission(message.channel, "Send Messages")
+
+
+def _solved_tag(post: discord.Thread, settings: Settings) -> discord.ForumTag | None:
+    """The forum's tag named FORUM_SOLVED_TAG (case ignored), if it offers one."""
+    forum = post.parent
+    name = settings.forum_solved_tag.casefold()
+    if not name or not isinstance(forum, discord.ForumChannel):
+        return None
+    return next((t for t in forum.available_tags if t.name.casefold() == name), None)
 
 
 def _may(channel: object, *permissions: str) -> bool:

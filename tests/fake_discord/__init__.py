@@ -108,7 +108,13 @@ Threads; ``fake.threads_of(channel)``); posting in a thread needs Send Messages 
 fails in a locked one. Without the Message Content intent MESSAGE_CREATE carries no text unless
 the bot wrote or is mentioned in the message, as on Discord.
 
-Not simulated: DMs, forum channels, private threads, attachments' content, autocomplete
+Forums: ``guild.add_forum("help", tags=("Solved",))`` (type 15; nobody can post a message in
+it); ``await fake.forum_post(forum, user, "title", "text")`` -> ``(post, starter)``: the post is
+a public thread owned by the member (THREAD_CREATE), its starter message has the post's id
+(MESSAGE_CREATE). ``PATCH /channels/{post}`` sets ``applied_tags`` (the forum's own tags; Manage
+Threads unless the bot owns the thread), dispatching THREAD_UPDATE; ``forum.tag("Solved")``.
+
+Not simulated: DMs, private threads, attachments' content, autocomplete
 interactions, sharding beyond one shard.
 """
 

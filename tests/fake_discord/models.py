@@ -148,7 +148,8 @@ class Overwrite:
 
 @dataclass(eq=False)
 class FakeChannel:
-    """A guild channel (type 0 = text) or a thread (type 11 = public thread, with a parent)."""
+    """A guild channel (type 0 = text, 15 = forum) or a thread (type 11 = public thread, with a
+    parent; a forum's posts are such threads)."""
 
     id: int
     guild_id: int
@@ -161,8 +162,15 @@ class FakeChannel:
     owner_id: int | None = None  # who started the thread
     archived: bool = False
     locked: bool = False
+    available_tags: list[dict[str, Any]] = field(default_factory=list)  # a forum's tags
+    applied_tags: list[int] = field(default_factory=list)  # a forum post's tags
 
     PUBLIC_THREAD = 11
+    FORUM = 15
+
+    def tag(self, name: str) -> int:
+        """The id of this forum's tag called ``name``."""
+        return next(int(t["id"]) for t in self.available_tags if t["name"] == name)
 
     @property
     def is_thread(self) -> bool:
@@ -182,8 +190,13 @@ class FakeChannel:
             "rate_limit_per_user": 0,
             "permission_overwrites": [o.to_payload() for o in self.overwrites],
         }
+        if self.type == self.FORUM:
+            payload["available_tags"] = self.available_tags
+            payload["default_reaction_emoji"] = None
+            payload["flags"] = 0
         if self.is_thread:
             payload.pop("permission_overwrites")  # threads follow their channel's
+            payload["applied_tags"] = [str(t) for t in self.applied_tags]
             payload["owner_id"] = str(self.owner_id)
             payload["message_count"] = 0
             payload["member_count"] = 1
@@ -307,6 +320,23 @@ class FakeGuild:
             self.set_overwrite(channel, target, overwrite)
         self.channels[channel.id] = channel
         return channel
+
+    def add_forum(
+        self,
+        name: str,
+        *,
+        tags: Iterable[str] = (),
+        overwrites: Mapping[OverwriteTarget, discord.PermissionOverwrite] | None = None,
+    ) -> FakeChannel:
+        """Add a forum channel (type 15) offering ``tags`` for its posts."""
+        forum = self.add_channel(name, overwrites=overwrites)
+        forum.type = FakeChannel.FORUM
+        forum.available_tags = [
+            {"id": str(snowflake()), "name": tag, "moderated": False}
+            | {"emoji_id": None, "emoji_name": None}
+            for tag in tags
+        ]
+        return forum
 
     def set_overwrite(
         self, channel: FakeChannel, target: OverwriteTarget, overwrite: discord.PermissionOverwrite

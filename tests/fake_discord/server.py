@@ -603,6 +603,8 @@ class FakeDiscord:
         text only when it is mentioned, as on Discord."""
         guild = self.guilds[channel.guild_id]
         member = self._resolve_member(guild, user)
+        if channel.type == FakeChannel.FORUM:
+            raise ValueError("a forum takes posts, not messages: use fake.forum_post()")
         reference = None
         if reply_to is not None:
             reference = {
@@ -623,6 +625,47 @@ class FakeDiscord:
         self.messages[msg.id] = msg
         await self._dispatch_message("MESSAGE_CREATE", msg, guild)
         return msg
+
+    async def forum_post(
+        self,
+        forum: FakeChannel,
+        user: UserLike,
+        title: str,
+        content: str,
+        *,
+        tags: Iterable[str] = (),
+    ) -> tuple[FakeChannel, FakeMessage]:
+        """A member opens a post in ``forum``: a thread called ``title`` (THREAD_CREATE), then its
+        starter message, which has the thread's id, with ``content`` (MESSAGE_CREATE)."""
+        if forum.type != FakeChannel.FORUM:
+            raise ValueError(f"{forum.name} is not a forum")
+        guild = self.guilds[forum.guild_id]
+        member = self._resolve_member(guild, user)
+        post = FakeChannel(
+            id=snowflake(),
+            guild_id=guild.id,
+            name=title,
+            type=FakeChannel.PUBLIC_THREAD,
+            parent_id=forum.id,
+            owner_id=member.id,
+            applied_tags=[forum.tag(t) for t in tags],
+        )
+        guild.threads[post.id] = post
+        await self._dispatch_intent(
+            INTENT_GUILDS, "THREAD_CREATE", {**post.to_payload(), "newly_created": True}
+        )
+        msg = FakeMessage(
+            id=post.id,
+            channel_id=post.id,
+            guild_id=guild.id,
+            author=member.user,
+            created_at=self.now(),
+            type=0,
+        )
+        self._apply(msg, {"content": content}, guild, post, source="create", notifies=True)
+        self.messages[msg.id] = msg
+        await self._dispatch_message("MESSAGE_CREATE", msg, guild)
+        return post, msg
 
     async def add_reaction(
         self,
@@ -972,6 +1015,7 @@ class FakeDiscord:
             ("GET", "/guilds/{guild_id}/channels", self._get_guild_channels, True),
             ("GET", "/guilds/{guild_id}/members/{user_id}", self._get_member, True),
             ("GET", channel, self._get_channel, True),
+            ("PATCH", channel, self._patch_thread, True),
             ("POST", channel + "/typing", self._post_typing, True),
             ("GET", channel + "/messages", self._get_channel_messages, True),
             ("POST", channel + "/messages", self._post_channel_message, True),
@@ -1237,6 +1281,8 @@ class FakeDiscord:
             if channel.locked:
                 raise rules.thread_locked()
             channel.archived = False  # a message unarchives a thread that is not locked
+        elif channel.type == FakeChannel.FORUM:
+            raise rules.wrong_channel_type()  # a forum holds posts (threads), not messages
         else:
             self._require(guild, channel, P.send_messages)
         body = call.json
@@ -1245,6 +1291,30 @@ class FakeDiscord:
         msg = self._new_message(guild, channel, body, files=len(call.rec.files), flags=flags)
         await self._dispatch_message("MESSAGE_CREATE", msg, guild)
         return 200, self._payload(msg)
+
+    async def _patch_thread(self, call: _Call) -> tuple[int, Any]:
+        """Edit a thread: only ``applied_tags`` of a forum post, by its owner or with Manage
+        Threads, tags from the forum's own (other channel edits are outside the fake)."""
+        guild, thread = self._find_channel(call.match["channel_id"])
+        body = dict(call.json or {})
+        if not thread.is_thread or set(body) - {"applied_tags"}:
+            raise NotImplementedError(f"PATCH /channels with {sorted(body)} on type {thread.type}")
+        forum = guild.channels[thread.parent_id or 0]
+        if forum.type != FakeChannel.FORUM:
+            raise rules.wrong_channel_type()
+        if thread.owner_id == self.bot_user.id:
+            self._require(guild, thread)
+        else:
+            self._require(guild, thread, P.manage_threads)
+        offered = {int(t["id"]) for t in forum.available_tags}
+        tags = [int(t) for t in body["applied_tags"]]
+        if not set(tags) <= offered or len(tags) > 5:
+            errors = rules.FormErrors()
+            errors.add(["applied_tags"], "BASE_TYPE_CHOICES", "Value must be one of the tags.")
+            errors.raise_if_any()
+        thread.applied_tags = tags
+        await self._dispatch_intent(INTENT_GUILDS, "THREAD_UPDATE", thread.to_payload())
+        return 200, thread.to_payload()
 
     async def _start_thread_from_message(self, call: _Call) -> tuple[int, Any]:
         guild, channel, msg = self._channel_message(call)
