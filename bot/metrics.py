@@ -127,7 +127,9 @@ class Metrics:
         self.latency.labels("embed").observe(t.embed_s)
         self.latency.labels("search").observe(t.search_s)
         self.latency.labels("total").observe(t.total_s)
-        if (rewrite := answer.rewrite) is not None:  # a follow-up, whatever became of it
+        rewrite = answer.rewrite
+        if rewrite is not None and (rewrite.method != "none" or rewrite.prompt_tokens):
+            # A follow-up that was rewritten, or whose model rewrite was tried and not used.
             self.latency.labels("rewrite").observe(rewrite.seconds)
             self.tokens.labels("rewrite_prompt").inc(rewrite.prompt_tokens)
             self.tokens.labels("rewrite_completion").inc(rewrite.completion_tokens)

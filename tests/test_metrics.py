@@ -97,11 +97,13 @@ def test_a_follow_ups_rewrite_is_timed_and_its_tokens_counted() -> None:
     by_rules = Rewrite("How do I build an index? and for IVF_PQ?", "rules", 0.0002)
     m.observe_answer(dataclasses.replace(answer(), rewrite=by_model))
     m.observe_answer(dataclasses.replace(answer(refused=True), rewrite=by_rules))
+    as_typed = Rewrite("and for IVF_PQ?", "none")  # CONVERSATION_REWRITE=off: no step at all
+    m.observe_answer(dataclasses.replace(answer(), rewrite=as_typed))
     snap = m.snapshot()
     assert snap["latency"]["rewrite"]["count"] == 2
     assert snap["latency"]["rewrite"]["mean_ms"] == pytest.approx(400.1, abs=0.1)
     assert snap["tokens"]["rewrite_prompt"] == 310 and snap["tokens"]["rewrite_completion"] == 12
-    assert snap["tokens"]["prompt"] == 1800  # the answers' own prompts, apart
+    assert snap["tokens"]["prompt"] == 3 * 900  # the answers' own prompts, apart
 
 
 def test_registries_are_isolated() -> None:
