@@ -14,7 +14,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -523,6 +523,15 @@ class AnswerPath:
             if task is not None:
                 self.answering.discard(task)
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, writer: AnswerWriter) -> AsyncIterator[None]:
+        """A place among the answers generated at once, the wait shown in `writer`."""
+        try:
+            async with self.queue.slot(_queue_display(writer, self.queue)):
+                yield
+        finally:  # released, or gave up waiting: one fewer either way
+            metrics.set_queue_depth(self.queue.waiting)
+
     async def _freshness(self) -> str:
         """The footer's "docs indexed … ago"; nothing when the store cannot say."""
         try:
@@ -548,20 +557,23 @@ class AnswerPath:
         try:
             writer.status(SEARCHING)
             answerer = self.bot.rag.require_answerer()
-            prepared = await answerer.prepare(question, history)
-            if prepared.refused and not refusals:
-                _log_question(asker, "skipped", prepared, _since(started))
-                return None
-            stream = answerer.stream(prepared)
-            if prepared.refused:
-                # No generation: the gate decided, so no slot in the queue is needed.
-                await _consume(stream, writer)
-            else:
-                try:
-                    async with self.queue.slot(_queue_display(writer, self.queue)):
+            # A follow-up rewritten by the model calls the engine before retrieval: it takes
+            # its slot first, so MAX_CONCURRENT_ANSWERS bounds every engine call.
+            engine_first = bool(history) and answerer.settings.conversation_rewrite == "llm"
+            async with contextlib.AsyncExitStack() as held:
+                if engine_first:
+                    await held.enter_async_context(self._slot(writer))
+                prepared = await answerer.prepare(question, history)
+                if prepared.refused and not refusals:
+                    _log_question(asker, "skipped", prepared, _since(started))
+                    return None
+                stream = answerer.stream(prepared)
+                if prepared.refused or engine_first:
+                    # A refusal needs no generation (the gate decided), so no slot either.
+                    await _consume(stream, writer)
+                else:
+                    async with self._slot(writer):
                         await _consume(stream, writer)
-                finally:  # released, or gave up waiting: one fewer either way
-                    metrics.set_queue_depth(self.queue.waiting)
             answer = stream.result
             assert answer is not None
             metrics.observe_answer(answer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -47,13 +48,18 @@ class PromptSpy(ShapedGenerator):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.prompts: list[str] = []
+        self.started: list[float] = []  # per prompt, when the engine was asked
+        self.done: dict[int, float] = {}  # prompt index -> when its stream was read to the end
 
     async def stream(  # type: ignore[override]
         self, prompt: str, *, max_tokens: int | None = None, request_id: str | None = None
     ) -> AsyncIterator[GenerationChunk]:
+        n = len(self.prompts)
         self.prompts.append(prompt)
+        self.started.append(time.monotonic())
         async for chunk in super().stream(prompt, max_tokens=max_tokens, request_id=request_id):
             yield chunk
+        self.done[n] = time.monotonic()
 
 
 class QuerySpy(Retriever):
@@ -70,10 +76,13 @@ class QuerySpy(Retriever):
         return await super().retrieve(question, top_k=top_k, filter=filter)
 
 
-def spied(indexed: Indexed, **overrides: object) -> tuple[Rag, PromptSpy, QuerySpy]:
-    """The module's rag_core under `overrides`, its engine and retriever watched."""
+def spied(
+    indexed: Indexed, *, pace: float = 0.0, **overrides: object
+) -> tuple[Rag, PromptSpy, QuerySpy]:
+    """The module's rag_core under `overrides`, its engine (`pace` s per token) and retriever
+    watched."""
     assert indexed.rag.generator is not None
-    generator = PromptSpy(indexed.rag.generator, max_tokens=8)
+    generator = PromptSpy(indexed.rag.generator, max_tokens=8, pace=pace)
     retriever = QuerySpy(indexed.rag.retriever)
     rag = indexed.with_settings(generator, **overrides)
     answerer = Answerer(rag.settings, retriever, generator)
@@ -238,6 +247,25 @@ async def test_an_ask_where_threads_are_not_allowed_is_continued_by_replies(
         await w.fake.user_message(w.general, w.alice, FOLLOW_UP, reply_to=first.original)
         await wait_answers(w, w.general, 3)
         assert f"User: {FIRST}" in engine.prompts[-1]
+    w.fake.assert_clean()
+
+
+async def test_a_follow_ups_model_rewrite_waits_for_a_free_answer_slot(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    by_model = {"discord_message_content": True, "conversation_rewrite": "llm"}
+    rag, engine, _ = spied(indexed, pace=0.4, **by_model)
+    async with running_bot(rag, tmp_path, max_concurrent_answers=1, **by_model) as w:
+        await ask(w, w.store, w.alice)
+        thread = await wait_thread(w, w.general)
+        # Bob's answer holds the only slot (8 tokens at 0.4 s each) when the follow-up comes.
+        await w.fake.invoke("ask", {"question": "What is a replica?"}, user=w.bob)
+        await w.fake.wait_for(lambda: "Question: What is a replica?" in engine.prompts[-1])
+        await w.fake.user_message(thread, w.alice, FOLLOW_UP)
+        await wait_answers(w, thread)
+        busy = next(i for i, p in enumerate(engine.prompts) if "What is a replica?" in p)
+        rewrite = next(i for i, p in enumerate(engine.prompts) if "standalone search" in p)
+        assert rewrite > busy and engine.started[rewrite] >= engine.done[busy]
     w.fake.assert_clean()
 
 
