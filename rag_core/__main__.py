@@ -208,6 +208,7 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
                 rag, qset.questions, answers=args.answers, on_progress=on_progress
             )
             llm = rag.generator.model_name if rag.generator else None
+            multilingual = rag.embedder.family.multilingual
     finally:
         bar.close()
     calibration = None
@@ -244,6 +245,9 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         f"threshold {settings.relevance_threshold:g}, {settings.embedding_model}"
     )
     print(ev.format_summary(doc["summary"]))
+    note = ev.language_note((r.lang for r in results), settings.embedding_model, multilingual)
+    if note:
+        print(note)
     misses = ev.failures(results)
     if misses and not args.quiet:
         print(f"\nmissed ({len(misses)}):")
