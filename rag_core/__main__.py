@@ -125,6 +125,8 @@ async def _search(args: argparse.Namespace, settings: Settings) -> int:
 
     async with open_rag(settings) as rag:
         result = await rag.retriever.retrieve(args.question, top_k=args.k, filter=args.filter)
+    if result.query != " ".join(args.question.split()):
+        print(f"searched for: {result.query}")
     for n, hit in enumerate(result.hits, 1):
         where = f" > {hit.heading_path}" if hit.heading_path else ""
         print(f"[{n}] {hit.score:.4f} (cos {hit.similarity:.3f})  {hit.title}{where}")

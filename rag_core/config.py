@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Passages from one page among the top ones before any page gets one more",
     )
+    query_cleaning: bool = Field(
+        True,
+        description="Search with the question's sentences, error lines and code identifiers "
+        "only: pasted stack frames, paths, timestamps, ids and repeated log lines are left out",
+    )
     verified_min_similarity: float = Field(
         0.8,
         ge=0,
