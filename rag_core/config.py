@@ -196,6 +196,13 @@ class Settings(BaseSettings):
         description="Best passage cosine below this = 'not in the docs' (MiniLM: 0.44 on the "
         "Milvus docs; BGE v1.5: 0.5, uncalibrated: run `eval --calibrate` on your questions)",
     )
+    # Off by default: SmolLM2-135M, the model measured here, says "no" to nearly every question
+    # (docs/evaluation.md); a capable instruct model is what this is for.
+    answerability_check: bool = Field(
+        False,
+        description="Before answering, ask the answer model whether the passages answer the "
+        "question (a few tokens, greedy); 'no' gives the 'not in the docs' reply",
+    )
     hf_token: SecretStr = Field(SecretStr(""), description="Hugging Face token for gated models")
 
     # --- Discord ---
