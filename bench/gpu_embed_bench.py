@@ -6,10 +6,12 @@
     python bench/gpu_embed_bench.py run
 
 `run` measures Embedder.embed_passages (device "auto": CUDA when present, fp16 there) on the
-same chunks with: the offline all-MiniLM-L6-v2, and random-weight BERT encoders with the shapes
+same chunks with: the offline all-MiniLM-L6-v2, random-weight BERT encoders with the shapes
 of BAAI/bge-base-en-v1.5 (768 x 12 layers) and bge-large-en-v1.5 (1024 x 24 layers), which have
-the same tokenizer family (no BGE weights can be downloaded here; throughput does not depend
-on the weights). Chunks are passed in the indexer's groups of 256.
+the same tokenizer family, and a random-weight XLM-RoBERTa encoder with BAAI/bge-m3's shape
+(1024 x 24 layers, 250,002-token vocabulary, 8192-token window) and an XLM-R-style tokenizer
+built locally (tests/random_encoders.py; no BGE weights can be downloaded here, and throughput
+does not depend on the weights). Chunks are passed in the indexer's groups of 256.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CACHE = ROOT / "bench" / ".cache"
-SHAPES = {"bge-base-shape": (768, 12, 12, 3072), "bge-large-shape": (1024, 24, 16, 4096)}
+# name: (architecture, hidden, layers, heads, intermediate, window, vocabulary)
+SHAPES = {
+    "bge-base-shape": ("bert", 768, 12, 12, 3072, 512, 0),
+    "bge-large-shape": ("bert", 1024, 24, 16, 4096, 512, 0),
+    "bge-m3-shape": ("xlm-roberta", 1024, 24, 16, 4096, 8192, 250_002),
+}
 
 
 def export() -> None:
@@ -54,30 +61,31 @@ def export() -> None:
     print(f"exported {n} chunks and the fp16 model to {CACHE}")
 
 
-def random_bert(name: str) -> str:
-    """A sentence-transformers folder: random BERT of a BGE shape + MiniLM's WordPiece vocab."""
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoTokenizer, BertConfig, BertModel
+def random_encoder(name: str) -> str:
+    """A sentence-transformers folder: a random encoder of a BGE shape and its tokenizer family."""
+    from transformers import AutoTokenizer
+
+    from tests.random_encoders import build_random_encoder, build_xlmr_tokenizer
 
     out = CACHE / name
     if (out / "modules.json").exists():
         return str(out)
-    hidden, layers, heads, inter = SHAPES[name]
-    tok = AutoTokenizer.from_pretrained(str(CACHE / "minilm-fp16"))
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=512,
+    arch, hidden, layers, heads, inter, window, vocab = SHAPES[name]
+    if arch == "bert":
+        tokenizer = AutoTokenizer.from_pretrained(str(CACHE / "minilm-fp16"))
+    else:
+        tokenizer = build_xlmr_tokenizer(max_length=window)
+    build_random_encoder(
+        out,
+        arch=arch,  # type: ignore[arg-type]
+        tokenizer=tokenizer,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        intermediate=inter,
+        max_seq_length=window,
+        vocab=vocab,
     )
-    raw = out / "raw"
-    BertModel(cfg).save_pretrained(raw)
-    tok.save_pretrained(raw)
-    word = models.Transformer(str(raw), max_seq_length=512)
-    pool = models.Pooling(hidden, pooling_mode="cls")
-    SentenceTransformer(modules=[word, pool, models.Normalize()]).save(str(out))
     return str(out)
 
 
@@ -93,7 +101,7 @@ def run() -> None:
     print("| model | batch | chunks/s | seconds |")
     print("|---|---|---|---|")
     for name in ("minilm-fp16", *SHAPES):
-        path = str(CACHE / name) if name == "minilm-fp16" else random_bert(name)
+        path = str(CACHE / name) if name == "minilm-fp16" else random_encoder(name)
         for batch in (32, 128):
             emb = Embedder(path, device="auto", batch_size=batch)
             emb.embed_passages(texts[:256])  # warm-up: CUDA context, kernels

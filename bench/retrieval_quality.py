@@ -9,7 +9,8 @@ dense + BM25 search fused by Milvus's own RRFRanker, top 8. It is built once fro
 corpus into bench/.cache/naive-<corpus>/ (a few minutes on 2 cores) and scored by the same
 functions as `python -m rag_core eval` (rag_core/evaluation.py), so the columns compare.
 The project's side uses the settings in the environment (EMBEDDING_MODEL, TOP_K, ...) over the
-index in --data-dir.
+index in --data-dir; each `--variant SETTING=VALUE` adds a row of the project with that setting
+changed (`--variant QUERY_CLEANING=false`), same process, same index.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,13 +144,20 @@ async def main() -> None:
     ap.add_argument("--corpus", default=str(SHARED_CORPUS))
     ap.add_argument("--base-url", default="https://milvus.io/docs/")
     ap.add_argument("--out", help="also write the report here")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="also score the project with this setting changed (repeatable)",
+    )
+    ap.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     args = ap.parse_args()
-
-    from pymilvus import MilvusClient
 
     from rag_core.config import load_settings
     from rag_core.embedding import Embedder
-    from rag_core.evaluation import QuestionResult, first_rank, load_questions, page_url, run_eval
+    from rag_core.evaluation import load_questions, run_eval
+    from rag_core.retrieval import Retriever
     from rag_core.runtime import open_rag
 
     os.environ["DATA_DIR"] = args.data_dir
@@ -158,6 +167,54 @@ async def main() -> None:
     questions = [q for q in qset.questions if not args.split or q.split == args.split]
 
     embedder = Embedder(settings.embedding_model, device="cpu")
+    variants = {}
+    for spec in args.variant:
+        key, _, value = spec.partition("=")
+        variants[spec] = load_settings(**{key.strip().lower(): value.strip()})
+
+    cards = {}
+    if not args.no_baseline:
+        naive = await naive_results(args, questions, embedder)
+        cards["naive baseline (512-char chunks, dense + BM25, RRF, top 8)"] = scorecard(
+            naive, [page_recall(r.pages, r.expected) for r in naive]
+        )
+
+    started = time.perf_counter()
+    async with open_rag(settings, embedder=embedder) as rag:
+        ours = await run_eval(rag, questions)
+        seconds = time.perf_counter() - started
+        runs = {f"this project (top_k {settings.top_k}, {settings.search_mode})": ours}
+        for spec, changed in variants.items():
+            other = replace(
+                rag, settings=changed, retriever=Retriever(changed, rag.store, rag.embedder)
+            )
+            runs[f"this project, {spec}"] = await run_eval(other, questions)
+    for name, results in runs.items():
+        cards[name] = scorecard(results, [page_recall(r.pages, r.expected) for r in results])
+    lines = [
+        f"Machine: {machine()}",
+        f"{args.questions}{' split ' + args.split if args.split else ''}: {len(questions)} "
+        f"questions ({sum(q.lang == 'en' for q in questions)} English); "
+        f"embedder {Path(settings.embedding_model).name}; project eval {seconds:.1f} s",
+        "",
+        "| retrieval | questions | " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for name, card in cards.items():
+        for group, scores in card.items():
+            cells = " | ".join("-" if v is None else f"{v:.3f}" for v in scores.values())
+            lines.append(f"| {name} | {group} | {cells} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+async def naive_results(args, questions, embedder):
+    from pymilvus import MilvusClient
+
+    from rag_core.evaluation import QuestionResult, first_rank, page_url
+
     corpus_key = hashlib.sha256(str(Path(args.corpus).resolve()).encode()).hexdigest()[:10]
     db = CACHE / f"naive-{corpus_key}" / "naive.db"
     if not db.with_name("complete").exists():
@@ -183,37 +240,7 @@ async def main() -> None:
             )
         )
     client.close()
-
-    started = time.perf_counter()
-    async with open_rag(settings, embedder=embedder) as rag:
-        ours = await run_eval(rag, questions)
-    seconds = time.perf_counter() - started
-
-    cards = {
-        "naive baseline (512-char chunks, dense + BM25, RRF, top 8)": scorecard(
-            naive, [page_recall(r.pages, r.expected) for r in naive]
-        ),
-        f"this project (top_k {settings.top_k}, {settings.search_mode})": scorecard(
-            ours, [page_recall(r.pages, r.expected) for r in ours]
-        ),
-    }
-    lines = [
-        f"Machine: {machine()}",
-        f"{args.questions}{' split ' + args.split if args.split else ''}: {len(questions)} "
-        f"questions ({sum(q.lang == 'en' for q in questions)} English); "
-        f"embedder {Path(settings.embedding_model).name}; project eval {seconds:.1f} s",
-        "",
-        "| retrieval | questions | " + " | ".join(COLUMNS) + " |",
-        "|---|---|" + "---|" * len(COLUMNS),
-    ]
-    for name, card in cards.items():
-        for group, scores in card.items():
-            cells = " | ".join("-" if v is None else f"{v:.3f}" for v in scores.values())
-            lines.append(f"| {name} | {group} | {cells} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    return naive
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ async def _search(args: argparse.Namespace, settings: Settings) -> int:
 
     async with open_rag(settings) as rag:
         result = await rag.retriever.retrieve(args.question, top_k=args.k, filter=args.filter)
+    if result.query != " ".join(args.question.split()):
+        print(f"searched for: {result.query}")
     for n, hit in enumerate(result.hits, 1):
         where = f" > {hit.heading_path}" if hit.heading_path else ""
         print(f"[{n}] {hit.score:.4f} (cos {hit.similarity:.3f})  {hit.title}{where}")
@@ -208,6 +210,7 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
                 rag, qset.questions, answers=args.answers, on_progress=on_progress
             )
             llm = rag.generator.model_name if rag.generator else None
+            multilingual = rag.embedder.family.multilingual
     finally:
         bar.close()
     calibration = None
@@ -244,6 +247,9 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         f"threshold {settings.relevance_threshold:g}, {settings.embedding_model}"
     )
     print(ev.format_summary(doc["summary"]))
+    note = ev.language_note((r.lang for r in results), settings.embedding_model, multilingual)
+    if note:
+        print(note)
     misses = ev.failures(results)
     if misses and not args.quiet:
         print(f"\nmissed ({len(misses)}):")

@@ -12,6 +12,7 @@ surfaces retrieval errors before generation starts:
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import unicodedata
@@ -29,6 +30,8 @@ from .llm import Generator
 from .retrieval import Retriever
 from .text_fragments import passage_url, source_key
 from .verified import is_verified
+
+log = logging.getLogger(__name__)
 
 REFUSAL = (
     "I couldn't find this in the documentation, so I won't guess. "
@@ -54,6 +57,7 @@ class Source:
 @dataclass
 class Timings:
     rewrite_s: float = 0.0  # turning a follow-up into a standalone question
+    check_s: float = 0.0  # asking the model whether the passages answer the question
     embed_s: float = 0.0
     search_s: float = 0.0
     first_token_s: float | None = None  # from the start of prepare()
@@ -75,6 +79,8 @@ class Prepared:
     best_similarity: float
     rewrite: Rewrite | None = None  # a follow-up: the standalone question retrieval used
     history: list[Turn] = field(default_factory=list)  # the earlier turns in the prompt
+    # The answerability check's verdict: "yes", "no", "unclear" (answered), None (not asked).
+    answerable: str | None = None
 
     @property
     def standalone(self) -> str:
@@ -182,6 +188,7 @@ class Answerer:
         self.system_prompt, self.user_template = load_prompt()
         self.history_template = _prompt_file("history.txt")
         self.rewriter = Rewriter(settings, generator, load_prompt("rewrite.txt"))
+        self.check_system, self.check_template = load_prompt("answerable.txt")
 
     async def prepare(self, question: str, history: Sequence[Turn] = ()) -> Prepared:
         """Retrieve and decide. With `history` (earlier turns, oldest first) the question is a
@@ -206,12 +213,77 @@ class Answerer:
             return Prepared(
                 question, _closest_pages(hits), True, None, 0, timings, started, best, rewrite
             )
+        verdict = None
+        if self.settings.answerability_check:
+            t0 = time.perf_counter()
+            verdict = await self.check_answerable(query, hits)
+            timings.check_s = time.perf_counter() - t0
+            if verdict == "no":
+                return Prepared(
+                    question,
+                    _closest_pages(hits),
+                    True,
+                    None,
+                    0,
+                    timings,
+                    started,
+                    best,
+                    rewrite,
+                    answerable=verdict,
+                )
         turns = pack_history(
             history, self.settings.conversation_history_tokens, self.generator.count_tokens
         )
         prompt, sources, tokens = self.build_prompt(question, hits, turns)
         return Prepared(
-            question, sources, False, prompt, tokens, timings, started, best, rewrite, turns
+            question,
+            sources,
+            False,
+            prompt,
+            tokens,
+            timings,
+            started,
+            best,
+            rewrite,
+            turns,
+            answerable=verdict,
+        )
+
+    async def check_answerable(self, question: str, hits: Sequence[Hit]) -> str:
+        """Ask the model whether the passages answer `question`: "yes", "no" or "unclear".
+
+        Greedy, a few tokens, the passages that fit the answer prompt's budget. Anything but a
+        clear "no" (an unclear reply, a failed request) lets the answer go ahead: the check can
+        only spare a wrong answer, never block the right one on its own error.
+        """
+        blocks: list[str] = []
+        for n, hit in enumerate(hits, 1):
+            candidate = [*blocks, _passage_block(n, hit)]
+            if (
+                blocks
+                and self.generator.count_tokens(self._render_check(question, candidate))
+                > self.context_budget()
+            ):
+                break
+            blocks = candidate
+        try:
+            reply = ""
+            async for chunk in self.generator.stream(
+                self._render_check(question, blocks),
+                max_tokens=_CHECK_TOKENS,
+                request_id=f"check-{uuid.uuid4().hex[:12]}",
+                temperature=0.0,
+            ):
+                reply += chunk.text
+        except (RagError, TimeoutError) as exc:
+            log.info("answerability check failed (%s): answering", exc)
+            return "unclear"
+        return parse_verdict(reply)
+
+    def _render_check(self, question: str, blocks: Sequence[str]) -> str:
+        user = self.check_template.format(context="\n\n".join(blocks), question=question)
+        return self.generator.render(
+            [{"role": "system", "content": self.check_system}, {"role": "user", "content": user}]
         )
 
     def context_budget(self) -> int:
@@ -349,6 +421,16 @@ class AnswerStream:
             standalone=p.standalone,
             rewrite=p.rewrite,
         )
+
+
+_CHECK_TOKENS = 4  # "yes" / "no" and a stray token or two
+
+
+def parse_verdict(reply: str) -> str:
+    """The first word of the model's reply: "yes", "no", else "unclear"."""
+    match = re.match(r"\W*(\w+)", reply.strip().lower())
+    word = match.group(1) if match else ""
+    return word if word in ("yes", "no") else "unclear"
 
 
 def _passage_block(n: int, hit: Hit, text: str | None = None) -> str:

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Passages from one page among the top ones before any page gets one more",
     )
+    query_cleaning: bool = Field(
+        True,
+        description="Search with the question's sentences, error lines and code identifiers "
+        "only: pasted stack frames, paths, timestamps, ids and repeated log lines are left out",
+    )
     verified_min_similarity: float = Field(
         0.8,
         ge=0,
@@ -190,6 +195,13 @@ class Settings(BaseSettings):
         0.5,
         description="Best passage cosine below this = 'not in the docs' (MiniLM: 0.44 on the "
         "Milvus docs; BGE v1.5: 0.5, uncalibrated: run `eval --calibrate` on your questions)",
+    )
+    # Off by default: SmolLM2-135M, the model measured here, says "no" to nearly every question
+    # (docs/evaluation.md); a capable instruct model is what this is for.
+    answerability_check: bool = Field(
+        False,
+        description="Before answering, ask the answer model whether the passages answer the "
+        "question (a few tokens, greedy); 'no' gives the 'not in the docs' reply",
     )
     hf_token: SecretStr = Field(SecretStr(""), description="Hugging Face token for gated models")
 

@@ -24,22 +24,37 @@ from .model_source import check_model_available
 
 log = logging.getLogger(__name__)
 
-# Retrieval instructions per model family. BGE v1.5 English models want theirs on queries only;
-# E5 wants a prefix on both sides; bge-m3, MiniLM and most others want none.
-_QUERY_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("bge-m3", ""),
-    ("bge-", "Represent this sentence for searching relevant passages: "),
-    ("e5-", "query: "),
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What the embedder does differently for a family of models."""
+
+    name: str
+    query_prefix: str = ""  # the retrieval instruction put before each question
+    passage_prefix: str = ""
+    multilingual: bool = False  # questions in other languages find English passages
+
+
+# Matched in order against the model's name (the last part of a path or hub id, lowercased).
+# BGE English v1.5 models want their instruction on queries only; bge-m3 (XLM-RoBERTa, 100+
+# languages, an 8192-token window that the model's own config sets) wants none; E5 wants a
+# prefix on both sides; MiniLM and most others want none.
+FAMILIES: tuple[tuple[str, ModelFamily], ...] = (
+    ("bge-m3", ModelFamily("bge-m3", multilingual=True)),
+    (
+        "bge-",
+        ModelFamily("bge-en", "Represent this sentence for searching relevant passages: "),
+    ),
+    ("multilingual-e5", ModelFamily("e5", "query: ", "passage: ", multilingual=True)),
+    ("e5-", ModelFamily("e5", "query: ", "passage: ")),
 )
-_PASSAGE_PREFIXES: tuple[tuple[str, str], ...] = (("e5-", "passage: "),)
+PLAIN = ModelFamily("plain")
 
 
-def _prefix(model_name: str, table: tuple[tuple[str, str], ...]) -> str:
-    name = model_name.lower().rsplit("/", 1)[-1]
-    for marker, prefix in table:
-        if marker in name:
-            return prefix
-    return ""
+def model_family(model_name: str) -> ModelFamily:
+    """The family of `model_name` (a hub id or a local folder named after the model)."""
+    name = model_name.lower().rstrip("/").rsplit("/", 1)[-1]
+    return next((family for marker, family in FAMILIES if marker in name), PLAIN)
 
 
 # Queries are short: one call can take many of them.
@@ -98,8 +113,9 @@ class Embedder:
         self.dim = int(self._model.get_embedding_dimension() or 0)
         # The encoder truncates past this many tokens: chunks are sized to stay under it.
         self.max_tokens = int(self._model.max_seq_length or 512)
-        self.query_prefix = _prefix(model_name, _QUERY_PREFIXES)
-        self.passage_prefix = _prefix(model_name, _PASSAGE_PREFIXES)
+        self.family = model_family(model_name)
+        self.query_prefix = self.family.query_prefix
+        self.passage_prefix = self.family.passage_prefix
         # Counting tokens runs tens of thousands of times per reindex: go straight to the Rust
         # tokenizer (same ids as the transformers wrapper, ~1/3 of the cost per call).
         backend = getattr(self._model.tokenizer, "backend_tokenizer", None)
@@ -115,8 +131,10 @@ class Embedder:
         self._worker = threading.Thread(target=self._serve, name="embedder", daemon=True)
         self._worker.start()
         log.info(
-            "embedding model %s on %s: dim=%d max_tokens=%d",
+            "embedding model %s (%s%s) on %s: dim=%d max_tokens=%d",
             model_name,
+            self.family.name,
+            ", multilingual" if self.family.multilingual else "",
             self.device,
             self.dim,
             self.max_tokens,

@@ -387,6 +387,18 @@ def format_rows(rows: Sequence[tuple[str, Mapping[str, Any]]], label: str = "set
     return "\n".join([head, "-" * len(head), *lines])
 
 
+def language_note(langs: Iterable[str], model: str, multilingual: bool) -> str | None:
+    """A line under the table when the set asks in languages the embedding model was not
+    trained for: their rows measure the model outside its languages."""
+    other = sorted({lang for lang in langs if lang != "en"})
+    if not other or multilingual:
+        return None
+    return (
+        f"note: {model} is an English embedding model; the {', '.join(other)} rows measure it "
+        "outside its language (a multilingual model: EMBEDDING_MODEL=BAAI/bge-m3)"
+    )
+
+
 # --- the gate's threshold -------------------------------------------------------------------
 
 

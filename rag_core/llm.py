@@ -131,9 +131,16 @@ class Generator(ABC):
         return str(prompt)
 
     async def stream(
-        self, prompt: str, *, max_tokens: int | None = None, request_id: str | None = None
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        request_id: str | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream the completion of a rendered `prompt`, chunk by chunk, until `finished`.
+
+        `temperature` replaces LLM_TEMPERATURE for this request (0 = greedy: a yes/no check).
 
         When the text starts looping (settings.llm_stop_on_repetition), the request is aborted and
         the stream ends with a "repetition" chunk that keeps one copy of the looping part (see
@@ -155,7 +162,9 @@ class Generator(ABC):
         request_id = request_id or uuid.uuid4().hex
         timeout_s = self.settings.llm_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s
-        chunks = self._generate(prompt, prompt_ids, max_tokens, request_id)
+        # Passed only when set: backends that take no override keep working for answers.
+        override = {} if temperature is None else {"temperature": temperature}
+        chunks = self._generate(prompt, prompt_ids, max_tokens, request_id, **override)
         guard = RepetitionGuard() if self.settings.llm_stop_on_repetition else None
         sent = 0  # characters yielded so far
         try:
@@ -188,11 +197,11 @@ class Generator(ABC):
             # Closing the backend generator aborts a request still running (break, GC, errors).
             await chunks.aclose()
 
-    def sampling(self) -> dict[str, Any]:
+    def sampling(self, temperature: float | None = None) -> dict[str, Any]:
         """Sampling settings sent with every request (both backends)."""
         s = self.settings
         return {
-            "temperature": s.llm_temperature,
+            "temperature": s.llm_temperature if temperature is None else temperature,
             "top_p": s.llm_top_p,
             "repetition_penalty": s.llm_repetition_penalty,
             "frequency_penalty": s.llm_frequency_penalty,
@@ -201,7 +210,13 @@ class Generator(ABC):
 
     @abstractmethod
     def _generate(
-        self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
+        self,
+        prompt: str,
+        prompt_ids: list[int],
+        max_tokens: int,
+        request_id: str,
+        *,
+        temperature: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Backend stream; must abort the request when closed or cancelled before the end."""
 
@@ -396,12 +411,12 @@ class LocalGenerator(Generator):
         """The current engine (None while a rebuild is pending): for health checks and tests."""
         return self._engine
 
-    def _sampling_params(self, max_tokens: int) -> Any:
+    def _sampling_params(self, max_tokens: int, temperature: float | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
-            **self.sampling(),
+            **self.sampling(temperature),
             max_tokens=max_tokens,
             output_kind=RequestOutputKind.DELTA,  # only the new text in each output
         )
@@ -435,7 +450,13 @@ class LocalGenerator(Generator):
         return engine
 
     async def _generate(
-        self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
+        self,
+        prompt: str,
+        prompt_ids: list[int],
+        max_tokens: int,
+        request_id: str,
+        *,
+        temperature: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.inputs import tokens_input
@@ -449,7 +470,9 @@ class LocalGenerator(Generator):
         self._requests.add(request_id)
         try:
             # Cancelling or closing this generator makes vLLM's generate() abort the request.
-            async for out in engine.generate(inputs, self._sampling_params(max_tokens), request_id):
+            async for out in engine.generate(
+                inputs, self._sampling_params(max_tokens, temperature), request_id
+            ):
                 completion = out.outputs[0]
                 done += len(completion.token_ids)
                 yield GenerationChunk(
@@ -571,17 +594,23 @@ class RemoteGenerator(Generator):
             return GenerationError(_TOO_LONG, detail=detail)
         return GenerationError(detail=detail)  # 401/403 (key), 404 (model name), 5xx
 
-    def _sampling_body(self) -> dict[str, Any]:
+    def _sampling_body(self, temperature: float | None = None) -> dict[str, Any]:
         """Sampling fields of the request body. `repetition_penalty` is a vLLM extension of the
         OpenAI API: sent only when it does something, so plain OpenAI-style servers accept the
         default request."""
-        body = self.sampling()
+        body = self.sampling(temperature)
         if body["repetition_penalty"] == 1.0:
             del body["repetition_penalty"]
         return body
 
     async def _generate(
-        self, prompt: str, prompt_ids: list[int], max_tokens: int, request_id: str
+        self,
+        prompt: str,
+        prompt_ids: list[int],
+        max_tokens: int,
+        request_id: str,
+        *,
+        temperature: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         import aiohttp
 
@@ -589,7 +618,7 @@ class RemoteGenerator(Generator):
             "model": self._served_model,
             "prompt": prompt,
             "max_tokens": max_tokens,
-            **self._sampling_body(),
+            **self._sampling_body(temperature),
             "stream": True,
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "add_special_tokens": False,  # the rendered prompt already starts with BOS

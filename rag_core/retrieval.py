@@ -1,4 +1,4 @@
-"""Retriever: question -> query vector -> hybrid (or dense) search -> diverse hits, with timings."""
+"""Retriever: question -> cleaned query -> vector -> hybrid (or dense) search -> diverse hits."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .config import Settings
 from .documents import Hit
 from .embedding import Embedder
+from .query_text import clean_query
 from .store import KnowledgeStore
 from .verified import FILTER as VERIFIED_FILTER
 
@@ -22,6 +23,7 @@ class Retrieval:
     hits: list[Hit]
     embed_s: float
     search_s: float
+    query: str = ""  # what was searched: the question, cleaned of pasted noise
 
 
 def diversify(hits: Sequence[Hit], top_k: int, per_page: int) -> list[Hit]:
@@ -61,13 +63,14 @@ class Retriever:
         `collection` searches a version other than the live one (a reindex being checked).
         """
         top_k = top_k or self.settings.top_k
+        query = clean_query(question) if self.settings.query_cleaning else question
         t0 = time.perf_counter()
-        vector = await self.embedder.aembed_query(question)
+        vector = await self.embedder.aembed_query(query)
         t1 = time.perf_counter()
         search = asyncio.to_thread(
             self.store.search,
             vector,
-            question,
+            query,
             top_k=top_k * _DIVERSITY_POOL,
             mode=self.settings.search_mode,
             filter=filter,
@@ -90,7 +93,7 @@ class Retriever:
         else:
             hits = diversify(await search, top_k, self.settings.passages_per_page)
         t2 = time.perf_counter()
-        return Retrieval(hits=hits, embed_s=t1 - t0, search_s=t2 - t1)
+        return Retrieval(hits=hits, embed_s=t1 - t0, search_s=t2 - t1, query=query)
 
 
 def promote_verified(

@@ -373,6 +373,8 @@ def test_cli_eval_with_calibrate_and_compare(indexed_settings, tmp_path: Path, c
     assert doc["settings"]["relevance_threshold"] == 0.28 and len(doc["results"]) == 8
     assert doc["calibration"]["unanswerable_answered"] == 0
     assert "calibrated threshold" in out
+    # The fixture set asks in German too, and MiniLM is an English model: the table says so.
+    assert "the de rows measure it outside its language" in out
     assert f"compared with {second}" in out and "better (" in out
 
 
@@ -490,3 +492,10 @@ def test_cli_eval_of_a_follow_up_set(indexed_settings, tmp_path: Path, capsys) -
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert doc["kind"] == "follow-ups" and set(doc["summary"]) == {"typed", "rules", "standalone"}
     assert [r["id"] for r in doc["results"]["rules"]] == ["fu-diskann", "fu-gpu"]
+
+
+def test_language_note_only_for_an_english_model_asked_in_other_languages() -> None:
+    assert ev.language_note(["en", "en"], "all-MiniLM-L6-v2", False) is None
+    assert ev.language_note(["en", "ko", "it", "ko"], "BAAI/bge-m3", True) is None
+    note = ev.language_note(["en", "ko", "it", "ko"], "all-MiniLM-L6-v2", False)
+    assert note is not None and "the it, ko rows" in note and "BAAI/bge-m3" in note
