@@ -557,9 +557,13 @@ class AnswerPath:
         try:
             writer.status(SEARCHING)
             answerer = self.bot.rag.require_answerer()
-            # A follow-up rewritten by the model calls the engine before retrieval: it takes
-            # its slot first, so MAX_CONCURRENT_ANSWERS bounds every engine call.
-            engine_first = bool(history) and answerer.settings.conversation_rewrite == "llm"
+            # A follow-up rewritten by the model, and the answerability check, call the engine
+            # before the answer: such a question takes its slot first, so
+            # MAX_CONCURRENT_ANSWERS bounds every engine call.
+            rag_settings = answerer.settings
+            engine_first = rag_settings.answerability_check or (
+                bool(history) and rag_settings.conversation_rewrite == "llm"
+            )
             async with contextlib.AsyncExitStack() as held:
                 if engine_first:
                     await held.enter_async_context(self._slot(writer))
