@@ -570,6 +570,7 @@ class AnswerPath:
                 prepared = await answerer.prepare(question, history)
                 if prepared.refused and not refusals:
                     _log_question(asker, "skipped", prepared, _since(started))
+                    await self._record_unanswered(asker, prepared)
                     return None
                 stream = answerer.stream(prepared)
                 if prepared.refused or engine_first:
@@ -656,6 +657,18 @@ class AnswerPath:
         except Exception:
             log.exception("could not record the answer to %s", asker.user_id)
             return None
+
+    async def _record_unanswered(self, asker: Asker, prepared: Prepared) -> None:
+        """A question left without a reply still counts as a coverage gap (/gaps)."""
+        try:
+            await self.bot.feedback.record_unanswered(
+                guild_id=asker.guild_id,
+                channel_id=asker.channel_id or 0,
+                user_id=asker.user_id,
+                question=prepared.standalone,
+            )
+        except Exception:
+            log.exception("could not record the unanswered question of %s", asker.user_id)
 
     async def _add_vote_reactions(self, message: discord.Message) -> None:
         settings = self.bot.settings

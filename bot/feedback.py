@@ -31,7 +31,7 @@ from typing import Any, Self, TextIO, TypeVar
 from rag_core.gaps import AskedQuestion
 
 DEFAULT_FILENAME = "feedback.db"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 GOOD, FLAG = 1, -1
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per attempt
 PATIENCE_S = 60.0  # retrying a busy database gives up after about this long
@@ -135,6 +135,21 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE answers ADD COLUMN cited_hashes TEXT NOT NULL DEFAULT '[]'",
         # When a reindex found its cited passages changed (its footer then says so).
         "ALTER TABLE answers ADD COLUMN stale_at REAL",
+    ],
+    [
+        # Questions the bot read and left to people without posting anything: forum posts the
+        # docs do not cover (FORUM_UNCOVERED=silent). Coverage gaps count them as refusals.
+        """
+        CREATE TABLE unanswered (
+            id INTEGER PRIMARY KEY,
+            guild_id INTEGER,
+            channel_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            question TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX unanswered_created ON unanswered (created_at)",
     ],
 ]
 REVIEW_STATUSES = ("corrected", "fine", "dismissed")
@@ -570,13 +585,17 @@ class FeedbackStore:
 
         def run(conn: sqlite3.Connection) -> list[AskedQuestion]:
             rows = conn.execute(
+                "SELECT * FROM ("
                 "SELECT COALESCE(NULLIF(t.standalone, ''), a.question) AS question, "
                 "a.created_at, a.refused, "
                 "EXISTS (SELECT 1 FROM votes v WHERE v.answer_id = a.id AND v.vote = -1) "
                 "AND COALESCE(a.review_status, '') NOT IN ('fine', 'dismissed') AS flagged "
                 "FROM answers a LEFT JOIN turns t ON t.answer_id = a.id "
                 "WHERE a.created_at >= :since AND (:guild IS NULL OR a.guild_id = :guild) "
-                "AND (a.refused = 1 OR flagged) ORDER BY a.created_at, a.id",
+                "AND (a.refused = 1 OR flagged) "
+                "UNION ALL SELECT question, created_at, 1, 0 FROM unanswered "
+                "WHERE created_at >= :since AND (:guild IS NULL OR guild_id = :guild)"
+                ") ORDER BY created_at",
                 {"since": since, "guild": guild_id},
             ).fetchall()
             return [
@@ -587,6 +606,23 @@ class FeedbackStore:
             ]
 
         return await self._call(run)
+
+    async def record_unanswered(
+        self, *, guild_id: int | None, channel_id: int, user_id: int, question: str
+    ) -> None:
+        """A question the bot left to people without a reply (a forum post the docs do not
+        cover): not an answer, but a coverage gap."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO unanswered (guild_id, channel_id, user_id, question, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (guild_id, channel_id, user_id, question, now),
+                )
+
+        await self._call(run)
 
     # -- conversations ------------------------------------------------------------------------
 

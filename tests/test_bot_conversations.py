@@ -400,6 +400,9 @@ async def test_a_forum_post_the_docs_cover_gets_one_answer_and_one_they_dont_get
         await w.fake.wait_quiet()
         assert len(engine.prompts) == prompts and len(bot_messages(w, post)) == 1
         assert bot_messages(w, uncovered) == []  # a post the docs don't cover: left to people
+        # ...and counted as a coverage gap (/gaps).
+        gaps = [q.text for q in await w.store.gap_questions(0)]
+        assert gaps == [f"{UNCOVERED[0]}\n{UNCOVERED[1]}"]
         # ...until someone mentions the bot: a follow-up of the first answer.
         await w.fake.user_message(post, w.alice, f"<@{me}> and for IVF_PQ?")
         await wait_answers(w, post, 2)

@@ -77,13 +77,20 @@ async def test_refused_and_flagged_questions_count_unless_a_moderator_cleared_th
             follow, standalone="What is M in HNSW?", conversation_id=conversation.id
         )
 
+        # Forum posts the docs do not cover get no reply, but are gaps all the same.
+        for guild_id in (10, 11):
+            await store.record_unanswered(
+                guild_id=guild_id, channel_id=3, user_id=4, question="Left to people?"
+            )
+
         asked = await store.gap_questions(0, guild_id=10)
         assert [(q.text, q.refused, q.flagged) for q in asked] == [
             ("refused?", True, False),
             ("flagged?", False, True),
             ("What is M in HNSW?", True, False),  # a follow-up as retrieval understood it
+            ("Left to people?", True, False),
         ]
-        assert flagged and len(await store.gap_questions(0)) == 4  # every server
+        assert flagged and len(await store.gap_questions(0)) == 6  # every server
         assert await store.gap_questions(asked[-1].asked_at + 1) == []  # only since
 
 
