@@ -108,6 +108,7 @@ async def main() -> None:
     corpus = tmp / "milvus-docs"
     shutil.copytree(Path(args.corpus).resolve(), corpus)
     edited = corpus / EDITED_PAGE
+    edited.chmod(0o644)  # the copy keeps the corpus's modes, which may be read-only
     original = edited.read_text(encoding="utf-8")
     golden_path = tmp / "golden.jsonl"
     n_golden = golden_file(args.golden, golden_path, args.base_url)
