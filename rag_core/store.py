@@ -313,7 +313,12 @@ class KnowledgeStore:
             # not yet in the page cache) took over 10 s.
             connect_timeout = max(connect_timeout, _LITE_START_TIMEOUT)
         try:
-            self._client = MilvusClient(uri=uri, token=token, timeout=connect_timeout)
+            try:
+                self._client = MilvusClient(uri=uri, token=token, timeout=connect_timeout)
+            except Exception as exc:
+                if not (lite_path and self._restart_lite_engine(lite_path, exc)):
+                    raise
+                self._client = MilvusClient(uri=uri, token=token, timeout=connect_timeout)
         except Exception as exc:
             self._client = None
             self._release_lite()
@@ -353,6 +358,27 @@ class KnowledgeStore:
                 )
             _lite_refs[str(path)] = _lite_refs.get(str(path), 0) + 1
         return str(path)
+
+    @staticmethod
+    def _restart_lite_engine(path: str, exc: Exception) -> bool:
+        """After a failed first connect: stop the engine this store started; True to try again.
+
+        The engine process sometimes dies after its start was reported ("Fail connecting to
+        server ... .sock: No such file"); a second start then works. Only when this store is
+        the engine's sole user and no other process holds the database's lock.
+        """
+        with _lite_refs_lock:
+            if _lite_refs.get(path, 0) != 1:
+                return False
+            try:
+                from milvus_lite.server_manager import server_manager_instance
+            except ImportError:
+                return False
+            server_manager_instance.release_server(path)
+        if _lite_lock_held_elsewhere(Path(path)):
+            return False
+        log.warning("Milvus Lite did not start for %s (%s); starting it once more", path, exc)
+        return True
 
     def _release_lite(self) -> None:
         if self._lite_path is None:

@@ -612,6 +612,42 @@ def test_two_stores_in_one_process_share_the_database(tmp_path):
     first.close()
 
 
+def test_a_lite_engine_that_dies_as_it_starts_is_started_once_more(tmp_path, monkeypatch, caplog):
+    """The engine process can exit after its start was reported (the socket never appears);
+    the store stops it and starts it again instead of failing the bot's start."""
+    import pymilvus
+    from milvus_lite.server_manager import server_manager_instance
+    from pymilvus.exceptions import MilvusException
+
+    db = str((tmp_path / "kb.db").resolve())
+    real_client = pymilvus.MilvusClient
+    attempts: list[str] = []
+
+    def first_start_dies(*args, **kwargs):
+        attempts.append(kwargs["uri"])
+        if len(attempts) == 1:
+            # What the flake leaves behind: an engine registered for the file, its process dead.
+            server_manager_instance.start_and_get_uri(db)
+            engine = server_manager_instance._servers[db]
+            engine._p.kill()
+            engine._p.wait()
+            raise MilvusException(code=2, message="Fail connecting to server on unix:/tmp/x.sock")
+        return real_client(*args, **kwargs)
+
+    monkeypatch.setattr(pymilvus, "MilvusClient", first_start_dies)
+    with caplog.at_level("WARNING", logger="rag_core.store"):
+        store = KnowledgeStore(db)
+    try:
+        assert len(attempts) == 2
+        assert "starting it once more" in caplog.text
+        version = store.create_version(model="random", dim=8)
+        assert version in store.client.list_collections()
+    finally:
+        store.close()
+    # Closed for real: another process can open the file.
+    assert probe_from_another_process(Path(db)).stdout.strip() == "OPENED"
+
+
 def test_unreachable_server_is_a_store_error():
     started = time.monotonic()
     with pytest.raises(StoreError) as err:
