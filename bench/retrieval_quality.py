@@ -10,7 +10,8 @@ corpus into bench/.cache/naive-<corpus>/ (a few minutes on 2 cores) and scored b
 functions as `python -m rag_core eval` (rag_core/evaluation.py), so the columns compare.
 The project's side uses the settings in the environment (EMBEDDING_MODEL, TOP_K, ...) over the
 index in --data-dir; each `--variant SETTING=VALUE` adds a row of the project with that setting
-changed (`--variant QUERY_CLEANING=false`), same process, same index.
+changed (`--variant QUERY_CLEANING=false`), same process, same index. `--variant RERANK=llm`
+loads the answer model the LLM_* settings name (in-process vLLM, or LLM_BACKEND=remote).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ async def main() -> None:
     from rag_core.config import load_settings
     from rag_core.embedding import Embedder
     from rag_core.evaluation import load_questions, run_eval
+    from rag_core.rerank import Reranker
     from rag_core.retrieval import Retriever
     from rag_core.runtime import open_rag
 
@@ -179,23 +181,36 @@ async def main() -> None:
             naive, [page_recall(r.pages, r.expected) for r in naive]
         )
 
-    started = time.perf_counter()
-    async with open_rag(settings, embedder=embedder) as rag:
-        ours = await run_eval(rag, questions)
-        seconds = time.perf_counter() - started
-        runs = {f"this project (top_k {settings.top_k}, {settings.search_mode})": ours}
+    # RERANK=llm (in the environment or a variant) needs the answer model (LLM_* settings).
+    with_llm = any(s.rerank == "llm" for s in (settings, *variants.values()))
+    timings: dict[str, float] = {}
+    async with open_rag(settings, embedder=embedder, with_llm=with_llm) as rag:
+        base = (
+            f"this project (top_k {settings.top_k}, {settings.search_mode}, "
+            f"rerank {settings.rerank})"
+        )
+        started = time.perf_counter()
+        runs = {base: await run_eval(rag, questions)}
+        timings[base] = time.perf_counter() - started
         for spec, changed in variants.items():
-            other = replace(
-                rag, settings=changed, retriever=Retriever(changed, rag.store, rag.embedder)
-            )
+            reranker = None
+            if changed.rerank == "llm" and rag.generator is not None:
+                reranker = Reranker(rag.generator, changed.rerank_weight)
+            retriever = Retriever(changed, rag.store, rag.embedder, reranker)
+            other = replace(rag, settings=changed, retriever=retriever)
+            started = time.perf_counter()
             runs[f"this project, {spec}"] = await run_eval(other, questions)
+            timings[f"this project, {spec}"] = time.perf_counter() - started
+        llm = rag.generator.model_name if rag.generator is not None else "none"
+    seconds = " / ".join(f"{t / len(questions) * 1000:.0f}" for t in timings.values())
     for name, results in runs.items():
         cards[name] = scorecard(results, [page_recall(r.pages, r.expected) for r in results])
     lines = [
         f"Machine: {machine()}",
         f"{args.questions}{' split ' + args.split if args.split else ''}: {len(questions)} "
         f"questions ({sum(q.lang == 'en' for q in questions)} English); "
-        f"embedder {Path(settings.embedding_model).name}; project eval {seconds:.1f} s",
+        f"embedder {Path(settings.embedding_model).name}; answer model {Path(llm).name}; "
+        f"ms per question (project runs in order): {seconds}",
         "",
         "| retrieval | questions | " + " | ".join(COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),

@@ -557,12 +557,14 @@ class AnswerPath:
         try:
             writer.status(SEARCHING)
             answerer = self.bot.rag.require_answerer()
-            # A follow-up rewritten by the model, and the answerability check, call the engine
-            # before the answer: such a question takes its slot first, so
+            # A follow-up rewritten by the model, the reranker and the answerability check call
+            # the engine before the answer: such a question takes its slot first, so
             # MAX_CONCURRENT_ANSWERS bounds every engine call.
             rag_settings = answerer.settings
-            engine_first = rag_settings.answerability_check or (
-                bool(history) and rag_settings.conversation_rewrite == "llm"
+            engine_first = (
+                rag_settings.answerability_check
+                or rag_settings.rerank == "llm"
+                or (bool(history) and rag_settings.conversation_rewrite == "llm")
             )
             async with contextlib.AsyncExitStack() as held:
                 if engine_first:

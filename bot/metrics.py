@@ -32,8 +32,16 @@ if TYPE_CHECKING:
 PREFIX = "docsbot"
 HEARTBEAT_METRIC = f"{PREFIX}_heartbeat_timestamp_seconds"
 
-Stage = Literal["rewrite", "embed", "search", "first_token", "total", "ack"]
-STAGES: tuple[Stage, ...] = ("rewrite", "embed", "search", "first_token", "total", "ack")
+Stage = Literal["rewrite", "embed", "search", "rerank", "first_token", "total", "ack"]
+STAGES: tuple[Stage, ...] = (
+    "rewrite",
+    "embed",
+    "search",
+    "rerank",
+    "first_token",
+    "total",
+    "ack",
+)
 VoteKind = Literal["flag", "good", "unflag", "ungood"]
 
 # Seconds: embedding and search are milliseconds, first token and totals are seconds, a cold
@@ -62,7 +70,7 @@ class Metrics:
         self.latency = Histogram(
             f"{PREFIX}_stage_seconds",
             "Latency per stage: rewrite (a follow-up made standalone), embed, search, "
-            "first_token (from the start), total, ack",
+            "rerank (RERANK=llm), first_token (from the start), total, ack",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -126,6 +134,8 @@ class Metrics:
         t = answer.timings
         self.latency.labels("embed").observe(t.embed_s)
         self.latency.labels("search").observe(t.search_s)
+        if t.rerank_s:
+            self.latency.labels("rerank").observe(t.rerank_s)
         self.latency.labels("total").observe(t.total_s)
         rewrite = answer.rewrite
         if rewrite is not None and (rewrite.method != "none" or rewrite.prompt_tokens):

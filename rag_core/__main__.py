@@ -205,12 +205,15 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         bar.update(done - bar.n)
 
     try:
-        async with open_rag(settings, with_llm=args.answers) as rag:
+        # RERANK=llm reorders passages with the answer model: retrieval alone needs it too.
+        with_llm = args.answers or settings.rerank == "llm"
+        async with open_rag(settings, with_llm=with_llm) as rag:
             results = await ev.run_eval(
                 rag, qset.questions, answers=args.answers, on_progress=on_progress
             )
             llm = rag.generator.model_name if rag.generator else None
             multilingual = rag.embedder.family.multilingual
+            rag_reranked = rag.retriever.reranker is not None
     finally:
         bar.close()
     calibration = None
@@ -224,6 +227,7 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         "search_mode": settings.search_mode,
         "top_k": settings.top_k,
         "relevance_threshold": settings.relevance_threshold,
+        "rerank": settings.rerank if rag_reranked else "off",
         "collection": settings.collection,
         "llm_model": llm,
     }

@@ -60,6 +60,7 @@ class Timings:
     check_s: float = 0.0  # asking the model whether the passages answer the question
     embed_s: float = 0.0
     search_s: float = 0.0
+    rerank_s: float = 0.0  # the answer model reordering the passages (RERANK=llm)
     first_token_s: float | None = None  # from the start of prepare()
     attribution_s: float = 0.0  # checking the sources after the stream ended
     total_s: float = 0.0
@@ -206,6 +207,7 @@ class Answerer:
             rewrite_s=rewrite.seconds if rewrite else 0.0,
             embed_s=retrieval.embed_s,
             search_s=retrieval.search_s,
+            rerank_s=retrieval.rerank_s,
         )
         hits = merge_same_source(fold_near_duplicates(retrieval.hits))
         best = max((h.similarity for h in hits), default=0.0)

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
         description="Search with the question's sentences, error lines and code identifiers "
         "only: pasted stack frames, paths, timestamps, ids and repeated log lines are left out",
     )
+    # Off by default: each question costs one prefill per passage (~1 s for 8 passages with
+    # SmolLM2-135M on 2 CPU cores, a few ms on a GPU). Weight chosen on the tune half of
+    # eval/community.jsonl (docs/evaluation.md).
+    rerank: Literal["off", "llm"] = Field(
+        "off",
+        description="llm = reorder the retrieved passages by how likely the answer model finds "
+        "the question after each one (query likelihood; loads the model for `eval` too)",
+    )
+    rerank_weight: float = Field(
+        2.0,
+        ge=0,
+        description="RERANK=llm: weight of the model's score against the retrieval rank",
+    )
     verified_min_similarity: float = Field(
         0.8,
         ge=0,

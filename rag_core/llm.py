@@ -197,6 +197,34 @@ class Generator(ABC):
             # Closing the backend generator aborts a request still running (break, GC, errors).
             await chunks.aclose()
 
+    async def continuation_logprob(self, prefix: str, continuation: str) -> float:
+        """Mean log-probability per token of `continuation` right after `prefix`.
+
+        One prefill, nothing generated: how likely the model finds a text in a context (the
+        reranker asks how likely a question is after each passage). The prefix is cut from
+        the left when both do not fit the context. Raises GenerationTimeout after
+        settings.llm_timeout_s, GenerationError otherwise.
+        """
+        if self._closed:
+            raise GenerationError(detail="generator is closed")
+        tail = self._encode(continuation)
+        if not tail:
+            raise GenerationError(detail="nothing to score")
+        head = self._encode(prefix)[-max(1, self.max_model_len - len(tail) - 1) :]
+        ids = head + tail
+        if len(ids) >= self.max_model_len:
+            raise GenerationError(_TOO_LONG, detail=f"{len(ids)} tokens to score")
+        request_id = f"score-{uuid.uuid4().hex[:12]}"
+        try:
+            async with asyncio.timeout(self.settings.llm_timeout_s):
+                logprobs = await self._prompt_logprobs(ids, request_id)
+        except TimeoutError as exc:
+            raise GenerationTimeout(detail=f"request {request_id} timed out") from exc
+        scored = logprobs[len(head) :]
+        if len(scored) != len(tail):
+            raise GenerationError(detail=f"{request_id}: {len(logprobs)} logprobs for {len(ids)}")
+        return sum(scored) / len(scored)
+
     def sampling(self, temperature: float | None = None) -> dict[str, Any]:
         """Sampling settings sent with every request (both backends)."""
         s = self.settings
@@ -220,9 +248,26 @@ class Generator(ABC):
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Backend stream; must abort the request when closed or cancelled before the end."""
 
+    async def _prompt_logprobs(self, ids: list[int], request_id: str) -> list[float]:
+        """Log-probability of each token of `ids` given the ones before (0.0 for the first)."""
+        raise GenerationError(detail=f"{type(self).__name__} cannot score text")
+
     @abstractmethod
     async def aclose(self) -> None:
         """Release the engine or the HTTP session; idempotent."""
+
+
+def _token_logprob(entry: Any, token_id: int) -> float:
+    """The prompt token's own log-probability in one position of a vLLM prompt_logprobs list."""
+    if entry is None:  # the first token: nothing before it to predict it from
+        return 0.0
+    found = entry.get(token_id)
+    if found is None:  # an OpenAI-style JSON body keys token ids as strings
+        found = entry.get(str(token_id))
+    if found is None:
+        raise GenerationError(detail=f"token {token_id} missing from prompt logprobs")
+    value = found["logprob"] if isinstance(found, dict) else found.logprob
+    return float(value)
 
 
 def _loop_end(
@@ -495,6 +540,35 @@ class LocalGenerator(Generator):
         finally:
             self._requests.discard(request_id)
 
+    async def _prompt_logprobs(self, ids: list[int], request_id: str) -> list[float]:
+        from vllm import SamplingParams
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+
+        engine = await self._live_engine()
+        # prompt_logprobs=0: each prompt token's own log-probability, no alternatives.
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=0,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        self._requests.add(request_id)
+        final = None
+        try:
+            async for out in engine.generate(tokens_input(ids), params, request_id):
+                final = out
+        except VllmEngineDeadError as exc:
+            raise EngineDeadError(detail=f"vLLM engine died during request {request_id}") from exc
+        except Exception as exc:
+            raise GenerationError(detail=f"request {request_id} failed: {exc!r}") from exc
+        finally:
+            self._requests.discard(request_id)
+        if final is None or final.prompt_logprobs is None:
+            raise GenerationError(detail=f"request {request_id}: no prompt logprobs")
+        return [_token_logprob(final.prompt_logprobs[i], t) for i, t in enumerate(ids)]
+
     async def _shutdown(self, engine: AsyncLLM) -> None:
         """Stop `engine` quietly: streams still running end with finish_reason 'abort'."""
         if self._requests and not engine.errored:
@@ -664,6 +738,35 @@ class RemoteGenerator(Generator):
             ) from exc
         if not finished:
             raise GenerationError(detail=f"LLM server {self._base} ended {request_id} early")
+
+    async def _prompt_logprobs(self, ids: list[int], request_id: str) -> list[float]:
+        import aiohttp
+
+        body = {
+            "model": self._served_model,
+            "prompt": ids,  # token ids: scored exactly as tokenized here
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 0,  # a vLLM extension of the OpenAI API
+        }
+        try:
+            async with self._session.post(
+                f"{self._base}/completions", json=body, headers={"X-Request-Id": request_id}
+            ) as resp:
+                if resp.status != 200:
+                    raise self._http_error(resp.status, await resp.text(), request_id)
+                entries = (await resp.json())["choices"][0]["prompt_logprobs"]
+        except aiohttp.ClientConnectorError as exc:
+            raise GenerationError(
+                _UNREACHABLE, detail=f"cannot reach LLM server {self._base}: {exc}"
+            ) from exc
+        except (aiohttp.ClientError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise GenerationError(
+                detail=f"LLM server {self._base} gave no prompt logprobs for {request_id}: {exc!r}"
+            ) from exc
+        if not isinstance(entries, list) or len(entries) != len(ids):
+            raise GenerationError(detail=f"LLM server {self._base}: bad prompt logprobs")
+        return [_token_logprob(entries[i], t) for i, t in enumerate(ids)]
 
     async def aclose(self) -> None:
         """Close the HTTP session; idempotent."""

@@ -1,4 +1,5 @@
-"""Retriever: question -> cleaned query -> vector -> hybrid (or dense) search -> diverse hits."""
+"""Retriever: question -> cleaned query -> vector -> hybrid (or dense) search -> diverse hits
+(-> reordered by the answer model, RERANK=llm)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .config import Settings
 from .documents import Hit
 from .embedding import Embedder
 from .query_text import clean_query
+from .rerank import Reranker
 from .store import KnowledgeStore
 from .verified import FILTER as VERIFIED_FILTER
 
@@ -24,6 +26,7 @@ class Retrieval:
     embed_s: float
     search_s: float
     query: str = ""  # what was searched: the question, cleaned of pasted noise
+    rerank_s: float = 0.0  # the answer model reordering the hits (RERANK=llm)
 
 
 def diversify(hits: Sequence[Hit], top_k: int, per_page: int) -> list[Hit]:
@@ -44,10 +47,17 @@ def diversify(hits: Sequence[Hit], top_k: int, per_page: int) -> list[Hit]:
 
 
 class Retriever:
-    def __init__(self, settings: Settings, store: KnowledgeStore, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: KnowledgeStore,
+        embedder: Embedder,
+        reranker: Reranker | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
+        self.reranker = reranker
 
     async def retrieve(
         self,
@@ -87,13 +97,19 @@ class Retriever:
                 filter=VERIFIED_FILTER,
                 collection=collection,
             )
-            hits, best = await asyncio.gather(search, verified)
-            hits = diversify(hits, top_k, self.settings.passages_per_page)
-            hits = promote_verified(hits, best, self.settings.verified_min_similarity, top_k)
+            found, best = await asyncio.gather(search, verified)
         else:
-            hits = diversify(await search, top_k, self.settings.passages_per_page)
+            found, best = await search, []
+        hits = diversify(found, top_k, self.settings.passages_per_page)
         t2 = time.perf_counter()
-        return Retrieval(hits=hits, embed_s=t1 - t0, search_s=t2 - t1, query=query)
+        if self.reranker is not None:
+            hits = await self.reranker.rerank(query, hits)
+        t3 = time.perf_counter()
+        # After reranking: a verified answer close enough to the question stays first.
+        hits = promote_verified(hits, best, self.settings.verified_min_similarity, top_k)
+        return Retrieval(
+            hits=hits, embed_s=t1 - t0, search_s=t2 - t1, query=query, rerank_s=t3 - t2
+        )
 
 
 def promote_verified(

@@ -15,6 +15,7 @@ from .config import Settings
 from .embedding import Embedder
 from .indexer import Indexer
 from .llm import Generator, create_generator
+from .rerank import Reranker
 from .retrieval import Retriever
 from .store import Fusion, KnowledgeStore
 from .verified import VerifiedIndex
@@ -98,7 +99,13 @@ async def open_rag(
             generator = owned = await create_generator(settings)
         if store is None:
             store = await asyncio.to_thread(_open_store, settings)
-        retriever = Retriever(settings, store, embedder)
+        # RERANK=llm needs the answer model: without it (indexing, `search`) the order stands.
+        reranker = (
+            Reranker(generator, settings.rerank_weight)
+            if generator is not None and settings.rerank == "llm"
+            else None
+        )
+        retriever = Retriever(settings, store, embedder, reranker)
         yield Rag(
             settings=settings,
             embedder=embedder,

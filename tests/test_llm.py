@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import time
 from collections.abc import Callable
 
@@ -405,3 +406,25 @@ async def test_remote_wrong_api_key_is_a_generation_error(remote_generator, vllm
         assert "401" in info.value.detail and "wrong" not in info.value.detail
     finally:
         await gen.aclose()
+
+
+@pytest.mark.slow
+async def test_scoring_a_continuation_is_the_same_locally_and_on_a_server(
+    local_generator, remote_generator
+):
+    """What the reranker reads: one prefill, each continuation token's log-probability."""
+    prefix = "Milvus is a vector database. It stores embeddings and searches them."
+    continuation = " What does Milvus store?"
+    local = await local_generator.continuation_logprob(prefix, continuation)
+    remote = await remote_generator.continuation_logprob(prefix, continuation)
+    assert math.isfinite(local) and local < 0
+    assert remote == pytest.approx(local, abs=1e-3)  # same weights, same token ids
+    # Another continuation scores differently: the score reads the continuation's tokens.
+    other = await local_generator.continuation_logprob(prefix, " zebra quantum 19530 ??")
+    assert other != pytest.approx(local, abs=1e-3)
+    # A prefix longer than the context is cut from the left, not refused.
+    long_prefix = prefix * (local_generator.max_model_len // 8)
+    assert local_generator.count_tokens(long_prefix) > local_generator.max_model_len
+    assert math.isfinite(await local_generator.continuation_logprob(long_prefix, continuation))
+    with pytest.raises(errors.GenerationError):
+        await local_generator.continuation_logprob(prefix, "")
