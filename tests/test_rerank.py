@@ -85,3 +85,23 @@ async def test_scoring_failure_keeps_the_retrieval_order(smollm2_generator, monk
         order = await reranker.rerank(QUESTION, PASSAGES)
     assert order == PASSAGES
     assert "keeping the retrieval order" in caplog.text
+
+
+async def test_the_product_retriever_reranks_what_it_found(
+    indexed_settings, embedder, smollm2_generator
+) -> None:
+    """open_rag wires the reranker in when RERANK=llm and an answer model is loaded."""
+    from rag_core.retrieval import Retriever
+    from rag_core.runtime import open_rag
+
+    settings = indexed_settings.model_copy(update={"rerank": "llm"})
+    question = "How do I keep vectors on disk with memory-mapped files?"
+    async with open_rag(settings, embedder=embedder, generator=smollm2_generator) as rag:
+        assert rag.retriever.reranker is not None
+        reranked = await rag.retriever.retrieve(question)
+        plain = await Retriever(settings, rag.store, embedder).retrieve(question)
+    assert reranked.rerank_s > 0 and plain.rerank_s == 0
+    # The same passages, the model's order.
+    assert sorted(h.chunk_id for h in reranked.hits) == sorted(h.chunk_id for h in plain.hits)
+    async with open_rag(settings, embedder=embedder) as rag:  # no answer model: no reranker
+        assert rag.retriever.reranker is None
