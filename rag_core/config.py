@@ -116,9 +116,9 @@ class Settings(BaseSettings):
         description="Search with the question's sentences, error lines and code identifiers "
         "only: pasted stack frames, paths, timestamps, ids and repeated log lines are left out",
     )
-    # Off by default: each question costs one prefill per passage (~1 s for 8 passages with
-    # SmolLM2-135M on 2 CPU cores, a few ms on a GPU). Weight chosen on the tune half of
-    # eval/community.jsonl (docs/evaluation.md).
+    # Off by default: each question costs one prefill per passage (7.8 s for 8 passages with
+    # SmolLM2-135M on 2 CPU cores), and with that model the tune-half gain did not hold on the
+    # test half (docs/evaluation.md). The weight was chosen on the tune half.
     rerank: Literal["off", "llm"] = Field(
         "off",
         description="llm = reorder the retrieved passages by how likely the answer model finds "
