@@ -660,6 +660,25 @@ class RemoteGenerator(Generator):
             )
             self.max_model_len = server_len
 
+    @contextlib.asynccontextmanager
+    async def _completions(
+        self, body: dict[str, Any], request_id: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST /completions: the response when it is a 200, else the mapped GenerationError."""
+        import aiohttp
+
+        try:
+            async with self._session.post(
+                f"{self._base}/completions", json=body, headers={"X-Request-Id": request_id}
+            ) as resp:
+                if resp.status != 200:
+                    raise self._http_error(resp.status, await resp.text(), request_id)
+                yield resp
+        except aiohttp.ClientConnectorError as exc:
+            raise GenerationError(
+                _UNREACHABLE, detail=f"cannot reach LLM server {self._base}: {exc}"
+            ) from exc
+
     def _http_error(self, status: int, body: str, request_id: str) -> GenerationError:
         detail = f"LLM server {self._base} answered HTTP {status} to {request_id}: {body[:500]}"
         if status in (429, 503):
@@ -699,11 +718,7 @@ class RemoteGenerator(Generator):
         }
         prompt_tokens, done, finished = len(prompt_ids), 0, False
         try:
-            async with self._session.post(
-                f"{self._base}/completions", json=body, headers={"X-Request-Id": request_id}
-            ) as resp:
-                if resp.status != 200:
-                    raise self._http_error(resp.status, await resp.text(), request_id)
+            async with self._completions(body, request_id) as resp:
                 try:
                     async for raw in resp.content:  # one server-sent-event line at a time
                         line = raw.strip()
@@ -728,10 +743,6 @@ class RemoteGenerator(Generator):
                     if not finished:
                         # Dropping the connection is how the server learns to abort.
                         resp.close()
-        except aiohttp.ClientConnectorError as exc:
-            raise GenerationError(
-                _UNREACHABLE, detail=f"cannot reach LLM server {self._base}: {exc}"
-            ) from exc
         except (aiohttp.ClientError, ValueError) as exc:  # dropped stream, bad JSON
             raise GenerationError(
                 detail=f"LLM server {self._base} stream failed for {request_id}: {exc!r}"
@@ -750,16 +761,8 @@ class RemoteGenerator(Generator):
             "prompt_logprobs": 0,  # a vLLM extension of the OpenAI API
         }
         try:
-            async with self._session.post(
-                f"{self._base}/completions", json=body, headers={"X-Request-Id": request_id}
-            ) as resp:
-                if resp.status != 200:
-                    raise self._http_error(resp.status, await resp.text(), request_id)
+            async with self._completions(body, request_id) as resp:
                 entries = (await resp.json())["choices"][0]["prompt_logprobs"]
-        except aiohttp.ClientConnectorError as exc:
-            raise GenerationError(
-                _UNREACHABLE, detail=f"cannot reach LLM server {self._base}: {exc}"
-            ) from exc
         except (aiohttp.ClientError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise GenerationError(
                 detail=f"LLM server {self._base} gave no prompt logprobs for {request_id}: {exc!r}"
