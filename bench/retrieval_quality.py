@@ -158,7 +158,7 @@ async def main() -> None:
     from rag_core.config import load_settings
     from rag_core.embedding import Embedder
     from rag_core.evaluation import load_questions, run_eval
-    from rag_core.rerank import Reranker
+    from rag_core.rerank import make_reranker
     from rag_core.retrieval import Retriever
     from rag_core.runtime import open_rag
 
@@ -193,9 +193,7 @@ async def main() -> None:
         runs = {base: await run_eval(rag, questions)}
         timings[base] = time.perf_counter() - started
         for spec, changed in variants.items():
-            reranker = None
-            if changed.rerank == "llm" and rag.generator is not None:
-                reranker = Reranker(rag.generator, changed.rerank_weight)
+            reranker = make_reranker(changed, rag.generator)
             retriever = Retriever(changed, rag.store, rag.embedder, reranker)
             other = replace(rag, settings=changed, retriever=retriever)
             started = time.perf_counter()

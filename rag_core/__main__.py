@@ -213,7 +213,6 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
             )
             llm = rag.generator.model_name if rag.generator else None
             multilingual = rag.embedder.family.multilingual
-            rag_reranked = rag.retriever.reranker is not None
     finally:
         bar.close()
     calibration = None
@@ -227,7 +226,7 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         "search_mode": settings.search_mode,
         "top_k": settings.top_k,
         "relevance_threshold": settings.relevance_threshold,
-        "rerank": settings.rerank if rag_reranked else "off",
+        "rerank": settings.rerank,  # RERANK=llm loaded the answer model above
         "collection": settings.collection,
         "llm_model": llm,
     }

@@ -19,6 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 
+from .config import Settings
 from .documents import Hit
 from .errors import RagError
 from .llm import Generator
@@ -62,3 +63,10 @@ class Reranker:
             log.warning("reranking failed (%s): keeping the retrieval order", exc)
             return list(hits)
         return [hits[i] for i in rerank_order(scores, self.weight)]
+
+
+def make_reranker(settings: Settings, generator: Generator | None) -> Reranker | None:
+    """The reranker RERANK asks for; None when it is off or no answer model is loaded."""
+    if generator is None or settings.rerank != "llm":
+        return None
+    return Reranker(generator, settings.rerank_weight)

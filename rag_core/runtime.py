@@ -15,7 +15,7 @@ from .config import Settings
 from .embedding import Embedder
 from .indexer import Indexer
 from .llm import Generator, create_generator
-from .rerank import Reranker
+from .rerank import make_reranker
 from .retrieval import Retriever
 from .store import Fusion, KnowledgeStore
 from .verified import VerifiedIndex
@@ -100,12 +100,7 @@ async def open_rag(
         if store is None:
             store = await asyncio.to_thread(_open_store, settings)
         # RERANK=llm needs the answer model: without it (indexing, `search`) the order stands.
-        reranker = (
-            Reranker(generator, settings.rerank_weight)
-            if generator is not None and settings.rerank == "llm"
-            else None
-        )
-        retriever = Retriever(settings, store, embedder, reranker)
+        retriever = Retriever(settings, store, embedder, make_reranker(settings, generator))
         yield Rag(
             settings=settings,
             embedder=embedder,
