@@ -21,6 +21,7 @@ import pytest
 
 from bot.__main__ import export_flags
 from bot.answer_path import BUSY, LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
+from bot.feedback import AnswerRecord
 from bot.utils import AnswerQueue, QueueFull
 from rag_core.answering import REFUSAL, Answer, Source, Timings
 from rag_core.llm import Generator
@@ -55,6 +56,15 @@ def finished(inter: FakeInteraction) -> bool:
 async def wait_answered(inter: FakeInteraction, timeout: float = 120) -> FakeInteraction:
     """Wait for the end of an answer (generous: the shared 2-core host is often busy)."""
     return await inter.wait_for(finished, timeout=timeout)
+
+
+async def wait_recorded(w: World, message_id: int) -> AnswerRecord:
+    """The answer's feedback record: written just after its final edit, so poll for it."""
+    deadline = time.monotonic() + 10
+    while (record := await w.store.answer_by_message(message_id)) is None:
+        assert time.monotonic() < deadline, f"no answer record for message {message_id}"
+        await asyncio.sleep(0.05)
+    return record
 
 
 def final_text(inter: FakeInteraction) -> str:
@@ -124,8 +134,8 @@ async def test_not_in_the_docs_lists_the_closest_pages(indexed: Indexed, tmp_pat
         assert LINK.search(content) and "**Sources**" not in content
         assert not inter.followups
         assert inter.original is not None and not inter.original.reactions  # private: no votes
-        record = await w.store.answer_by_message(inter.original.id)
-        assert record is not None and record.refused
+        record = await wait_recorded(w, inter.original.id)
+        assert record.refused
     w.fake.assert_clean()
 
 
@@ -531,8 +541,8 @@ async def test_cooldown_and_question_checks_are_ephemeral_refusals(
         first = await w.fake.invoke("ask", {"question": "What is\x00 a replica?\x1b"}, user=w.alice)
         await wait_answered(first)
         assert first.original is not None
-        record = await w.store.answer_by_message(first.original.id)
-        assert record is not None and record.question == "What is a replica?"
+        record = await wait_recorded(w, first.original.id)
+        assert record.question == "What is a replica?"
         second = await w.fake.invoke("ask", {"question": "What is a bitset?"}, user=w.alice)
         await second.wait_done()
         assert second.response_type == 4 and second.ephemeral
@@ -711,8 +721,8 @@ async def test_a_real_model_answers_in_english_with_sources_that_open_on_the_pas
         assert len(words & common) >= 3, content
         assert "**Sources**" in content and ":~:text=" in content, content
         assert inter.original is not None
-        record = await w.store.answer_by_message(inter.original.id)
-        assert record is not None and record.answer.strip() and record.sources
+        record = await wait_recorded(w, inter.original.id)
+        assert record.answer.strip() and record.sources
     w.fake.assert_clean()
 
 
