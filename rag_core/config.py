@@ -200,7 +200,11 @@ class Settings(BaseSettings):
         "keep it up to the first repeat",
     )
     llm_timeout_s: float = Field(120.0, gt=0, description="Per-answer timeout, seconds")
-    max_question_chars: int = Field(1000, ge=10, description="Longer questions are refused")
+    # Room for a pasted traceback or log with the question after it: query cleaning keeps what
+    # names the problem for the search, and the prompt cuts passages to fit the rest.
+    max_question_chars: int = Field(
+        4000, ge=10, description="Longer questions are refused (4000: a pasted traceback fits)"
+    )
     # Cosines depend on the model and the corpus: all-MiniLM-L6-v2 separates the fixture
     # questions at 0.28 and eval/questions.jsonl on the full Milvus docs at 0.44
     # (docs/evaluation.md); BGE v1.5 scores everything higher. Calibrate with `eval --calibrate`.

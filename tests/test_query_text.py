@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rag_core.config import Settings
 from rag_core.query_text import clean_query
 
 PY_TRACE = """Traceback (most recent call last):
@@ -86,6 +87,8 @@ async def test_retrieval_finds_the_page_behind_a_pasted_traceback(indexed_settin
         PY_TRACE + "\n" + GO_LOG + "\n"
         "how do I enable mmap so the whole collection does not have to fit in memory?"
     )
+    # The default length limit lets such a paste through to the search.
+    assert len(question) <= Settings.model_fields["max_question_chars"].default
     raw = indexed_settings.model_copy(update={"query_cleaning": False})
     async with open_rag(raw, embedder=embedder) as rag:
         as_pasted = await rag.retriever.retrieve(question, top_k=5)
