@@ -23,6 +23,8 @@ from bot.feedback import FeedbackStore
 from rag_core.answering import Answerer
 from rag_core.config import Settings
 from rag_core.llm import GenerationChunk, Generator
+from rag_core.rerank import make_reranker
+from rag_core.retrieval import Retriever
 from rag_core.runtime import Rag, open_rag
 from tests.conftest import FIXTURES, offline_model_path
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeGuild, FakeMember, FakeRole
@@ -85,6 +87,9 @@ class ShapedGenerator(Generator):
     def _generate(self, *args: Any) -> Any:
         raise NotImplementedError  # stream() delegates to the inner generator
 
+    async def _prompt_logprobs(self, ids: list[int], request_id: str) -> list[float]:
+        return await self.inner._prompt_logprobs(ids, request_id)  # the reranker's scoring
+
     async def aclose(self) -> None:
         """The session owns the inner engine."""
 
@@ -128,8 +133,12 @@ class Indexed:
         settings = self.settings.model_copy(update=overrides)
         gen = generator or self.rag.generator
         assert gen is not None
-        answerer = Answerer(settings, self.rag.retriever, gen)
-        return dataclasses.replace(self.rag, settings=settings, generator=gen, answerer=answerer)
+        rag = self.rag
+        retriever = Retriever(settings, rag.store, rag.embedder, make_reranker(settings, gen))
+        answerer = Answerer(settings, retriever, gen)
+        return dataclasses.replace(
+            rag, settings=settings, generator=gen, retriever=retriever, answerer=answerer
+        )
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -62,6 +62,33 @@ async def wait_metric(
         await asyncio.sleep(0.05)
 
 
+async def test_rerank_llm_scores_the_passages_inside_ask(
+    indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RERANK=llm in the bot: the engine scores the passages before the answer (its own stage,
+    inside the answer's engine slot) and the answer still streams with its sources."""
+    inner = indexed.rag.generator
+    assert inner is not None
+    rag = indexed.with_settings(ShapedGenerator(inner, max_tokens=8), rerank="llm")
+    assert rag.retriever.reranker is not None
+    server = metrics.start_metrics_server(0)
+    try:
+        before = await asyncio.to_thread(scrape, server.port)
+        async with running_bot(rag, tmp_path) as w:
+            await ask(w, w.alice)
+        after = await asyncio.to_thread(scrape, server.port)
+    finally:
+        server.close()
+    assert delta(before, after, "docsbot_stage_seconds_count", stage="rerank") == 1
+    # Scored, not skipped: a failed scoring keeps the order and says so in the log.
+    assert not [r for r in caplog.records if "reranking failed" in r.getMessage()]
+    assert delta(before, after, "docsbot_stage_seconds_sum", stage="rerank") > 0
+    assert not any(
+        name == "docsbot_errors_total" and delta(before, after, name, **dict(labels))
+        for name, labels in after
+    )
+
+
 async def test_asks_are_counted_scraped_and_shown_in_stats(
     indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
