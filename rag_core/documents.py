@@ -57,9 +57,15 @@ class Chunk:
 
     @property
     def embed_text(self) -> str:
-        """What the encoder sees: the page title and heading path give a passage its context."""
-        context = " > ".join(h for h in (self.title, *self.headings) if h)
-        return f"{context}\n\n{self.text}" if context else self.text
+        """What the encoder and BM25 see: the page title and heading path give a passage its
+        context."""
+        return in_context(self.title, self.heading_path, self.text)
+
+
+def in_context(title: str, heading_path: str, text: str) -> str:
+    """A passage's text after its page title and heading path (`Title > Section > Sub`)."""
+    context = " > ".join(part for part in (title, heading_path) if part)
+    return f"{context}\n\n{text}" if context else text
 
 
 @dataclass(frozen=True)

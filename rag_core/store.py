@@ -40,7 +40,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from .documents import Chunk, Hit
+from .documents import Chunk, Hit, in_context
 from .errors import IndexMissingError, StoreError, StoreFullError, StoreLockedError
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,12 @@ _HIT_FIELDS = [
     "vector",
 ]
 # Everything a copy carries over, except `sparse`: a BM25 function output cannot be inserted,
-# the target collection recomputes it from `text`.
+# the target collection recomputes it from `search_text`, which the copy rebuilds from the title,
+# heading path and text (a version written before the field existed has none to read).
 _COPY_FIELDS = [*_MAX_BYTES, "vector", "indexed_at"]
+# BM25's input: the passage in its page's context, like the embedded text, so a question that
+# names a section ("indexNode.enableDisk") matches the passage under that heading.
+_SEARCH_TEXT_BYTES = 65535
 
 _PROP_MODEL = "rag.model"
 _PROP_DIM = "rag.dim"
@@ -709,7 +713,10 @@ class KnowledgeStore:
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=64)
         for field in ("doc_id", "source", "url", "title", "heading_path"):
             schema.add_field(field, DataType.VARCHAR, max_length=_MAX_BYTES[field])
-        schema.add_field("text", DataType.VARCHAR, max_length=65535, enable_analyzer=True)
+        schema.add_field("text", DataType.VARCHAR, max_length=65535)
+        schema.add_field(
+            "search_text", DataType.VARCHAR, max_length=_SEARCH_TEXT_BYTES, enable_analyzer=True
+        )
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
         schema.add_field("doc_hash", DataType.VARCHAR, max_length=64)
@@ -719,7 +726,7 @@ class KnowledgeStore:
             Function(
                 name="text_bm25",
                 function_type=FunctionType.BM25,
-                input_field_names=["text"],
+                input_field_names=["search_text"],
                 output_field_names=["sparse"],
             )
         )
@@ -768,7 +775,9 @@ class KnowledgeStore:
         for row in self._iterate(src, filter, _COPY_FIELDS):
             if doc_ids is not None and row["doc_id"] not in doc_ids:
                 continue
-            batch.append({f: row[f] for f in _COPY_FIELDS})
+            copy = {f: row[f] for f in _COPY_FIELDS}
+            copy["search_text"] = _search_text(row["title"], row["heading_path"], row["text"])
+            batch.append(copy)
             if len(batch) >= _INSERT_BATCH:
                 self.client.insert(dst, batch)
                 copied += len(batch)
@@ -1073,9 +1082,14 @@ def _to_row(chunk: Chunk, vector: np.ndarray, now: int) -> dict[str, Any]:
         "chunk_hash": chunk.chunk_hash,
     }
     row: dict[str, Any] = {k: _fit(v, _MAX_BYTES[k]) for k, v in values.items()}
+    row["search_text"] = _search_text(row["title"], row["heading_path"], row["text"])
     row["vector"] = vector.tolist()
     row["indexed_at"] = now
     return row
+
+
+def _search_text(title: str, heading_path: str, text: str) -> str:
+    return _fit(in_context(title, heading_path, text), _SEARCH_TEXT_BYTES)
 
 
 def _cut(rows: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
