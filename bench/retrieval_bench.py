@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -101,6 +103,7 @@ async def child(args: argparse.Namespace) -> None:
     """One engine: index the cached rows, then measure; prints one JSON line."""
     from rag_core import store as store_module
     from rag_core.config import Settings
+    from rag_core.documents import Chunk
     from rag_core.embedding import Embedder
     from rag_core.retrieval import Retriever
     from rag_core.store import KnowledgeStore
@@ -116,8 +119,21 @@ async def child(args: argparse.Namespace) -> None:
     try:
         started = time.perf_counter()
         version = store.create_version(model=embedder.model_name, dim=embedder.dim)
-        for i in range(0, len(rows), 512):
-            store.client.insert(version, rows[i : i + 512])
+        # Through the store's own insert, so the rows get every field today's schema has.
+        chunks = [
+            Chunk(
+                chunk_id=r["chunk_id"],
+                doc_id=r["doc_id"],
+                url=r["url"],
+                title=r["title"],
+                headings=tuple(r["heading_path"].split(" > ")) if r["heading_path"] else (),
+                text=r["text"],
+                doc_hash=r["doc_hash"],
+                source=r["source"],
+            )
+            for r in rows
+        ]
+        store.insert(version, chunks, np.array([r["vector"] for r in rows], dtype=np.float32))
         store.publish(version)
         index_s = time.perf_counter() - started
         questions = (QUESTIONS * (args.requests // len(QUESTIONS) + 1))[: args.requests]
