@@ -183,7 +183,9 @@ async def test_long_answer_continues_in_followups_within_limits(
         await w.fake.wait_for(lambda: len(messages[-1].reactions) == 2)
         record = await w.store.answer_by_message(messages[-1].id)
         assert record is not None and record.message_id == messages[0].id
-        assert record.answer.startswith(text.strip()[:100])
+        # The whole answer is stored (attribution may drop a marker a passage does not back).
+        unmarked = re.compile(r" \[\d+\]")
+        assert unmarked.sub("", record.answer).startswith(unmarked.sub("", text.strip())[:100])
     w.fake.assert_clean()
 
 
