@@ -638,7 +638,7 @@ class AnswerPath:
             return None
         generator = self.bot.rag.generator
         try:
-            return await self.bot.feedback.record_answer(
+            answer_id = await self.bot.feedback.record_answer(
                 message_id=messages[0].id,
                 extra_message_ids=[m.id for m in messages[1:]],
                 guild_id=asker.guild_id,
@@ -659,6 +659,9 @@ class AnswerPath:
         except Exception:
             log.exception("could not record the answer to %s", asker.user_id)
             return None
+        # Reactions that came while it streamed are waiting for this (bot/cogs/feedback.py).
+        self.bot.dispatch("answer_recorded", [m.id for m in messages])
+        return answer_id
 
     async def _record_unanswered(self, asker: Asker, prepared: Prepared) -> None:
         """A question left without a reply still counts as a coverage gap (/gaps)."""

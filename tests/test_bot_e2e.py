@@ -339,6 +339,31 @@ async def test_votes_flags_review_cards_and_export(indexed: Indexed, tmp_path: P
     w.fake.assert_clean()
 
 
+async def test_reactions_while_the_answer_streams_count_once_it_is_recorded(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    """A vote on the answer before it is finished (so before it is stored) waits for it."""
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=48, pace=0.05))
+    async with running_bot(rag, tmp_path) as w:
+        inter = await w.fake.invoke("ask", {"question": QUESTION}, user=w.alice)
+        await inter.wait_for(lambda i: i.original is not None)
+        answer = inter.original
+        assert answer is not None
+        await w.fake.add_reaction(w.general, answer, w.bob, "👎")
+        await w.fake.add_reaction(w.general, answer, w.carol, "👍")
+        await w.fake.add_reaction(w.general, answer, w.dana, "👍")
+        await w.fake.remove_reaction(w.general, answer, w.dana, "👍")  # in order: withdrawn
+        await asyncio.sleep(0.5)  # the bot reads the reactions while it streams (2.4 s)
+        # The reactions really came first: nothing is stored for this message yet.
+        assert await w.store.answer_by_message(answer.id) is None
+        await wait_answered(inter)
+        await wait_stats(w, answers=1, flags=1, good=1)
+        await w.fake.wait_for(lambda: len(w.fake.channel_messages(w.moderators)) == 1)
+        [flagged] = await w.store.flagged()
+        assert flagged.answer.message_id == answer.id and flagged.flags == 1
+    w.fake.assert_clean()
+
+
 async def test_flag_without_a_reachable_moderators_channel_is_kept(
     indexed: Indexed, tmp_path: Path
 ) -> None:

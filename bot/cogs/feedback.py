@@ -6,13 +6,18 @@ dismiss the flag.
 Votes are written in arrival order. When the feedback database stays locked longer than the
 store's patience, a vote is kept in memory (and logged) and written before the next one, or
 by a retry a little later; only a shutdown with votes still waiting loses them, and says so.
+
+A reaction can come while the answer is still streaming, before the bot has recorded it: such
+votes wait (in order, for a while) and are written when the answer path announces the answer
+(the `answer_recorded` event).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +38,10 @@ log = logging.getLogger(__name__)
 CARD_COLOUR = discord.Colour.orange()
 MAX_PENDING_VOTES = 1000  # votes waiting for a locked database, kept in memory
 RETRY_PENDING_S = 30.0  # when no new vote comes, waiting votes are retried after this
+# Reactions on bot messages that are not (yet) recorded answers: kept this long, for so many
+# messages, in case the message is an answer still streaming.
+EARLY_VOTE_TTL_S = 600.0
+MAX_EARLY_MESSAGES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,10 @@ class Feedback(commands.Cog):
         self.pending: deque[PendingVote] = deque()  # in arrival order, oldest first
         self._writing = False  # one writer drains `pending` at a time, keeping the order
         self._retry: asyncio.Task[None] | None = None
+        # message id -> (first reaction's time, reactions in order) for messages not yet known
+        # as answers; and the last messages announced as answers (see _park).
+        self.early: OrderedDict[int, tuple[float, list[PendingVote]]] = OrderedDict()
+        self.recorded: deque[int] = deque(maxlen=MAX_EARLY_MESSAGES)
 
     async def cog_unload(self) -> None:
         if self._retry is not None:
@@ -148,7 +161,27 @@ class Feedback(commands.Cog):
             return
         await self._submit(PendingVote(False, payload.message_id, payload.user_id, vote))
 
+    @commands.Cog.listener()
+    async def on_answer_recorded(self, message_ids: list[int]) -> None:
+        """An answer was stored: write the reactions its messages got while it streamed."""
+        self.recorded.extend(message_ids)
+        for message_id in message_ids:
+            _, items = self.early.pop(message_id, (0.0, []))
+            for item in items:
+                await self._submit(item)
+
     # -- writing votes ---------------------------------------------------------------------------
+
+    def _park(self, item: PendingVote) -> None:
+        """Keep a reaction on a message not known as an answer (it may be one still streaming)."""
+        now = time.monotonic()
+        while self.early:
+            oldest, (since, _) = next(iter(self.early.items()))
+            if now - since < EARLY_VOTE_TTL_S and len(self.early) < MAX_EARLY_MESSAGES:
+                break
+            del self.early[oldest]  # a reaction on some other bot message, not an answer
+        since, items = self.early.setdefault(item.message_id, (now, []))
+        items.append(item)
 
     async def _submit(self, item: PendingVote) -> None:
         if len(self.pending) >= MAX_PENDING_VOTES:
@@ -167,8 +200,15 @@ class Feedback(commands.Cog):
         try:
             while self.pending:
                 item = self.pending[0]
+                if item.message_id in self.early:
+                    # After an earlier reaction still waiting for its answer: keep the order.
+                    self.pending.popleft()
+                    self._park(item)
+                    continue
                 try:
                     result = await self._write(item)
+                    if result is None and item.added and item.message_id in self.recorded:
+                        result = await self._write(item)  # announced while this write ran
                 except FeedbackStoreClosed:
                     return  # shutting down: cog_unload reports what was not stored
                 except Exception as exc:
@@ -189,6 +229,9 @@ class Feedback(commands.Cog):
                     self.pending.popleft()
                     continue
                 self.pending.popleft()
+                if result is None and item.added:
+                    self._park(item)  # not an answer, or not yet
+                    continue
                 await self._after(item, result)
         finally:
             self._writing = False
