@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from rag_core.model_source import hub_offline, looks_like_path
+from rag_core.model_source import ADAPTED_SUFFIX, hub_offline, looks_like_path
 
 if TYPE_CHECKING:
     from rag_core.config import Settings
@@ -172,6 +172,8 @@ def check_relevance_threshold(settings: Settings) -> CheckResult:
         "--calibrate` (see docs/evaluation.md), then set RELEVANCE_THRESHOLD."
     )
     expected = next((t for marker, t in KNOWN_THRESHOLDS if marker in model), None)
+    if ADAPTED_SUFFIX in model:
+        expected = None  # fine-tuned on the docs: its cosines are not its base model's
     chosen = "relevance_threshold" in settings.model_fields_set
     if expected is None:
         if chosen:

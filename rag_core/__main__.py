@@ -322,12 +322,60 @@ async def _models(args: argparse.Namespace, settings: Settings) -> int:
 
     from .model_fetch import fetch_model, suggested_settings
 
+    if args.models_command == "adapt":
+        return await _adapt(args, settings)
+
     dest = Path(args.dir) if args.dir else None
     # Blocking for a minute or so; nothing else runs meanwhile.
     folder = fetch_model(args.name, data_dir=settings.data_dir, dest=dest)
     print(folder.resolve())
     print("\nUse it with these settings (.env or environment); the last three suit a CPU host:")
     print("\n".join(f"  {line}" for line in suggested_settings(folder)))
+    return 0
+
+
+async def _adapt(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from .adaptation import adapt_embedder, adapted_folder, section_pairs
+    from .runtime import open_rag
+
+    async with open_rag(settings) as rag:
+        rows = await asyncio.to_thread(rag.store.rows, "")
+    sections = section_pairs(rows)
+    dest = (
+        Path(args.dir) if args.dir else adapted_folder(settings.data_dir, settings.embedding_model)
+    )
+    print(
+        f"adapting {settings.embedding_model} to {len(sections)} sections "
+        f"({len(rows)} passages) of the live index...",
+        file=sys.stderr,
+    )
+    last_line = time.monotonic()
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        nonlocal last_line
+        if not args.quiet and (step == total or time.monotonic() - last_line >= 5):
+            last_line = time.monotonic()
+            print(f"progress: step {step}/{total}, loss {loss:.3f}", file=sys.stderr)
+
+    report = await asyncio.to_thread(
+        adapt_embedder,
+        settings.embedding_model,
+        sections,
+        dest,
+        device=settings.embedding_device,
+        epochs=args.epochs,
+        on_step=on_step,
+    )
+    print(report.folder.resolve())
+    print(
+        f"\n{report.sections} sections, {report.steps} steps, loss {report.first_loss:.3f} -> "
+        f"{report.last_loss:.3f}, {report.seconds:.0f} s.\nUse it: set EMBEDDING_MODEL to that "
+        "folder (.env or environment), rebuild the index with it (`python -m rag_core index` or "
+        "/reindex: a new model embeds every passage again), then calibrate RELEVANCE_THRESHOLD "
+        "for it (`python -m rag_core eval QUESTIONS --calibrate`)."
+    )
     return 0
 
 
@@ -494,6 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", help="model folder to create (default DATA_DIR/models/smollm2-135m-instruct)"
     )
     fetch.add_argument("--data-dir", help="data folder (DATA_DIR)")
+    adapt = models_sub.add_parser(
+        "adapt",
+        parents=[common],
+        help="fine-tune the embedding model on the indexed docs (no questions needed)",
+        description="Fine-tune EMBEDDING_MODEL so that each section's title and headings find "
+        "its text among the other sections' (the docs' own vocabulary: config keys, feature "
+        "names), save it as a new model folder, and print how to use it. Reads the live index; "
+        "minutes on CPU for a few thousand sections, seconds on a GPU.",
+    )
+    adapt.add_argument(
+        "--dir", help="model folder to write (default DATA_DIR/models/<model name>-adapted)"
+    )
+    adapt.add_argument("--epochs", type=int, default=1, help="passes over the sections (default 1)")
+    adapt.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return parser
 
 

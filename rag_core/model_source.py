@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 # A reachable hub answers in well under this; an unreachable one should not hold start-up.
 HUB_PROBE_TIMEOUT_S = 5.0
 
+# Ends the folder name of a model `python -m rag_core models adapt` fine-tuned on the docs: its
+# cosines are its own, not its base model's (calibrate the gate for it).
+ADAPTED_SUFFIX = "-adapted"
+
 
 def looks_like_path(name: str) -> bool:
     """A local folder rather than a hub name (`org/model`)."""

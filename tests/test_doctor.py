@@ -282,6 +282,10 @@ def test_relevance_threshold_must_suit_the_embedding_model(tmp_path: Path) -> No
     assert check().status is Status.OK  # BAAI/bge-base-en-v1.5 at its own default
     unknown = check(embedding_model="intfloat/e5-base-v2")
     assert unknown.status is Status.WARN and "never calibrated" in unknown.message
+    # A model adapted to the docs (`models adapt`) has cosines of its own, not MiniLM's 0.44.
+    adapted = check(embedding_model=str(tmp_path / "models" / "all-MiniLM-L6-v2-adapted"))
+    assert adapted.status is Status.WARN and "never calibrated" in adapted.message
+    assert "0.44" not in adapted.fix
 
 
 def test_bot_doctor_subcommand_runs_every_check(tmp_path: Path) -> None:
