@@ -114,7 +114,7 @@ class Feedback(commands.Cog):
         self._writing = False  # one writer drains `pending` at a time, keeping the order
         self._retry: asyncio.Task[None] | None = None
         # message id -> (first reaction's time, reactions in order) for messages not yet known
-        # as answers; and the last messages announced as answers (see _park).
+        # as answers; and the last messages announced as answers (see _drain).
         self.early: OrderedDict[int, tuple[float, list[PendingVote]]] = OrderedDict()
         self.recorded: deque[int] = deque(maxlen=MAX_EARLY_MESSAGES)
 
