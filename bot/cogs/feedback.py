@@ -167,8 +167,8 @@ class Feedback(commands.Cog):
         self.recorded.extend(message_ids)
         for message_id in message_ids:
             _, items = self.early.pop(message_id, (0.0, []))
-            for item in items:
-                await self._submit(item)
+            self.pending.extend(items)  # all queued before any write: a newer vote comes after
+        await self._drain()
 
     # -- writing votes ---------------------------------------------------------------------------
 
