@@ -338,10 +338,10 @@ async def _adapt(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from .adaptation import adapt_embedder, adapted_folder, section_pairs
-    from .runtime import open_rag
+    from .runtime import live_rows
 
-    async with open_rag(settings) as rag:
-        rows = await asyncio.to_thread(rag.store.rows, "")
+    # Only the store: adapt_embedder loads its own, trainable copy of the model.
+    rows = await asyncio.to_thread(live_rows, settings)
     sections = section_pairs(rows)
     dest = (
         Path(args.dir) if args.dir else adapted_folder(settings.data_dir, settings.embedding_model)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .answering import Answerer
 from .chunking import Chunker
@@ -59,6 +60,18 @@ def _open_store(settings: Settings) -> KnowledgeStore:
             dense_weight=settings.fusion_dense_weight,
         ),
     )
+
+
+def live_rows(settings: Settings) -> list[dict[str, Any]]:
+    """Every passage of the live index (no vectors), without loading any model; none when a
+    Milvus Lite file does not exist yet (and none is created)."""
+    if settings.is_milvus_lite and not Path(settings.milvus_target).exists():
+        return []
+    store = _open_store(settings)
+    try:
+        return store.rows("")
+    finally:
+        store.close()
 
 
 @asynccontextmanager
