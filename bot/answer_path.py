@@ -366,7 +366,7 @@ def render_answer(
     """The final messages: the answer split within limits, then sources and a footer."""
     items = [(s.n, _label(s), s.url) for s in answer.sources]
     if answer.refused:
-        body, header = (REFUSAL, "") if items else (NOTHING_FOUND, "")
+        body, header = (answer.text or REFUSAL, "") if items else (NOTHING_FOUND, "")
     else:
         # Links the model wrote are shown as text: only the sources below are clickable.
         body, header = plain_links(answer.text.strip()) or EMPTY_ANSWER, "**Sources**\n"
@@ -394,7 +394,7 @@ def render_answer(
         parts.append(header + render_sources(items, room) + "\n" + footer)
     if answer.refused:
         # The refusal and its closest pages read as one: no blank line between them.
-        parts[-1] = parts[-1].replace(REFUSAL + "\n\n", REFUSAL + "\n", 1)
+        parts[-1] = parts[-1].replace(body + "\n\n", body + "\n", 1)
     return parts
 
 

@@ -39,7 +39,7 @@ async def sweep(args: argparse.Namespace) -> None:
                 rag.retriever = Retriever(rag.settings, rag.store, rag.embedder)
                 results = await ev.run_eval(rag, questions)
                 english = [r for r in results if r.lang == "en"]
-                pairs = [(r.best_similarity, r.answerable) for r in english]
+                pairs = ev.threshold_pairs(english)
                 cal = ev.calibrate_threshold(pairs, max_refused_rate=args.max_refused)
                 gated = ev.regate(results, cal.threshold)
                 summary = ev.summarize(gated)["by_lang"]

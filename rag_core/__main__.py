@@ -217,7 +217,7 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         bar.close()
     calibration = None
     if args.calibrate:
-        pairs = [(r.best_similarity, r.answerable) for r in results]
+        pairs = ev.threshold_pairs(results)
         calibration = ev.calibrate_threshold(pairs, max_refused_rate=args.max_refused)
     run_settings = {
         "embedding_model": settings.embedding_model,

@@ -39,6 +39,18 @@ REFUSAL = (
 )
 
 
+def refusal_text(unknown_terms: Sequence[str] = ()) -> str:
+    """The 'not in the docs' reply; it names the config keys the docs never mention when
+    that is the reason."""
+    if not unknown_terms:
+        return REFUSAL
+    names = ", ".join(f"`{term[:80]}`" for term in unknown_terms[:3])
+    return (
+        f"I couldn't find {names} anywhere in the documentation, so I won't guess. "
+        "These pages are the closest matches:"
+    )
+
+
 @dataclass(frozen=True)
 class Source:
     """A numbered passage as the prompt shows it, and where it links."""
@@ -82,6 +94,7 @@ class Prepared:
     history: list[Turn] = field(default_factory=list)  # the earlier turns in the prompt
     # The answerability check's verdict: "yes", "no", "unclear" (answered), None (not asked).
     answerable: str | None = None
+    unknown_terms: tuple[str, ...] = ()  # refused: the docs name none of these (named_terms.py)
 
     @property
     def standalone(self) -> str:
@@ -211,9 +224,19 @@ class Answerer:
         )
         hits = merge_same_source(fold_near_duplicates(retrieval.hits))
         best = max((h.similarity for h in hits), default=0.0)
-        if best < self.settings.relevance_threshold:
+        unknown = retrieval.unknown_terms
+        if best < self.settings.relevance_threshold or unknown:
             return Prepared(
-                question, _closest_pages(hits), True, None, 0, timings, started, best, rewrite
+                question,
+                _closest_pages(hits),
+                True,
+                None,
+                0,
+                timings,
+                started,
+                best,
+                rewrite,
+                unknown_terms=unknown,
             )
         verdict = None
         if self.settings.answerability_check:
@@ -361,9 +384,10 @@ class AnswerStream:
         if p.refused:
             # No engine call: the gate decided the docs don't cover this.
             p.timings.total_s = time.perf_counter() - p.started
+            text = refusal_text(p.unknown_terms)
             self.result = Answer(
                 p.question,
-                REFUSAL,
+                text,
                 p.sources,
                 True,
                 0,
@@ -373,7 +397,7 @@ class AnswerStream:
                 standalone=p.standalone,
                 rewrite=p.rewrite,
             )
-            yield REFUSAL
+            yield text
             return
         assert p.prompt is not None
         parts: list[str] = []

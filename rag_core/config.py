@@ -213,6 +213,12 @@ class Settings(BaseSettings):
         description="Best passage cosine below this = 'not in the docs' (MiniLM: 0.44 on the "
         "Milvus docs; BGE v1.5: 0.5, uncalibrated: run `eval --calibrate` on your questions)",
     )
+    # A cheap lexical check the cosine cannot make: see rag_core/named_terms.py.
+    refuse_unknown_terms: bool = Field(
+        True,
+        description="Refuse a question whose config keys / parameter names (dotted, snake_case, "
+        "camelCase) the docs never mention, naming them, instead of guessing",
+    )
     # Off by default: SmolLM2-135M, the model measured here, says "no" to nearly every question
     # (docs/evaluation.md); a capable instruct model is what this is for.
     answerability_check: bool = Field(

@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 from .answering import fold_near_duplicates, load_prompt
 from .attribution import cited_numbers
 from .conversation import Rewrite, Rewriter, Turn, rewrite_by_rules
-from .documents import Hit
 from .errors import RagError
 
 if TYPE_CHECKING:
+    from .retrieval import Retrieval
     from .runtime import Rag
 
 KS = (1, 3, 5)
@@ -221,6 +221,8 @@ class QuestionResult:
     citations_raw: list[int] | None = None
     citations_checked: list[int] | None = None
     low_support: bool | None = None
+    # Refused whatever the threshold: the docs name none of these (rag_core/named_terms.py).
+    unknown_terms: list[str] = field(default_factory=list)
 
     @property
     def answerable(self) -> bool:
@@ -275,10 +277,11 @@ def citation_counts(text: str, passages: Sequence[str]) -> list[int]:
     return [total, precise]
 
 
-def gate(hits: Sequence[Hit], top_k: int, threshold: float) -> tuple[float, bool]:
+def gate(retrieval: Retrieval, top_k: int, threshold: float) -> tuple[float, bool]:
     """The answerer's gate on the first `top_k` hits: (best cosine, refused)."""
-    best = max((h.similarity for h in fold_near_duplicates(hits[:top_k])), default=0.0)
-    return best, best < threshold
+    hits = fold_near_duplicates(retrieval.hits[:top_k])
+    best = max((h.similarity for h in hits), default=0.0)
+    return best, best < threshold or bool(retrieval.unknown_terms)
 
 
 # --- summary --------------------------------------------------------------------------------
@@ -410,6 +413,12 @@ class Calibration:
     margin: float  # distance from the threshold to the nearest score on either side
 
 
+def threshold_pairs(results: Iterable[QuestionResult]) -> list[tuple[float, bool]]:
+    """(best similarity, answerable) of the questions the threshold decides: those refused
+    for naming only unknown terms are refused at any threshold."""
+    return [(r.best_similarity, r.answerable) for r in results if not r.unknown_terms]
+
+
 def calibrate_threshold(
     pairs: Iterable[tuple[float, bool]], *, max_refused_rate: float = 0.05
 ) -> Calibration:
@@ -458,7 +467,7 @@ def regate(results: Sequence[QuestionResult], threshold: float) -> list[Question
             QuestionResult(
                 **{
                     **asdict(r),
-                    "refused": r.best_similarity < threshold,
+                    "refused": r.best_similarity < threshold or bool(r.unknown_terms),
                     "answer": None,
                     "facts": None,
                     "cited": None,
@@ -490,7 +499,7 @@ async def run_eval(
     for i, q in enumerate(questions, 1):
         retrieval = await rag.retriever.retrieve(q.question, top_k=depth)
         pages = [page_url(h.url) for h in fold_near_duplicates(retrieval.hits)]
-        best, refused = gate(retrieval.hits, settings.top_k, settings.relevance_threshold)
+        best, refused = gate(retrieval, settings.top_k, settings.relevance_threshold)
         result = QuestionResult(
             id=q.id,
             question=q.question,
@@ -502,6 +511,7 @@ async def run_eval(
             refused=refused,
             embed_ms=round(retrieval.embed_s * 1000, 2),
             search_ms=round(retrieval.search_s * 1000, 2),
+            unknown_terms=list(retrieval.unknown_terms),
         )
         if answerer is not None:
             prepared = await answerer.prepare(q.question)
@@ -765,7 +775,7 @@ async def run_follow_up_eval(
         for way, query in queries.items():
             retrieval = await rag.retriever.retrieve(query, top_k=depth)
             pages = [page_url(h.url) for h in fold_near_duplicates(retrieval.hits)]
-            best, refused = gate(retrieval.hits, settings.top_k, settings.relevance_threshold)
+            best, refused = gate(retrieval, settings.top_k, settings.relevance_threshold)
             run.results[way].append(
                 QuestionResult(
                     id=case.id,

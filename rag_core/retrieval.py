@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .config import Settings
 from .documents import Hit
 from .embedding import Embedder
+from .named_terms import mentions, named_terms
 from .query_text import clean_query
 from .rerank import Reranker
 from .store import KnowledgeStore
@@ -18,6 +19,8 @@ from .verified import FILTER as VERIFIED_FILTER
 
 # Hits fetched per hit kept, so the top ones can come from several pages.
 _DIVERSITY_POOL = 4
+# BM25's first passages for a config key or parameter name: if the docs name it, these do.
+_TERM_PASSAGES = 10
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class Retrieval:
     search_s: float
     query: str = ""  # what was searched: the question, cleaned of pasted noise
     rerank_s: float = 0.0  # the answer model reordering the hits (RERANK=llm)
+    # The config keys / parameter names the question asks about, when the docs name none.
+    unknown_terms: tuple[str, ...] = ()
 
 
 def diversify(hits: Sequence[Hit], top_k: int, per_page: int) -> list[Hit]:
@@ -108,9 +113,27 @@ class Retriever:
             rerank_s = time.perf_counter() - t2
         # After reranking: a verified answer close enough to the question stays first.
         hits = promote_verified(hits, best, self.settings.verified_min_similarity, top_k)
+        unknown = await self.unknown_terms(question, collection) if filter is None else ()
         return Retrieval(
-            hits=hits, embed_s=t1 - t0, search_s=t2 - t1, query=query, rerank_s=rerank_s
+            hits=hits,
+            embed_s=t1 - t0,
+            search_s=t2 - t1,
+            query=query,
+            rerank_s=rerank_s,
+            unknown_terms=unknown,
         )
+
+    async def unknown_terms(self, question: str, collection: str | None = None) -> tuple[str, ...]:
+        """The config keys and parameter names `question` asks about, when the docs mention
+        none of them (one BM25 search for all); empty when it names none or the docs know one.
+        """
+        terms = named_terms(question) if self.settings.refuse_unknown_terms else []
+        if not terms:
+            return ()
+        found = await asyncio.to_thread(self.store.lexical_texts, terms, _TERM_PASSAGES, collection)
+        if any(mentions(term, texts) for term, texts in zip(terms, found, strict=True)):
+            return ()
+        return tuple(terms)
 
 
 def promote_verified(

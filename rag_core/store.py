@@ -615,6 +615,29 @@ class KnowledgeStore:
             for best in fused
         ]
 
+    def lexical_texts(
+        self, queries: Sequence[str], limit: int, collection: str | None = None
+    ) -> list[list[str]]:
+        """For each query, the search text (title, headings, text) of the `limit` passages BM25
+        ranks first in `collection` (default: the live version)."""
+        name = collection or self._live_name()
+        if name is None or not queries:
+            return [[] for _ in queries]
+
+        def run() -> list[list[str]]:
+            self._ensure_loaded(name)
+            result = self.client.search(
+                name,
+                data=list(queries),
+                anns_field="sparse",
+                limit=limit,
+                output_fields=["search_text"],
+                search_params={"metric_type": "BM25"},
+            )
+            return [[hit["entity"]["search_text"] for hit in hits] for hits in result]
+
+        return self._call(run, f"search {name} for terms")
+
     def count(self) -> int:
         """Chunks in the live version (0 before the first publish)."""
         name = self._live_name()

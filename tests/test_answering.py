@@ -16,11 +16,13 @@ from rag_core.answering import (
     clean_question,
     fold_near_duplicates,
     is_blank,
+    refusal_text,
 )
 from rag_core.attribution import cited_numbers
 from rag_core.conversation import Turn
 from rag_core.documents import Hit
 from rag_core.llm import GenerationChunk, Generator
+from rag_core.retrieval import Retriever
 from rag_core.runtime import Rag, open_rag
 
 pytest_plugins = ["tests.llm_fixtures"]
@@ -330,3 +332,31 @@ async def test_the_model_rewrites_a_follow_up_and_noise_falls_back_to_the_rules(
     full = "How do I create a collection with a dynamic schema?"
     assert (await answerer.rewriter.rewrite(full, [FIRST])).standalone == full
     assert len(scripted.prompts) == calls
+
+
+async def test_a_config_key_the_docs_never_mention_is_refused_by_name(rag: Rag) -> None:
+    """Close in meaning is not enough: the made-up key's question lands on the queryNode /
+    indexNode config pages, yet no passage names it, so the reply says which key was not found."""
+    answerer = rag.require_answerer()
+    spy = rag.generator
+    assert isinstance(spy, CountingGenerator)
+    before = spy.calls
+    made_up = "indexNode.enableDiskCache"
+    prepared = await answerer.prepare(f"what does {made_up} do and what is its default?")
+    assert prepared.refused and prepared.unknown_terms == (made_up,)
+    assert prepared.best_similarity >= MINILM_THRESHOLD  # the cosine gate alone would answer
+    stream = answerer.stream(prepared)
+    text = "".join([d async for d in stream])
+    assert text == refusal_text([made_up]) and f"`{made_up}`" in text
+    assert stream.result is not None and stream.result.sources  # the closest pages, as always
+    assert spy.calls == before
+
+    # A key the docs have, in any case, is not refused for its name; nor is a question naming
+    # one known and one unknown key, and the check can be turned off.
+    retriever = rag.retriever
+    assert await retriever.unknown_terms("what is indexnode.enabledisk for?") == ()
+    assert await retriever.unknown_terms(f"{made_up} or indexNode.enableDisk?") == ()
+    off = Retriever(
+        rag.settings.model_copy(update={"refuse_unknown_terms": False}), rag.store, rag.embedder
+    )
+    assert await off.unknown_terms(f"what does {made_up} do?") == ()

@@ -23,7 +23,7 @@ from bot.__main__ import export_flags
 from bot.answer_path import BUSY, LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
 from bot.feedback import AnswerRecord
 from bot.utils import AnswerQueue, QueueFull
-from rag_core.answering import REFUSAL, Answer, Source, Timings
+from rag_core.answering import REFUSAL, Answer, Source, Timings, refusal_text
 from rag_core.llm import Generator
 from tests.bot_fixtures import (
     DOCS_BASE,
@@ -728,6 +728,11 @@ def test_rendered_answers_stay_within_discord_limits() -> None:
     refused = Answer(QUESTION, REFUSAL, [], True, 0, 0, None, timings)
     [only] = render_answer(refused, seconds=0.2, votes_hint=False)
     assert "couldn't find anything" in only and "👍" not in only
+    # A refusal that names the key the docs lack shows that text above the closest pages.
+    named = refusal_text(["queryNode.grouping.enabled"])
+    refused = Answer(QUESTION, named, sources[:2], True, 0, 0, None, timings)
+    [only] = render_answer(refused, seconds=0.2, votes_hint=False)
+    assert only.startswith(named + "\n[1] ") and "`queryNode.grouping.enabled`" in only
 
 
 @pytest.mark.slow
