@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,11 +12,14 @@ from dataclasses import dataclass
 from .config import Settings
 from .documents import Hit
 from .embedding import Embedder
+from .errors import StoreError
 from .named_terms import mentions, named_terms
 from .query_text import clean_query
 from .rerank import Reranker
 from .store import KnowledgeStore
 from .verified import FILTER as VERIFIED_FILTER
+
+log = logging.getLogger(__name__)
 
 # Hits fetched per hit kept, so the top ones can come from several pages.
 _DIVERSITY_POOL = 4
@@ -130,7 +134,13 @@ class Retriever:
         terms = named_terms(question) if self.settings.refuse_unknown_terms else []
         if not terms:
             return ()
-        found = await asyncio.to_thread(self.store.lexical_texts, terms, _TERM_PASSAGES, collection)
+        try:
+            found = await asyncio.to_thread(
+                self.store.lexical_texts, terms, _TERM_PASSAGES, collection
+            )
+        except StoreError as exc:  # the search itself worked: answer rather than fail on this
+            log.warning("could not look up the question's terms: %s", exc)
+            return ()
         if any(mentions(term, texts) for term, texts in zip(terms, found, strict=True)):
             return ()
         return tuple(terms)

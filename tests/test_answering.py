@@ -4,6 +4,7 @@ the real tiny vLLM engine over the real knowledge base (its text is noise: mecha
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -334,7 +335,9 @@ async def test_the_model_rewrites_a_follow_up_and_noise_falls_back_to_the_rules(
     assert len(scripted.prompts) == calls
 
 
-async def test_a_config_key_the_docs_never_mention_is_refused_by_name(rag: Rag) -> None:
+async def test_a_config_key_the_docs_never_mention_is_refused_by_name(
+    rag: Rag, caplog: pytest.LogCaptureFixture
+) -> None:
     """Close in meaning is not enough: the made-up key's question lands on the queryNode /
     indexNode config pages, yet no passage names it, so the reply says which key was not found."""
     answerer = rag.require_answerer()
@@ -360,3 +363,7 @@ async def test_a_config_key_the_docs_never_mention_is_refused_by_name(rag: Rag) 
         rag.settings.model_copy(update={"refuse_unknown_terms": False}), rag.store, rag.embedder
     )
     assert await off.unknown_terms(f"what does {made_up} do?") == ()
+    # A failed lookup (here: a version that does not exist) answers rather than refuses.
+    with caplog.at_level(logging.WARNING, logger="rag_core.retrieval"):
+        assert await retriever.unknown_terms(made_up, collection="docs__v0_missing") == ()
+    assert "could not look up the question's terms" in caplog.text
