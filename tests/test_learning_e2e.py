@@ -92,9 +92,14 @@ async def test_a_moderator_correction_answers_the_next_paraphrase(
         inputs = {c["custom_id"]: c for row in opened.modal["components"] for c in _inputs(row)}
         question_id, answer_input = list(inputs)
         assert inputs[question_id]["value"] == QUESTION
-        submitted = await w.fake.submit_modal(opened, {answer_input: CORRECTION})
-        await submitted.wait_done()
-        assert submitted.response_type == 7  # the card itself is updated
+        # A reindex publishing meanwhile holds the verified answers' lock for as long as its
+        # gate runs: the submission is acknowledged within Discord's 3 s all the same.
+        async with w.bot.rag.verified.lock:
+            submitted = await w.fake.submit_modal(opened, {answer_input: CORRECTION})
+            await asyncio.sleep(w.fake.ack_deadline + 0.5)
+            assert submitted.response_type == 6, submitted.summary()  # deferred card update
+            assert "Corrected" not in fields(card).get("Review", "")
+        await w.fake.wait_for(lambda: "Corrected" in fields(card).get("Review", ""))
         review = fields(card)["Review"]
         assert "Corrected" in review and f"<@{lead.id}>" in review and CORRECTION in review
         assert buttons(card) == []  # corrected: nothing left to decide

@@ -199,6 +199,9 @@ class Review(commands.Cog):
             await send_error(interaction, "The answer was empty: nothing was changed.")
             return
         record = modal.record
+        # Storing and indexing can wait on a reindex's publish step (it holds the verified
+        # answers' lock) far past Discord's 3 s to answer: acknowledge first, edit the card after.
+        await interaction.response.defer()
         verified = await self.add_verified(
             question=question,
             answer=answer,
@@ -252,16 +255,21 @@ class Review(commands.Cog):
         answer_id: int | None = None,
     ) -> None:
         message = interaction.message
+        deferred = interaction.response.is_done()
         if message is None or not message.embeds:
-            await interaction.response.send_message(
-                safe_truncate(text, 2000), ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
+            send = interaction.followup.send if deferred else interaction.response.send_message
+            await send(safe_truncate(text, 2000), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
         embed = with_verdict(message.embeds[0], safe_truncate(text, 1024), colour)
         view = review_view(answer_id) if keep_buttons and answer_id is not None else None
-        await interaction.response.edit_message(
-            embed=embed, view=view, allowed_mentions=NO_MENTIONS
-        )
+        if deferred:
+            await interaction.edit_original_response(
+                embed=embed, view=view, allowed_mentions=NO_MENTIONS
+            )
+        else:
+            await interaction.response.edit_message(
+                embed=embed, view=view, allowed_mentions=NO_MENTIONS
+            )
 
     # -- /verified ----------------------------------------------------------------------------
 
