@@ -7,6 +7,7 @@ the threshold, else starts a group of its own. Groups come back most asked first
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -58,23 +59,28 @@ class Gap:
 def cluster(vectors: np.ndarray, threshold: float) -> list[list[int]]:
     """Greedy grouping of the rows of `vectors` by cosine to each group's centre; the groups
     as row indices, in order of their first member."""
+    rows = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    units = rows / np.where(norms > 0, norms, 1.0)
     groups: list[list[int]] = []
-    sums: list[np.ndarray] = []  # sum of each group's unit vectors: its centre's direction
-    for i, vector in enumerate(np.asarray(vectors, dtype=np.float32)):
-        norm = float(np.linalg.norm(vector))
-        unit = vector / norm if norm > 0 else vector
-        best, best_cos = -1, threshold
-        for g, total in enumerate(sums):
-            length = float(np.linalg.norm(total))
-            cos = float(unit @ total) / length if length > 0 else 0.0
-            if cos >= best_cos:
-                best, best_cos = g, cos
+    # Row g: the sum of group g's unit vectors (its centre's direction) and that sum's length;
+    # all groups are compared in one product, thousands of questions take a second or two.
+    sums = np.zeros_like(units)
+    lengths = np.zeros(len(units), dtype=np.float32)
+    for i, unit in enumerate(units):
+        n = len(groups)
+        best = -1
+        if n:
+            cos = (sums[:n] @ unit) / np.where(lengths[:n] > 0, lengths[:n], 1.0)
+            g = int(np.argmax(cos))
+            if cos[g] >= threshold:
+                best = g
         if best < 0:
-            groups.append([i])
-            sums.append(unit.copy())
-        else:
-            groups[best].append(i)
-            sums[best] += unit
+            best = n
+            groups.append([])
+        groups[best].append(i)
+        sums[best] += unit
+        lengths[best] = np.linalg.norm(sums[best])
     return groups
 
 
@@ -89,5 +95,7 @@ async def find_gaps(
     if not questions:
         return []
     vectors = await embed([q.text for q in questions])
-    gaps = [Gap([questions[i] for i in members]) for members in cluster(vectors, threshold)]
+    # A worker thread: a year of a busy server's questions must not stall the event loop.
+    groups = await asyncio.to_thread(cluster, vectors, threshold)
+    gaps = [Gap([questions[i] for i in members]) for members in groups]
     return sorted(gaps, key=lambda g: (-g.count, -g.last_asked))
