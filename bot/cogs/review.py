@@ -207,7 +207,8 @@ class Review(commands.Cog):
             answer=answer,
             link=record.jump_url,
             by=interaction.user.id,
-            guild_id=interaction.guild_id,
+            # The answer's server, not the moderators channel's (which may be another one).
+            guild_id=record.guild_id if record.guild_id is not None else interaction.guild_id,
             answer_id=record.id,
         )
         text = (
