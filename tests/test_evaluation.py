@@ -14,6 +14,7 @@ from rag_core.__main__ import main
 from rag_core.documents import Hit
 from rag_core.evaluation import QuestionResult
 from rag_core.llm import GenerationChunk, Generator
+from rag_core.retrieval import Retrieval
 from rag_core.runtime import open_rag
 from tests.conftest import FIXTURES
 
@@ -102,9 +103,26 @@ def hit(n: int, similarity: float, text: str | None = None) -> Hit:
 
 def test_gate_reads_only_the_first_top_k_hits() -> None:
     hits = [hit(1, 0.31), hit(2, 0.25), hit(3, 0.9)]  # hybrid order: RRF, not cosine
-    assert ev.gate(hits, 3, 0.3) == (0.9, False)
-    assert ev.gate(hits, 2, 0.32) == (0.31, True)
-    assert ev.gate([], 5, 0.3) == (0.0, True)
+    assert ev.gate(Retrieval(hits, 0.0, 0.0), 3, 0.3) == (0.9, False)
+    assert ev.gate(Retrieval(hits, 0.0, 0.0), 2, 0.32) == (0.31, True)
+    assert ev.gate(Retrieval([], 0.0, 0.0), 5, 0.3) == (0.0, True)
+    # A question naming only keys the docs lack is refused whatever its cosine.
+    unknown = Retrieval(hits, 0.0, 0.0, unknown_terms=("queryNode.grouping.enabled",))
+    assert ev.gate(unknown, 3, 0.3) == (0.9, True)
+
+
+def test_questions_refused_for_unknown_terms_stay_refused_and_leave_calibration_alone() -> None:
+    def result(rid: str, best: float, answerable: bool, terms: list[str]) -> QuestionResult:
+        expected = [f"{DOCS}a.md"] if answerable else []
+        return QuestionResult(rid, rid, "en", expected, [], None, best, True, unknown_terms=terms)
+
+    results = [
+        result("a", 0.6, True, []),
+        result("b", 0.3, False, []),
+        result("key", 0.7, False, ["queryNode.grouping.enabled"]),
+    ]
+    assert ev.threshold_pairs(results) == [(0.6, True), (0.3, False)]
+    assert [r.refused for r in ev.regate(results, 0.5)] == [False, True, True]
 
 
 def test_answer_checks_on_crafted_text() -> None:
