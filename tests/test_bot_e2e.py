@@ -339,6 +339,32 @@ async def test_votes_flags_review_cards_and_export(indexed: Indexed, tmp_path: P
     w.fake.assert_clean()
 
 
+async def test_a_flag_export_over_the_upload_limit_is_described_not_attached(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    """Discord refuses an upload over the server's limit (10 MiB without boosts), and the
+    listing with it: the export says how to get the file instead."""
+    async with running_bot(indexed.rag, tmp_path) as w:
+        long_answer_text = "x" * 2**20
+        for i in range(11):  # 11 MiB of flagged answers
+            await w.store.record_answer(
+                message_id=10_000 + i,
+                channel_id=w.general.id,
+                user_id=w.bob.id,
+                question=f"question {i}",
+                answer=long_answer_text,
+                guild_id=w.guild.id,
+            )
+            await w.store.set_vote(10_000 + i, w.alice.id, -1)
+        listing = await w.fake.invoke("flags", {"export": True}, user=w.admin)
+        await listing.wait_done()
+        assert listing.embeds and not any(r.files for r in listing.requests)
+        [export] = [f for f in listing.embeds[0]["fields"] if f["name"] == "Export"]
+        assert "11 flagged answers" in export["value"] and "10 MiB upload limit" in export["value"]
+        assert "python -m bot export-flags" in export["value"]
+    w.fake.assert_clean()
+
+
 async def test_reactions_while_the_answer_streams_count_once_it_is_recorded(
     indexed: Indexed, tmp_path: Path
 ) -> None:

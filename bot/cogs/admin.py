@@ -409,9 +409,19 @@ class Admin(commands.Cog):
         if export:
             buffer = io.StringIO()
             count = await store.export_jsonl(buffer, guild_id=interaction.guild_id)
-            data = io.BytesIO(buffer.getvalue().encode("utf-8"))
-            files.append(discord.File(data, filename="flagged-answers.jsonl"))
-            embed.add_field(name="Export", value=f"{count} flagged answers in the attached file")
+            data = buffer.getvalue().encode("utf-8")
+            guild = interaction.guild
+            limit = guild.filesize_limit if guild else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+            if len(data) <= limit:
+                files.append(discord.File(io.BytesIO(data), filename="flagged-answers.jsonl"))
+                embed.add_field(name="Export", value=f"{count} flagged answers, attached")
+            else:  # Discord would refuse the upload, and the listing with it
+                embed.add_field(
+                    name="Export",
+                    value=f"{count} flagged answers: {len(data) / 2**20:.1f} MiB, over this "
+                    f"server's {limit / 2**20:.0f} MiB upload limit. On the bot's host: "
+                    "`python -m bot export-flags FILE`",
+                )
         await interaction.followup.send(
             embed=embed, files=files, ephemeral=True, allowed_mentions=NO_MENTIONS
         )
