@@ -216,8 +216,8 @@ class Settings(BaseSettings):
     # A cheap lexical check the cosine cannot make: see rag_core/named_terms.py.
     refuse_unknown_terms: bool = Field(
         True,
-        description="Refuse a question whose config keys / parameter names (dotted, snake_case, "
-        "camelCase) the docs never mention, naming them, instead of guessing",
+        description="Refuse a question whose dotted config keys (queryNode.x.y) the docs never "
+        "mention, naming them, instead of guessing",
     )
     # Off by default: SmolLM2-135M, the model measured here, says "no" to nearly every question
     # (docs/evaluation.md); a capable instruct model is what this is for.
