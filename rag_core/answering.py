@@ -224,8 +224,9 @@ class Answerer:
         )
         hits = merge_same_source(fold_near_duplicates(retrieval.hits))
         best = max((h.similarity for h in hits), default=0.0)
-        unknown = retrieval.unknown_terms
-        if best < self.settings.relevance_threshold or unknown:
+
+        def refusal(unknown_terms: tuple[str, ...] = (), verdict: str | None = None) -> Prepared:
+            # "Not in the docs": no prompt, the closest pages as sources.
             return Prepared(
                 question,
                 _closest_pages(hits),
@@ -236,26 +237,19 @@ class Answerer:
                 started,
                 best,
                 rewrite,
-                unknown_terms=unknown,
+                answerable=verdict,
+                unknown_terms=unknown_terms,
             )
+
+        if best < self.settings.relevance_threshold or retrieval.unknown_terms:
+            return refusal(unknown_terms=retrieval.unknown_terms)
         verdict = None
         if self.settings.answerability_check:
             t0 = time.perf_counter()
             verdict = await self.check_answerable(query, hits)
             timings.check_s = time.perf_counter() - t0
             if verdict == "no":
-                return Prepared(
-                    question,
-                    _closest_pages(hits),
-                    True,
-                    None,
-                    0,
-                    timings,
-                    started,
-                    best,
-                    rewrite,
-                    answerable=verdict,
-                )
+                return refusal(verdict=verdict)
         turns = pack_history(
             history, self.settings.conversation_history_tokens, self.generator.count_tokens
         )
