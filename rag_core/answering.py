@@ -41,7 +41,7 @@ REFUSAL = (
 
 def refusal_text(unknown_terms: Sequence[str] = ()) -> str:
     """The 'not in the docs' reply; it names the config keys the docs never mention when
-    that is the reason."""
+    that is the reason (rag_core/named_terms.py)."""
     if not unknown_terms:
         return REFUSAL
     names = ", ".join(f"`{term[:80]}`" for term in unknown_terms[:3])

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Hits fetched per hit kept, so the top ones can come from several pages.
 _DIVERSITY_POOL = 4
-# BM25's first passages for a config key or parameter name: if the docs name it, these do.
+# BM25's first passages for a dotted config key: if the docs name it, these do.
 _TERM_PASSAGES = 10
 
 
@@ -34,7 +34,7 @@ class Retrieval:
     search_s: float
     query: str = ""  # what was searched: the question, cleaned of pasted noise
     rerank_s: float = 0.0  # the answer model reordering the hits (RERANK=llm)
-    # The config keys / parameter names the question asks about, when the docs name none.
+    # The dotted config keys the question names, when the docs name none of them.
     unknown_terms: tuple[str, ...] = ()
 
 
@@ -128,8 +128,8 @@ class Retriever:
         )
 
     async def unknown_terms(self, question: str, collection: str | None = None) -> tuple[str, ...]:
-        """The config keys and parameter names `question` asks about, when the docs mention
-        none of them (one BM25 search for all); empty when it names none or the docs know one.
+        """The dotted config keys `question` names, when the docs mention none of them (one
+        BM25 search for all); empty when it names none or the docs know one (named_terms.py).
         """
         terms = named_terms(question) if self.settings.refuse_unknown_terms else []
         if not terms:
