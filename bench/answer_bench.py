@@ -45,7 +45,7 @@ SHAPES = {
 
 def build_model(name: str, cache: Path) -> Path:
     if name == "smollm2":  # the real SmolLM2-135M-Instruct, converted from its packaged GGUF
-        from rag_core.model_fetch import convert_gguf, packaged_gguf
+        from rag_core.models.fetch import convert_gguf, packaged_gguf
 
         return convert_gguf(packaged_gguf(), cache / "smollm2-135m-instruct")
     if name not in SHAPES:
@@ -100,7 +100,7 @@ async def run_level(answerer, questions: list[str], concurrency: int) -> dict[st
         "total_p95": pct(total, 0.95),
         "tok_s": tokens / wall,
         "overhead_pct": 100 * sum(overhead) / sum(total),
-        # Checking the sources after each stream (rag_core/attribution.py), share of the total.
+        # Checking the sources after each stream (answer/attribution.py), share of the total.
         "attribution_pct": 100 * sum(attribution) / sum(total),
         "wall_s": wall,
     }
@@ -110,7 +110,7 @@ def seed_baseline(settings, prompts: list[str], max_tokens: int) -> tuple[float,
     """The walkthrough's way: a synchronous vllm.LLM, generate() one prompt at a time."""
     from vllm import LLM, SamplingParams
 
-    from rag_core.llm import local_dtype
+    from rag_core.answer.llm import local_dtype
 
     kwargs: dict[str, object] = {}
     if settings.llm_kv_cache_bytes:

@@ -241,7 +241,7 @@ async def run_conversations(args: argparse.Namespace, rag: Any, report: Any, set
     import discord
 
     from bot import metrics
-    from rag_core.answering import Answerer
+    from rag_core.answer.answering import Answerer
 
     # One way after the other on the same engine (a fake Discord is process-wide): the
     # rewrite step's own cost comes from the metrics, the end-to-end difference also carries

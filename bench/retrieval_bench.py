@@ -101,12 +101,12 @@ def milvus_lite_version() -> str:
 
 async def child(args: argparse.Namespace) -> None:
     """One engine: index the cached rows, then measure; prints one JSON line."""
-    from rag_core import store as store_module
     from rag_core.config import Settings
     from rag_core.documents import Chunk
-    from rag_core.embedding import Embedder
-    from rag_core.retrieval import Retriever
-    from rag_core.store import KnowledgeStore
+    from rag_core.search import store as store_module
+    from rag_core.search.embedding import Embedder
+    from rag_core.search.retrieval import Retriever
+    from rag_core.search.store import KnowledgeStore
 
     if args.engine == "lite-nobatch":
         store_module._MAX_SEARCH_BATCH = 1  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ The naive baseline is what a first RAG tutorial builds: 512-character chunks of 
 text (RecursiveCharacterTextSplitter, no title or heading context), the same MiniLM embedder,
 dense + BM25 search fused by Milvus's own RRFRanker, top 8. It is built once from the same
 corpus into bench/.cache/naive-<corpus>/ (a few minutes on 2 cores) and scored by the same
-functions as `python -m rag_core eval` (rag_core/evaluation.py), so the columns compare.
+functions as `python -m rag_core eval` (rag_core/quality/evaluation.py), so the columns compare.
 The project's side uses the settings in the environment (EMBEDDING_MODEL, TOP_K, ...) over the
 index in --data-dir; each `--variant SETTING=VALUE` adds a row of the project with that setting
 changed (`--variant QUERY_CLEANING=false`), same process, same index. `--variant RERANK=llm`
@@ -50,7 +50,7 @@ async def naive_pages(corpus: str, base_url: str) -> list[tuple[str, str]]:
     """(page URL, text) of every page, loaded by the project's own loaders."""
     from rag_core.config import Settings
     from rag_core.documents import Document
-    from rag_core.sources import load_sources
+    from rag_core.ingest.sources import load_sources
 
     settings = Settings(_env_file=None, docs_base_url=base_url)  # type: ignore[call-arg]
     pages = []
@@ -121,7 +121,7 @@ def page_recall(pages: list[str], expected: list[str], k: int = 5) -> float | No
 
 
 def scorecard(results, page_recalls: list[float | None]) -> dict[str, dict[str, float | None]]:
-    from rag_core.evaluation import score_group
+    from rag_core.quality.evaluation import score_group
 
     groups = {
         "all": list(zip(results, page_recalls, strict=True)),
@@ -156,11 +156,11 @@ async def main() -> None:
     args = ap.parse_args()
 
     from rag_core.config import load_settings
-    from rag_core.embedding import Embedder
-    from rag_core.evaluation import load_questions, run_eval
-    from rag_core.rerank import make_reranker
-    from rag_core.retrieval import Retriever
+    from rag_core.quality.evaluation import load_questions, run_eval
     from rag_core.runtime import open_rag
+    from rag_core.search.embedding import Embedder
+    from rag_core.search.rerank import make_reranker
+    from rag_core.search.retrieval import Retriever
 
     os.environ["DATA_DIR"] = args.data_dir
     os.environ.setdefault("EMBEDDING_MODEL", model_path())
@@ -226,7 +226,7 @@ async def main() -> None:
 async def naive_results(args, questions, embedder):
     from pymilvus import MilvusClient
 
-    from rag_core.evaluation import QuestionResult, first_rank, page_url
+    from rag_core.quality.evaluation import QuestionResult, first_rank, page_url
 
     corpus_key = hashlib.sha256(str(Path(args.corpus).resolve()).encode()).hexdigest()[:10]
     db = CACHE / f"naive-{corpus_key}" / "naive.db"

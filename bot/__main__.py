@@ -124,7 +124,7 @@ async def export_golden(settings: Settings, out: Path, guild_id: int | None) -> 
 async def gaps_report(settings: Settings, days: float, guild_id: int | None = None) -> str:
     """The coverage-gaps report as Markdown (the embedder loads only when there is something
     to group; the knowledge base is not opened, so this works beside a running bot)."""
-    from rag_core.embedding import Embedder
+    from rag_core.search.embedding import Embedder
 
     from .gaps import coverage_gaps, render_gaps
 

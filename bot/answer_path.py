@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from rag_core.answering import (
+from rag_core.answer.answering import (
     REFUSAL,
     Answer,
     AnswerStream,
@@ -30,7 +30,7 @@ from rag_core.answering import (
     Source,
     is_blank,
 )
-from rag_core.conversation import Turn
+from rag_core.answer.conversation import Turn
 from rag_core.errors import RagError
 
 from . import metrics

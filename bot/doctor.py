@@ -374,8 +374,8 @@ def check_embedding_model(settings: Settings) -> tuple[CheckResult, int | None]:
     if located.where == "hub":
         return _ok(name, f"{model}: {located.note}"), None
 
-    from rag_core.embedding import Embedder
     from rag_core.errors import EmbeddingError
+    from rag_core.search.embedding import Embedder
 
     started = time.perf_counter()
     try:
@@ -532,7 +532,7 @@ async def check_remote_engine(settings: Settings) -> CheckResult:
 def check_milvus(settings: Settings, dim: int | None) -> CheckResult:
     """Milvus answers and the collection alias names an index built with the same model."""
     from rag_core.errors import StoreError, StoreLockedError
-    from rag_core.store import KnowledgeStore
+    from rag_core.search.store import KnowledgeStore
 
     name = "knowledge base"
     target = settings.milvus_target

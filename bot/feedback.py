@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TextIO, TypeVar
 
-from rag_core.gaps import AskedQuestion
+from rag_core.quality.gaps import AskedQuestion
 
 DEFAULT_FILENAME = "feedback.db"
 SCHEMA_VERSION = 6
@@ -81,7 +81,7 @@ _MIGRATIONS: list[list[str]] = [
         """,
     ],
     [
-        # Most of the answer's text was backed by none of its passages (rag_core.attribution).
+        # Most of the answer text was backed by none of its passages (answer/attribution.py).
         "ALTER TABLE answers ADD COLUMN low_support INTEGER NOT NULL DEFAULT 0",
     ],
     [

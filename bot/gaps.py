@@ -1,5 +1,5 @@
 """The coverage-gaps report: what the docs are missing, from the questions the bot refused or
-whose answers were flagged, grouped by meaning (rag_core/gaps.py), most asked first.
+whose answers were flagged, grouped by meaning (rag_core/quality/gaps.py), most asked first.
 
 The same Markdown serves `/gaps` (split into messages within Discord's limit) and
 `python -m bot gaps` (a file or the terminal, for a docs team).
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from rag_core.gaps import Gap, find_gaps
+from rag_core.quality.gaps import Gap, find_gaps
 
 from .feedback import FeedbackStore
 from .streaming import MESSAGE_LIMIT, fit, plain_text, split_message

@@ -26,8 +26,8 @@ from prometheus_client.exposition import start_http_server
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from rag_core.answering import Answer
-    from rag_core.indexer import IndexReport
+    from rag_core.answer.answering import Answer
+    from rag_core.ingest.indexer import IndexReport
 
 PREFIX = "docsbot"
 HEARTBEAT_METRIC = f"{PREFIX}_heartbeat_timestamp_seconds"

@@ -18,10 +18,10 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 
-from rag_core import evaluation as ev  # noqa: E402
 from rag_core.config import load_settings  # noqa: E402
-from rag_core.retrieval import Retriever  # noqa: E402
+from rag_core.quality import evaluation as ev  # noqa: E402
 from rag_core.runtime import open_rag  # noqa: E402
+from rag_core.search.retrieval import Retriever  # noqa: E402
 
 
 async def sweep(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from .config import Settings, load_settings
 from .errors import ConfigError, RagError, error_lines
 
 if TYPE_CHECKING:
-    from .indexer import Progress
+    from .ingest.indexer import Progress
 
 log = logging.getLogger("rag_core")
 
@@ -169,7 +169,7 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
     from tqdm import tqdm
 
-    from . import evaluation as ev
+    from .quality import evaluation as ev
     from .runtime import open_rag
 
     if ev.is_follow_up_set(args.questions):
@@ -278,7 +278,7 @@ async def _eval_follow_ups(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from . import evaluation as ev
+    from .quality import evaluation as ev
     from .runtime import open_rag
 
     cases = ev.load_follow_ups(args.questions, base_url=settings.docs_base_url)
@@ -320,7 +320,7 @@ async def _eval_follow_ups(args: argparse.Namespace, settings: Settings) -> int:
 async def _models(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from .model_fetch import fetch_model, suggested_settings
+    from .models.fetch import fetch_model, suggested_settings
 
     if args.models_command == "adapt":
         return await _adapt(args, settings)
@@ -337,7 +337,7 @@ async def _models(args: argparse.Namespace, settings: Settings) -> int:
 async def _adapt(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from .adaptation import adapt_embedder, adapted_folder, section_pairs
+    from .models.adaptation import adapt_embedder, adapted_folder, section_pairs
     from .runtime import live_rows
 
     # Only the store: adapt_embedder loads its own, trainable copy of the model.

@@ -213,7 +213,7 @@ class Settings(BaseSettings):
         description="Best passage cosine below this = 'not in the docs' (MiniLM: 0.44 on the "
         "Milvus docs; BGE v1.5: 0.5, uncalibrated: run `eval --calibrate` on your questions)",
     )
-    # A cheap lexical check the cosine cannot make: see rag_core/named_terms.py.
+    # A cheap lexical check the cosine cannot make: see rag_core/search/named_terms.py.
     refuse_unknown_terms: bool = Field(
         True,
         description="Refuse a question whose dotted config keys (queryNode.x.y) the docs never "

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .answering import Answerer
-from .chunking import Chunker
+from .answer.answering import Answerer
+from .answer.llm import Generator, create_generator
 from .config import Settings
-from .embedding import Embedder
-from .indexer import Indexer
-from .llm import Generator, create_generator
-from .rerank import make_reranker
-from .retrieval import Retriever
-from .store import Fusion, KnowledgeStore
-from .verified import VerifiedIndex
+from .ingest.chunking import Chunker
+from .ingest.indexer import Indexer
+from .search.embedding import Embedder
+from .search.rerank import make_reranker
+from .search.retrieval import Retriever
+from .search.store import Fusion, KnowledgeStore
+from .search.verified import VerifiedIndex
 
 log = logging.getLogger(__name__)
 

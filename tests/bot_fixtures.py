@@ -20,12 +20,12 @@ import pytest
 
 from bot.client import RagBot
 from bot.feedback import FeedbackStore
-from rag_core.answering import Answerer
+from rag_core.answer.answering import Answerer
+from rag_core.answer.llm import GenerationChunk, Generator
 from rag_core.config import Settings
-from rag_core.llm import GenerationChunk, Generator
-from rag_core.rerank import make_reranker
-from rag_core.retrieval import Retriever
 from rag_core.runtime import Rag, open_rag
+from rag_core.search.rerank import make_reranker
+from rag_core.search.retrieval import Retriever
 from tests.conftest import FIXTURES, offline_model_path
 from tests.fake_discord import FakeChannel, FakeDiscord, FakeGuild, FakeMember, FakeRole
 

@@ -33,7 +33,7 @@ def offline_model_path() -> str:
 
 @pytest.fixture(scope="session")
 def embedder():
-    from rag_core.embedding import Embedder
+    from rag_core.search.embedding import Embedder
 
     embedder = Embedder(offline_model_path(), device="cpu")
     yield embedder

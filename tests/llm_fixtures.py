@@ -89,7 +89,7 @@ def llm_settings(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 async def local_generator(vllm_env: Path, llm_settings) -> AsyncIterator:
     """One LocalGenerator (one vLLM engine) for the session; shut down and checked at the end."""
-    from rag_core.llm import LocalGenerator
+    from rag_core.answer.llm import LocalGenerator
 
     generator = await LocalGenerator.create(llm_settings)
     yield generator

@@ -29,7 +29,7 @@ test_model_cache.__test__ = False  # type: ignore[attr-defined]  # a helper, not
 
 def smollm2_gguf_or_skip() -> Path:
     from rag_core.errors import ConfigError
-    from rag_core.model_fetch import packaged_gguf
+    from rag_core.models.fetch import packaged_gguf
 
     try:
         return packaged_gguf()
@@ -40,7 +40,7 @@ def smollm2_gguf_or_skip() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The converted SmolLM2-135M-Instruct folder (bf16 safetensors, tokenizer, chat template)."""
-    from rag_core.model_fetch import convert_gguf
+    from rag_core.models.fetch import convert_gguf
 
     gguf = smollm2_gguf_or_skip()
     stat = gguf.stat()
@@ -57,8 +57,8 @@ async def smollm2_generator(
 ) -> AsyncIterator:
     """One LocalGenerator on SmolLM2 for the session (greedy; tests may change its settings
     with monkeypatch.setattr). Needs tests.llm_fixtures registered too (vllm_env)."""
+    from rag_core.answer.llm import LocalGenerator
     from rag_core.config import Settings
-    from rag_core.llm import LocalGenerator
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]

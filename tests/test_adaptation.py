@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from rag_core.__main__ import main
-from rag_core.adaptation import adapted_folder, section_pairs
-from rag_core.embedding import Embedder, model_family
+from rag_core.models.adaptation import adapted_folder, section_pairs
 from rag_core.runtime import open_rag
+from rag_core.search.embedding import Embedder, model_family
 
 from .conftest import offline_model_path
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import pytest
 
-from rag_core.answering import Answerer, parse_verdict
-from rag_core.llm import GenerationChunk, Generator
+from rag_core.answer.answering import Answerer, parse_verdict
+from rag_core.answer.llm import GenerationChunk, Generator
 from rag_core.runtime import Rag, open_rag
 
 pytest_plugins = ["tests.llm_fixtures"]

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import pytest
 
-from rag_core.answering import (
+from rag_core.answer.answering import (
     REFUSAL,
     Answerer,
     EmptyQuestionError,
@@ -19,12 +19,12 @@ from rag_core.answering import (
     is_blank,
     refusal_text,
 )
-from rag_core.attribution import cited_numbers
-from rag_core.conversation import Turn
+from rag_core.answer.attribution import cited_numbers
+from rag_core.answer.conversation import Turn
+from rag_core.answer.llm import GenerationChunk, Generator
 from rag_core.documents import Hit
-from rag_core.llm import GenerationChunk, Generator
-from rag_core.retrieval import Retriever
 from rag_core.runtime import Rag, open_rag
+from rag_core.search.retrieval import Retriever
 
 pytest_plugins = ["tests.llm_fixtures"]
 
@@ -220,7 +220,7 @@ async def test_empty_and_huge_questions_get_clear_messages(rag: Rag) -> None:
 
 
 def test_passages_of_one_page_and_anchor_are_one_source_linked_to_the_passage() -> None:
-    from rag_core.answering import _source, merge_same_source
+    from rag_core.answer.answering import _source, merge_same_source
 
     def hit(chunk: str, url: str, text: str, similarity: float) -> Hit:
         return Hit(chunk, "mmap.md", url, "MMap", "FAQ", text, 1.0, similarity)
@@ -364,6 +364,6 @@ async def test_a_config_key_the_docs_never_mention_is_refused_by_name(
     )
     assert await off.unknown_terms(f"what does {made_up} do?") == ()
     # A failed lookup (here: a version that does not exist) answers rather than refuses.
-    with caplog.at_level(logging.WARNING, logger="rag_core.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="rag_core.search.retrieval"):
         assert await retriever.unknown_terms(made_up, collection="docs__v0_missing") == ()
     assert "could not look up the question's terms" in caplog.text

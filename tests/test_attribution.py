@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag_core.attribution import attribute, split_answer
+from rag_core.answer.attribution import attribute, split_answer
 
 HNSW = (
     "HNSW (Hierarchical Navigable Small World Graph) is a graph-based indexing algorithm. In "

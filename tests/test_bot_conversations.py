@@ -19,11 +19,11 @@ from bot.answer_path import thread_name
 from bot.client import RagBot
 from bot.cogs.conversations import TOO_LONG
 from bot.feedback import Conversation, FeedbackStore
-from rag_core.answering import REFUSAL, Answerer
-from rag_core.conversation import Turn, rewrite_by_rules
-from rag_core.llm import GenerationChunk
-from rag_core.retrieval import Retrieval, Retriever
+from rag_core.answer.answering import REFUSAL, Answerer
+from rag_core.answer.conversation import Turn, rewrite_by_rules
+from rag_core.answer.llm import GenerationChunk
 from rag_core.runtime import Rag
+from rag_core.search.retrieval import Retrieval, Retriever
 from tests.bot_fixtures import Indexed, ShapedGenerator, World, populate, running_bot
 from tests.fake_discord import (
     FakeChannel,

@@ -23,8 +23,8 @@ from bot.__main__ import export_flags
 from bot.answer_path import BUSY, LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
 from bot.feedback import AnswerRecord
 from bot.utils import AnswerQueue, QueueFull
-from rag_core.answering import REFUSAL, Answer, Source, Timings, refusal_text
-from rag_core.llm import Generator
+from rag_core.answer.answering import REFUSAL, Answer, Source, Timings, refusal_text
+from rag_core.answer.llm import Generator
 from tests.bot_fixtures import (
     DOCS_BASE,
     PINGED_ROLE,
@@ -786,7 +786,7 @@ async def test_a_real_model_answers_in_english_with_sources_that_open_on_the_pas
 
 async def test_an_answer_the_docs_do_not_back_says_so(embedder) -> None:
     """Attribution's verdict reaches the message: partly backed, or backed by nothing."""
-    from rag_core.attribution import attribute
+    from rag_core.answer.attribution import attribute
 
     passages = ["Replicas let Milvus load one segment on several query nodes for throughput."]
     sources = [Source(1, "Replica", "https://milvus.io/docs/replica.md", "", "d", 0.5, 0.5)]

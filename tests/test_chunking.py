@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rag_core.chunking import Chunker
 from rag_core.documents import Chunk, Document, sha256
+from rag_core.ingest.chunking import Chunker
 from tests.conftest import FIXTURES
 
 DOCS = FIXTURES / "milvus-docs"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag_core.conversation import (
+from rag_core.answer.conversation import (
     Turn,
     needs_context,
     pack_history,

@@ -145,7 +145,7 @@ def test_gated_advice_names_hf_token() -> None:
 _HOLD_LITE = textwrap.dedent(
     """
     import sys
-    from rag_core.store import KnowledgeStore
+    from rag_core.search.store import KnowledgeStore
     store = KnowledgeStore(sys.argv[1])
     print("ready", flush=True)
     sys.stdin.read()  # hold the lock until the test closes our stdin

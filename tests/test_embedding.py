@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from rag_core.embedding import Embedder
 from rag_core.errors import EmbeddingError
+from rag_core.search.embedding import Embedder
 
 from .conftest import FIXTURES, offline_model_path
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from rag_core.chunking import Chunker
 from rag_core.config import Settings
-from rag_core.embedding import Embedder, model_family
+from rag_core.ingest.chunking import Chunker
+from rag_core.ingest.sources import load_folder
 from rag_core.runtime import open_rag
-from rag_core.sources import load_folder
+from rag_core.search.embedding import Embedder, model_family
 
 from .conftest import FIXTURES, offline_model_path
 from .random_encoders import build_random_encoder, build_xlmr_tokenizer

@@ -28,7 +28,7 @@ CHILD = """
 import asyncio, json, sys
 import psutil
 from rag_core.config import Settings
-from rag_core.llm import LocalGenerator
+from rag_core.answer.llm import LocalGenerator
 
 async def main(model, data_dir, pids_file, mode):
     settings = Settings(

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from rag_core import evaluation as ev
 from rag_core.__main__ import main
+from rag_core.answer.llm import GenerationChunk, Generator
 from rag_core.documents import Hit
-from rag_core.evaluation import QuestionResult
-from rag_core.llm import GenerationChunk, Generator
-from rag_core.retrieval import Retrieval
+from rag_core.quality import evaluation as ev
+from rag_core.quality.evaluation import QuestionResult
 from rag_core.runtime import open_rag
+from rag_core.search.retrieval import Retrieval
 from tests.conftest import FIXTURES
 
 pytest_plugins = ["tests.llm_fixtures"]
@@ -397,7 +397,7 @@ def test_cli_eval_with_calibrate_and_compare(indexed_settings, tmp_path: Path, c
 
 
 def test_citation_precision_counts_each_cited_passage_per_sentence() -> None:
-    from rag_core.evaluation import citation_counts
+    from rag_core.quality.evaluation import citation_counts
 
     passages = [
         "HNSW limits the maximum degree of nodes on each layer of the graph to M.",

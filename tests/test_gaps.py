@@ -12,7 +12,7 @@ import pytest
 from bot import __main__ as bot_main
 from bot.feedback import FLAG, FeedbackStore
 from bot.gaps import gap_messages
-from rag_core.gaps import AskedQuestion, Gap, cluster
+from rag_core.quality.gaps import AskedQuestion, Gap, cluster
 from tests.conftest import offline_model_path
 
 BACKUP = [

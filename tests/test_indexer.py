@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rag_core.indexer import Progress
+from rag_core.ingest.indexer import Progress
 from rag_core.runtime import Rag, open_rag
 
 from .conftest import FIXTURES
@@ -97,7 +97,7 @@ async def test_index_search_and_incremental_reindex(rag: Rag, corpus: Path) -> N
 
 def _load_one(path: Path, spec: str):
     """The Document the folder loader makes for one file (to count its chunks)."""
-    from rag_core.sources import load_folder
+    from rag_core.ingest.sources import load_folder
 
     for item in load_folder(Path(spec), spec, BASE, 5_000_000):
         if getattr(item, "doc_id", None) == str(path.resolve()):

@@ -14,7 +14,7 @@ from typing import Any
 from bot.answer_path import indexed_ago
 from bot.client import RagBot
 from bot.feedback import FeedbackStore
-from rag_core.verified import TITLE
+from rag_core.search.verified import TITLE
 from tests.bot_fixtures import Indexed, ShapedGenerator, World, populate, running_bot
 from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMember, FakeMessage
 

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 pytest.register_assert_rewrite("tests.llm_fixtures")  # before its import below, as a plugin
 
 from rag_core import errors  # noqa: E402
-from rag_core.llm import (  # noqa: E402
+from rag_core.answer.llm import (  # noqa: E402
     GenerationChunk,
     Generator,
     RemoteGenerator,

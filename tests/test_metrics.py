@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot import metrics as metrics_module
 from bot.metrics import Metrics, heartbeat, start_metrics_server
-from rag_core.answering import Answer, Timings
-from rag_core.conversation import Rewrite
-from rag_core.indexer import IndexReport
+from rag_core.answer.answering import Answer, Timings
+from rag_core.answer.conversation import Rewrite
+from rag_core.ingest.indexer import IndexReport
 
 REWRITE_NONE = {"rewrite_prompt": 0, "rewrite_completion": 0}  # no follow-ups asked
 

@@ -16,11 +16,11 @@ import pytest
 
 pytest.register_assert_rewrite("tests.llm_fixtures")  # before its import, as a plugin
 
-from rag_core import model_fetch  # noqa: E402
 from rag_core.__main__ import main  # noqa: E402
 from rag_core.config import Settings  # noqa: E402
 from rag_core.errors import ConfigError  # noqa: E402
-from rag_core.model_fetch import ModelFetchError  # noqa: E402
+from rag_core.models import fetch as model_fetch  # noqa: E402
+from rag_core.models.fetch import ModelFetchError  # noqa: E402
 from tests.smollm2_fixtures import ENGINE_START_S, smollm2_gguf_or_skip  # noqa: E402
 
 pytest_plugins = ["tests.llm_fixtures", "tests.smollm2_fixtures"]

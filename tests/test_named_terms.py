@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rag_core.named_terms import mentions, named_terms
+from rag_core.search.named_terms import mentions, named_terms
 
 
 def test_dotted_keys_are_found_in_one_line_questions() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rag_core.config import Settings
-from rag_core.query_text import clean_query
+from rag_core.search.query_text import clean_query
 
 PY_TRACE = """Traceback (most recent call last):
   File "/srv/bot/.venv/lib/python3.11/site-packages/pymilvus/orm/collection.py", line 386, in load

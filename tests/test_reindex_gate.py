@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rag_core.gate import GoldenQuestion
+from rag_core.quality.gate import GoldenQuestion
 from rag_core.runtime import Rag, open_rag
-from rag_core.verified import VerifiedAnswer, doc_id_of
+from rag_core.search.verified import VerifiedAnswer, doc_id_of
 
 from .conftest import FIXTURES, offline_model_path
 

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from rag_core.answer.llm import GenerationChunk, Generator, RemoteGenerator
+from rag_core.answer.repetition import RepetitionGuard, find_loop
 from rag_core.config import Settings
-from rag_core.llm import GenerationChunk, Generator, RemoteGenerator
-from rag_core.repetition import RepetitionGuard, find_loop
 from tests.conftest import FIXTURES
 from tests.web_fixtures import LocalSite
 

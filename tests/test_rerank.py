@@ -10,7 +10,7 @@ import logging
 
 from rag_core.config import Settings
 from rag_core.documents import Hit
-from rag_core.rerank import Reranker, passage_prompt, rerank_order
+from rag_core.search.rerank import Reranker, passage_prompt, rerank_order
 
 pytest_plugins = ["tests.llm_fixtures", "tests.smollm2_fixtures"]
 
@@ -81,7 +81,7 @@ async def test_scoring_failure_keeps_the_retrieval_order(smollm2_generator, monk
 
     monkeypatch.setattr(smollm2_generator, "continuation_logprob", broken)
     reranker = Reranker(smollm2_generator, 2.0)
-    with caplog.at_level(logging.WARNING, logger="rag_core.rerank"):
+    with caplog.at_level(logging.WARNING, logger="rag_core.search.rerank"):
         order = await reranker.rerank(QUESTION, PASSAGES)
     assert order == PASSAGES
     assert "keeping the retrieval order" in caplog.text
@@ -91,8 +91,8 @@ async def test_the_product_retriever_reranks_what_it_found(
     indexed_settings, embedder, smollm2_generator
 ) -> None:
     """open_rag wires the reranker in when RERANK=llm and an answer model is loaded."""
-    from rag_core.retrieval import Retriever
     from rag_core.runtime import open_rag
+    from rag_core.search.retrieval import Retriever
 
     settings = indexed_settings.model_copy(update={"rerank": "llm"})
     question = "How do I keep vectors on disk with memory-mapped files?"

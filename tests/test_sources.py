@@ -14,8 +14,8 @@ from aiohttp import web
 
 from rag_core.config import Settings
 from rag_core.documents import Document, SourceFailure
-from rag_core.html_text import html_to_page
-from rag_core.sources import _retry_after, load_folder, load_sources, parse_markdown
+from rag_core.ingest.html_text import html_to_page
+from rag_core.ingest.sources import _retry_after, load_folder, load_sources, parse_markdown
 from tests.conftest import FIXTURES, SHARED_CORPUS
 from tests.web_fixtures import LocalSite, Reply
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from rag_core import sources
 from rag_core.config import Settings
 from rag_core.documents import Document, SourceFailure
-from rag_core.html_text import HtmlPage, html_to_page
-from rag_core.sources import load_folder, load_sources
+from rag_core.ingest import sources
+from rag_core.ingest.html_text import HtmlPage, html_to_page
+from rag_core.ingest.sources import load_folder, load_sources
 from tests.web_fixtures import LocalSite, Reply
 
 

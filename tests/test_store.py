@@ -25,7 +25,7 @@ import pytest
 
 from rag_core.documents import Chunk, sha256
 from rag_core.errors import IndexMissingError, StoreError, StoreLockedError
-from rag_core.store import Fusion, KnowledgeStore, VersionInfo, milvus_str
+from rag_core.search.store import Fusion, KnowledgeStore, VersionInfo, milvus_str
 
 from .conftest import FIXTURES
 
@@ -577,7 +577,7 @@ def test_lite_live_pointer_is_a_file_replaced_atomically(tmp_path, corpus):
 LOCKED_PROBE = """
 import sys
 from rag_core.errors import StoreLockedError
-from rag_core.store import KnowledgeStore
+from rag_core.search.store import KnowledgeStore
 try:
     KnowledgeStore(sys.argv[1])
 except StoreLockedError as exc:
@@ -657,7 +657,7 @@ def test_a_lite_engine_that_dies_as_it_starts_is_started_once_more(tmp_path, mon
         return real_client(*args, **kwargs)
 
     monkeypatch.setattr(pymilvus, "MilvusClient", first_start_dies)
-    with caplog.at_level("WARNING", logger="rag_core.store"):
+    with caplog.at_level("WARNING", logger="rag_core.search.store"):
         store = KnowledgeStore(db)
     try:
         assert len(attempts) == 2

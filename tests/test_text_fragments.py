@@ -7,7 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from rag_core.text_fragments import (
+from rag_core.answer.text_fragments import (
     dedupe_sources,
     encode_directive_text,
     passage_phrase,

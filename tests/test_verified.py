@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rag_core.answering import _source
+from rag_core.answer.answering import _source
 from rag_core.runtime import Rag, open_rag
-from rag_core.verified import TITLE, VerifiedAnswer, doc_id_of, is_verified
+from rag_core.search.verified import TITLE, VerifiedAnswer, doc_id_of, is_verified
 
 from .conftest import FIXTURES, offline_model_path
 

@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from rag_core.answering import clean_question
+from rag_core.answer.answering import clean_question
 
 from .. import metrics
 from ..answer_path import Asker, InteractionWriter

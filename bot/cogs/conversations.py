@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from rag_core.answering import clean_question
+from rag_core.answer.answering import clean_question
+from rag_core.answer.conversation import Turn
 from rag_core.config import Settings
-from rag_core.conversation import Turn
 
 from ..answer_path import Asker, MessageWriter
 from ..feedback import Conversation

@@ -6,7 +6,7 @@ them is checked at every click (and again when a correction is submitted), with 
 commands use.
 
 A correction becomes a verified answer: stored in the feedback database, then indexed into the
-knowledge base (rag_core.verified), where it answers the same question asked in other words.
+knowledge base (rag_core.search.verified), where it answers the same question asked in other words.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from rag_core.errors import RagError
-from rag_core.verified import VerifiedAnswer
+from rag_core.search.verified import VerifiedAnswer
 
 from ..checks import NotAdmin, admin_only, is_admin_member
 from ..feedback import AnswerRecord

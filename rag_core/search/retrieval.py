@@ -9,10 +9,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import Settings
-from .documents import Hit
+from ..config import Settings
+from ..documents import Hit
+from ..errors import StoreError
 from .embedding import Embedder
-from .errors import StoreError
 from .named_terms import mentions, named_terms
 from .query_text import clean_query
 from .rerank import Reranker

@@ -68,7 +68,7 @@ from aiohttp.resolver import DefaultResolver
 
 from rag_core.config import Settings
 from rag_core.documents import Document, SourceFailure
-from rag_core.html_text import html_to_page
+from rag_core.ingest.html_text import html_to_page
 
 log = logging.getLogger(__name__)
 

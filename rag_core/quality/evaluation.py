@@ -36,14 +36,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .answering import fold_near_duplicates, load_prompt
-from .attribution import cited_numbers
-from .conversation import Rewrite, Rewriter, Turn, rewrite_by_rules
-from .errors import RagError
+from ..answer.answering import fold_near_duplicates, load_prompt
+from ..answer.attribution import cited_numbers
+from ..answer.conversation import Rewrite, Rewriter, Turn, rewrite_by_rules
+from ..errors import RagError
 
 if TYPE_CHECKING:
-    from .retrieval import Retrieval
-    from .runtime import Rag
+    from ..runtime import Rag
+    from ..search.retrieval import Retrieval
 
 KS = (1, 3, 5)
 RESULTS_VERSION = 1
@@ -221,7 +221,7 @@ class QuestionResult:
     citations_raw: list[int] | None = None
     citations_checked: list[int] | None = None
     low_support: bool | None = None
-    # Refused whatever the threshold: the docs name none of these (rag_core/named_terms.py).
+    # Refused whatever the threshold: the docs name none of these (rag_core/search/named_terms.py).
     unknown_terms: list[str] = field(default_factory=list)
 
     @property
@@ -266,7 +266,7 @@ PRECISE_WORD_SHARE = 0.5
 def citation_counts(text: str, passages: Sequence[str]) -> list[int]:
     """[citations, precise citations] in `text`: one per (sentence, cited passage) pair; precise
     when that passage contains at least PRECISE_WORD_SHARE of the sentence's content words."""
-    from .attribution import content_words, lexical_support, split_answer
+    from ..answer.attribution import content_words, lexical_support, split_answer
 
     words = [content_words(p) for p in passages]
     total = precise = 0

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .documents import Chunk, Hit, sha256
+from ..documents import Chunk, Hit, sha256
+from ..errors import IndexMissingError
 from .embedding import Embedder
-from .errors import IndexMissingError
 from .store import KnowledgeStore
 
 PREFIX = "verified:"

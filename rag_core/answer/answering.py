@@ -21,15 +21,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
+from ..config import Settings
+from ..documents import Hit
+from ..errors import GenerationError, RagError
+from ..search.retrieval import Retriever
+from ..search.verified import is_verified
 from .attribution import Attribution, attribute
-from .config import Settings
 from .conversation import Rewrite, Rewriter, Turn, pack_history, render_history
-from .documents import Hit
-from .errors import GenerationError, RagError
 from .llm import Generator
-from .retrieval import Retriever
 from .text_fragments import passage_url, source_key
-from .verified import is_verified
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ REFUSAL = (
 
 def refusal_text(unknown_terms: Sequence[str] = ()) -> str:
     """The 'not in the docs' reply; it names the config keys the docs never mention when
-    that is the reason (rag_core/named_terms.py)."""
+    that is the reason (rag_core/search/named_terms.py)."""
     if not unknown_terms:
         return REFUSAL
     names = ", ".join(f"`{term[:80]}`" for term in unknown_terms[:3])
@@ -104,7 +104,7 @@ class Prepared:
 @dataclass
 class Answer:
     question: str
-    text: str  # citations corrected by attribution (see rag_core/attribution.py)
+    text: str  # citations corrected by attribution (see rag_core/answer/attribution.py)
     sources: list[Source]  # passages that back something it says; all of them if none does
     refused: bool
     prompt_tokens: int
@@ -151,7 +151,7 @@ def is_blank(text: str) -> bool:
 
 
 def _prompt_file(name: str) -> str:
-    return resources.files("rag_core.prompts").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("rag_core.answer.prompts").joinpath(name).read_text(encoding="utf-8")
 
 
 def load_prompt(name: str = "answer.txt") -> tuple[str, str]:

@@ -40,8 +40,8 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from .documents import Chunk, Hit, in_context
-from .errors import IndexMissingError, StoreError, StoreFullError, StoreLockedError
+from ..documents import Chunk, Hit, in_context
+from ..errors import IndexMissingError, StoreError, StoreFullError, StoreLockedError
 
 log = logging.getLogger(__name__)
 

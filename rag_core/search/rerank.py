@@ -19,10 +19,10 @@ import logging
 import math
 from collections.abc import Sequence
 
-from .config import Settings
-from .documents import Hit
-from .errors import RagError
-from .llm import Generator
+from ..answer.llm import Generator
+from ..config import Settings
+from ..documents import Hit
+from ..errors import RagError
 
 log = logging.getLogger(__name__)
 

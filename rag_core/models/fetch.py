@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, RagError
+from ..errors import ConfigError, RagError
 
 MARKER = "conversion.json"  # written last: its presence means the folder is complete
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .embedding import model_family, resolve_device
-from .errors import ConfigError, EmbeddingError
-from .model_source import ADAPTED_SUFFIX, check_model_available
+from ..errors import ConfigError, EmbeddingError
+from ..model_source import ADAPTED_SUFFIX, check_model_available
+from ..search.embedding import model_family, resolve_device
 
 # Chosen on the community tune half (docs/evaluation.md): one pass over the sections, batches of
 # 32 (31 negatives each), the first 128 tokens of each text (half the CPU time of 256).

@@ -19,15 +19,15 @@ from typing import Literal
 
 import numpy as np
 
+from ..config import Settings
+from ..documents import Chunk, SourceFailure
+from ..errors import ReindexBusyError, ReindexTimeoutError
+from ..quality.gate import GateReport, GoldenQuestion, check, golden_questions
+from ..search.embedding import Embedder
+from ..search.retrieval import Retriever
+from ..search.store import DocRecord, KnowledgeStore
+from ..search.verified import VerifiedIndex, is_verified
 from .chunking import Chunker
-from .config import Settings
-from .documents import Chunk, SourceFailure
-from .embedding import Embedder
-from .errors import ReindexBusyError, ReindexTimeoutError
-from .gate import GateReport, GoldenQuestion, check, golden_questions
-from .retrieval import Retriever
-from .store import DocRecord, KnowledgeStore
-from .verified import VerifiedIndex, is_verified
 
 log = logging.getLogger(__name__)
 

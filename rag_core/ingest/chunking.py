@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .documents import Chunk, Document, sha256
+from ..documents import Chunk, Document, sha256
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answering import fold_near_duplicates
-from .config import Settings
+from ..answer.answering import fold_near_duplicates
+from ..config import Settings
+from ..search.retrieval import Retriever
+from ..search.verified import VerifiedAnswer
 from .evaluation import first_rank, load_questions, page_url
-from .retrieval import Retriever
-from .verified import VerifiedAnswer
 
 DEPTH = 5  # recall@5
 

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from .errors import RagError
+from ..errors import RagError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
     from .llm import Generator
 
 log = logging.getLogger(__name__)

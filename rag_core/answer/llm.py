@@ -44,15 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, EngineDeadError, GenerationError, GenerationTimeout
-from .model_source import check_model_available
+from ..errors import ConfigError, EngineDeadError, GenerationError, GenerationTimeout
+from ..model_source import check_model_available
 from .repetition import RepetitionGuard
 
 if TYPE_CHECKING:
     import aiohttp
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from .config import Settings
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EmbeddingError
-from .model_source import check_model_available
+from ..errors import EmbeddingError
+from ..model_source import check_model_available
 
 log = logging.getLogger(__name__)
 

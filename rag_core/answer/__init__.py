@@ -1,0 +1,1 @@
+"""Answering: prepare (retrieve, decide), then stream from the model with checked citations."""

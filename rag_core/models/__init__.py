@@ -1,0 +1,1 @@
+"""Models: fetching them for offline use and adapting the embedder to the docs."""

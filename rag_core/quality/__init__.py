@@ -1,0 +1,1 @@
+"""Quality: question-set evaluation, the reindex gate, and coverage gaps."""
