@@ -38,7 +38,7 @@ async def main() -> None:
     args = ap.parse_args()
 
     from rag_core.config import load_settings
-    from rag_core.quality.evaluation import load_questions
+    from rag_core.questions import load_questions
     from rag_core.runtime import open_rag
 
     os.environ["DATA_DIR"] = args.data_dir

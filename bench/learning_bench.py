@@ -52,7 +52,7 @@ def records(path: Path) -> list[dict]:
 
 def golden_file(n: int, out: Path, base_url: str) -> int:
     """Write the first `n` answerable questions (questions.jsonl, then community tune) to `out`."""
-    from rag_core.quality.evaluation import parse_question
+    from rag_core.questions import parse_question
 
     pool = records(ROOT / "eval" / "questions.jsonl") + [
         r for r in records(ROOT / "eval" / "community.jsonl") if r.get("split") == "tune"

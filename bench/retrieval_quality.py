@@ -23,7 +23,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +120,7 @@ def page_recall(pages: list[str], expected: list[str], k: int = 5) -> float | No
 
 
 def scorecard(results, page_recalls: list[float | None]) -> dict[str, dict[str, float | None]]:
-    from rag_core.quality.evaluation import score_group
+    from rag_core.quality.scoring import score_group
 
     groups = {
         "all": list(zip(results, page_recalls, strict=True)),
@@ -156,7 +155,8 @@ async def main() -> None:
     args = ap.parse_args()
 
     from rag_core.config import load_settings
-    from rag_core.quality.evaluation import load_questions, run_eval
+    from rag_core.quality.evaluation import run_eval
+    from rag_core.questions import load_questions
     from rag_core.runtime import open_rag
     from rag_core.search.embedding import Embedder
     from rag_core.search.rerank import make_reranker
@@ -190,14 +190,13 @@ async def main() -> None:
             f"rerank {settings.rerank})"
         )
         started = time.perf_counter()
-        runs = {base: await run_eval(rag, questions)}
+        runs = {base: await run_eval(rag.retriever, questions)}
         timings[base] = time.perf_counter() - started
         for spec, changed in variants.items():
             reranker = make_reranker(changed, rag.generator)
             retriever = Retriever(changed, rag.store, rag.embedder, reranker)
-            other = replace(rag, settings=changed, retriever=retriever)
             started = time.perf_counter()
-            runs[f"this project, {spec}"] = await run_eval(other, questions)
+            runs[f"this project, {spec}"] = await run_eval(retriever, questions)
             timings[f"this project, {spec}"] = time.perf_counter() - started
         llm = rag.generator.model_name if rag.generator is not None else "none"
     seconds = " / ".join(f"{t / len(questions) * 1000:.0f}" for t in timings.values())
@@ -226,7 +225,8 @@ async def main() -> None:
 async def naive_results(args, questions, embedder):
     from pymilvus import MilvusClient
 
-    from rag_core.quality.evaluation import QuestionResult, first_rank, page_url
+    from rag_core.quality.scoring import QuestionResult
+    from rag_core.questions import first_rank, page_url
 
     corpus_key = hashlib.sha256(str(Path(args.corpus).resolve()).encode()).hexdigest()[:10]
     db = CACHE / f"naive-{corpus_key}" / "naive.db"

@@ -19,14 +19,17 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 
 from rag_core.config import load_settings  # noqa: E402
-from rag_core.quality import evaluation as ev  # noqa: E402
+from rag_core.quality.calibration import calibrate_threshold, regate, threshold_pairs  # noqa: E402
+from rag_core.quality.evaluation import run_eval  # noqa: E402
+from rag_core.quality.scoring import score_group, summarize  # noqa: E402
+from rag_core.questions import load_questions  # noqa: E402
 from rag_core.runtime import open_rag  # noqa: E402
 from rag_core.search.retrieval import Retriever  # noqa: E402
 
 
 async def sweep(args: argparse.Namespace) -> None:
     settings = load_settings(data_dir=args.data_dir, docs_base_url=args.base_url)
-    questions = ev.load_questions(args.questions, base_url=settings.docs_base_url).questions
+    questions = load_questions(args.questions, base_url=settings.docs_base_url).questions
     print(f"{args.data_dir}: {len(questions)} questions, {settings.embedding_model}")
     print(
         f"{'mode':<7}{'k':>3}  {'thr':>6}{'R@1':>7}{'R@3':>7}{'R@5':>7}{'MRR':>7}"
@@ -37,15 +40,15 @@ async def sweep(args: argparse.Namespace) -> None:
             for top_k in args.top_k:
                 rag.settings = settings.model_copy(update={"search_mode": mode, "top_k": top_k})
                 rag.retriever = Retriever(rag.settings, rag.store, rag.embedder)
-                results = await ev.run_eval(rag, questions)
+                results = await run_eval(rag.retriever, questions)
                 english = [r for r in results if r.lang == "en"]
-                pairs = ev.threshold_pairs(english)
-                cal = ev.calibrate_threshold(pairs, max_refused_rate=args.max_refused)
-                gated = ev.regate(results, cal.threshold)
-                summary = ev.summarize(gated)["by_lang"]
+                pairs = threshold_pairs(english)
+                cal = calibrate_threshold(pairs, max_refused_rate=args.max_refused)
+                gated = regate(results, cal.threshold)
+                summary = summarize(gated)["by_lang"]
                 en = summary["en"]
                 others = [r for r in gated if r.lang != "en"]
-                o = ev.score_group(others) if others else {}
+                o = score_group(others) if others else {}
                 print(
                     f"{mode:<7}{top_k:>3}  {cal.threshold:>6.3f}{en['recall@1']:>7.3f}"
                     f"{en['recall@3']:>7.3f}{en['recall@5']:>7.3f}{en['mrr']:>7.3f}"

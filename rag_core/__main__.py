@@ -169,12 +169,18 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
     from tqdm import tqdm
 
-    from .quality import evaluation as ev
+    from .quality.calibration import calibrate_threshold, regate, threshold_pairs
+    from .quality.evaluation import (
+        run_eval,
+    )
+    from .quality.results import compare, load_results, to_json
+    from .quality.scoring import failures, format_summary, language_note, summarize
+    from .questions import is_follow_up_set, load_questions
     from .runtime import open_rag
 
-    if ev.is_follow_up_set(args.questions):
+    if is_follow_up_set(args.questions):
         return await _eval_follow_ups(args, settings)
-    qset = ev.load_questions(args.questions, base_url=settings.docs_base_url)
+    qset = load_questions(args.questions, base_url=settings.docs_base_url)
     if args.split:
         qset.questions = [q for q in qset.questions if q.split == args.split]
         if not qset.questions:
@@ -193,7 +199,7 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
             + ", ".join(qset.skipped),
             file=sys.stderr,
         )
-    previous = ev.load_results(args.compare) if args.compare else None  # fail before running
+    previous = load_results(args.compare) if args.compare else None  # fail before running
     bar = tqdm(
         total=len(qset.questions),
         unit=" q",
@@ -208,8 +214,9 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         # RERANK=llm reorders passages with the answer model: retrieval alone needs it too.
         with_llm = args.answers or settings.rerank == "llm"
         async with open_rag(settings, with_llm=with_llm) as rag:
-            results = await ev.run_eval(
-                rag, qset.questions, answers=args.answers, on_progress=on_progress
+            answerer = rag.require_answerer() if args.answers else None
+            results = await run_eval(
+                rag.retriever, qset.questions, answerer=answerer, on_progress=on_progress
             )
             llm = rag.generator.model_name if rag.generator else None
             multilingual = rag.embedder.family.multilingual
@@ -217,8 +224,8 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         bar.close()
     calibration = None
     if args.calibrate:
-        pairs = ev.threshold_pairs(results)
-        calibration = ev.calibrate_threshold(pairs, max_refused_rate=args.max_refused)
+        pairs = threshold_pairs(results)
+        calibration = calibrate_threshold(pairs, max_refused_rate=args.max_refused)
     run_settings = {
         "embedding_model": settings.embedding_model,
         "chunk_tokens": settings.chunk_tokens,
@@ -230,7 +237,7 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         "collection": settings.collection,
         "llm_model": llm,
     }
-    doc = ev.to_json(
+    doc = to_json(
         results, settings=run_settings, questions_file=str(args.questions), calibration=calibration
     )
     doc["created_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
@@ -249,11 +256,11 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
         f"{settings.search_mode}, top_k {settings.top_k}, "
         f"threshold {settings.relevance_threshold:g}, {settings.embedding_model}"
     )
-    print(ev.format_summary(doc["summary"]))
-    note = ev.language_note((r.lang for r in results), settings.embedding_model, multilingual)
+    print(format_summary(doc["summary"]))
+    note = language_note((r.lang for r in results), settings.embedding_model, multilingual)
     if note:
         print(note)
-    misses = ev.failures(results)
+    misses = failures(results)
     if misses and not args.quiet:
         print(f"\nmissed ({len(misses)}):")
         print("\n".join(f"  {line}" for line in misses))
@@ -264,10 +271,10 @@ async def _eval(args: argparse.Namespace, settings: Settings) -> int:
             f"{c.unanswerable_answered} unanswerable answered, "
             f"{c.answerable_refused} answerable refused"
         )
-        print(ev.format_summary(ev.summarize(ev.regate(results, c.threshold))))
+        print(format_summary(summarize(regate(results, c.threshold))))
     if previous is not None:
         print(f"\ncompared with {args.compare}:")
-        print(ev.compare(previous, doc))
+        print(compare(previous, doc))
     print(f"\nresults: {out}")
     return 0
 
@@ -278,10 +285,15 @@ async def _eval_follow_ups(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from .quality import evaluation as ev
+    from .quality.evaluation import (
+        follow_ups_to_json,
+        format_follow_ups,
+        run_follow_up_eval,
+    )
+    from .questions import load_follow_ups
     from .runtime import open_rag
 
-    cases = ev.load_follow_ups(args.questions, base_url=settings.docs_base_url)
+    cases = load_follow_ups(args.questions, base_url=settings.docs_base_url)
     if args.split:
         cases = [c for c in cases if c.split == args.split]
     if args.limit:
@@ -291,7 +303,8 @@ async def _eval_follow_ups(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     model = args.answers or args.rewrite_model
     async with open_rag(settings, with_llm=model) as rag:
-        run = await ev.run_follow_up_eval(rag, cases, model=model)
+        generator = rag.require_answerer().generator if model else None
+        run = await run_follow_up_eval(rag.retriever, cases, generator=generator)
         llm = rag.generator.model_name if rag.generator else None
     run_settings = {
         "embedding_model": settings.embedding_model,
@@ -300,7 +313,7 @@ async def _eval_follow_ups(args: argparse.Namespace, settings: Settings) -> int:
         "collection": settings.collection,
         "llm_model": llm,
     }
-    doc = ev.follow_ups_to_json(run, settings=run_settings, questions_file=str(args.questions))
+    doc = follow_ups_to_json(run, settings=run_settings, questions_file=str(args.questions))
     doc["created_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
     out = (
         Path(args.output)
@@ -312,7 +325,7 @@ async def _eval_follow_ups(args: argparse.Namespace, settings: Settings) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{len(cases)} follow-ups, {settings.search_mode}, top_k {settings.top_k}")
-    print(ev.format_follow_ups(run))
+    print(format_follow_ups(run))
     print(f"\nresults: {out}")
     return 0
 

@@ -15,6 +15,7 @@ from .answer.llm import Generator, create_generator
 from .config import Settings
 from .ingest.chunking import Chunker
 from .ingest.indexer import Indexer
+from .quality.gate import ReindexGate
 from .search.embedding import Embedder
 from .search.rerank import make_reranker
 from .search.retrieval import Retriever
@@ -114,11 +115,20 @@ async def open_rag(
             store = await asyncio.to_thread(_open_store, settings)
         # RERANK=llm needs the answer model: without it (indexing, `search`) the order stands.
         retriever = Retriever(settings, store, embedder, make_reranker(settings, generator))
+        verified = VerifiedIndex(store, embedder)
         yield Rag(
             settings=settings,
             embedder=embedder,
             store=store,
-            indexer=Indexer(settings, store, embedder, chunker),
+            indexer=Indexer(
+                settings,
+                store,
+                embedder,
+                chunker,
+                verified,
+                # The gate searches without the reranker: both versions ranked alike, no engine.
+                check=ReindexGate(settings, Retriever(settings, store, embedder), verified),
+            ),
             retriever=retriever,
             generator=generator,
             answerer=Answerer(settings, retriever, generator) if generator else None,

@@ -12,8 +12,26 @@ import pytest
 from rag_core.__main__ import main
 from rag_core.answer.llm import GenerationChunk, Generator
 from rag_core.documents import Hit
-from rag_core.quality import evaluation as ev
-from rag_core.quality.evaluation import QuestionResult
+from rag_core.quality.calibration import Calibration, calibrate_threshold, regate, threshold_pairs
+from rag_core.quality.evaluation import format_follow_ups, run_eval, run_follow_up_eval
+from rag_core.quality.results import compare, to_json
+from rag_core.quality.scoring import (
+    QuestionResult,
+    cited_pages,
+    facts_found,
+    format_summary,
+    language_note,
+    score_group,
+    summarize,
+)
+from rag_core.questions import (
+    QuestionSetError,
+    first_rank,
+    is_follow_up_set,
+    load_follow_ups,
+    load_questions,
+    page_url,
+)
 from rag_core.runtime import open_rag
 from rag_core.search.retrieval import Retrieval
 from tests.conftest import FIXTURES
@@ -45,7 +63,7 @@ def result(
         lang=lang,
         expected=expected,
         pages=pages,
-        rank=ev.first_rank(pages, expected),
+        rank=first_rank(pages, expected),
         best_similarity=similarity,
         refused=refused,
     )
@@ -67,13 +85,13 @@ HAND_SET = [
 
 
 def test_ranks_match_pages_without_anchor() -> None:
-    pages = [ev.page_url(u) for u in (f"{DOCS}a.md#x", f"{DOCS}b.md#y", f"{DOCS}c.md")]
-    assert ev.first_rank(pages, [f"{DOCS}c.md", f"{DOCS}b.md"]) == 2  # the first expected hit
-    assert ev.first_rank(pages, [f"{DOCS}z.md"]) is None
+    pages = [page_url(u) for u in (f"{DOCS}a.md#x", f"{DOCS}b.md#y", f"{DOCS}c.md")]
+    assert first_rank(pages, [f"{DOCS}c.md", f"{DOCS}b.md"]) == 2  # the first expected hit
+    assert first_rank(pages, [f"{DOCS}z.md"]) is None
 
 
 def test_metrics_on_hand_checked_results() -> None:
-    scores = ev.summarize(HAND_SET)["all"]
+    scores = summarize(HAND_SET)["all"]
     assert (scores["questions"], scores["answerable"], scores["unanswerable"]) == (6, 4, 2)
     assert scores["recall@1"] == 0.25  # a
     assert scores["recall@3"] == 0.75  # a, b, d
@@ -85,11 +103,11 @@ def test_metrics_on_hand_checked_results() -> None:
 
 
 def test_summary_per_language_and_table() -> None:
-    summary = ev.summarize(HAND_SET)
+    summary = summarize(HAND_SET)
     assert summary["by_lang"]["en"]["questions"] == 5
     german = summary["by_lang"]["de"]
     assert german["recall@5"] is None and german["unanswerable_refused_rate"] == 0.0
-    table = ev.format_summary(summary).splitlines()
+    table = format_summary(summary).splitlines()
     assert table[0].split() == "set n R@1 R@3 R@5 MRR unans refused ans refused".split()
     assert table[2].split() == ["all", "6", "0.250", "0.750", "0.750", "0.458", "0.500", "0.250"]
     assert table[4].split() == ["en", "5", "0.250", "0.750", "0.750", "0.458", "1.000", "0.250"]
@@ -103,12 +121,12 @@ def hit(n: int, similarity: float, text: str | None = None) -> Hit:
 
 def test_gate_reads_only_the_first_top_k_hits() -> None:
     hits = [hit(1, 0.31), hit(2, 0.25), hit(3, 0.9)]  # hybrid order: RRF, not cosine
-    assert ev.gate(Retrieval(hits, 0.0, 0.0), 3, 0.3) == (0.9, False)
-    assert ev.gate(Retrieval(hits, 0.0, 0.0), 2, 0.32) == (0.31, True)
-    assert ev.gate(Retrieval([], 0.0, 0.0), 5, 0.3) == (0.0, True)
+    assert Retrieval(hits, 0.0, 0.0).gate(0.3, 3) == (0.9, False)
+    assert Retrieval(hits, 0.0, 0.0).gate(0.32, 2) == (0.31, True)
+    assert Retrieval([], 0.0, 0.0).gate(0.3, 5) == (0.0, True)
     # A question naming only keys the docs lack is refused whatever its cosine.
     unknown = Retrieval(hits, 0.0, 0.0, unknown_terms=("queryNode.grouping.enabled",))
-    assert ev.gate(unknown, 3, 0.3) == (0.9, True)
+    assert unknown.gate(0.3, 3) == (0.9, True)
 
 
 def test_questions_refused_for_unknown_terms_stay_refused_and_leave_calibration_alone() -> None:
@@ -121,16 +139,16 @@ def test_questions_refused_for_unknown_terms_stay_refused_and_leave_calibration_
         result("b", 0.3, False, []),
         result("key", 0.7, False, ["queryNode.grouping.enabled"]),
     ]
-    assert ev.threshold_pairs(results) == [(0.6, True), (0.3, False)]
-    assert [r.refused for r in ev.regate(results, 0.5)] == [False, True, True]
+    assert threshold_pairs(results) == [(0.6, True), (0.3, False)]
+    assert [r.refused for r in regate(results, 0.5)] == [False, True, True]
 
 
 def test_answer_checks_on_crafted_text() -> None:
     answer = "Set  efConstruction higher [2]; HNSW uses M links [1][2], see [9]."
     facts = [("efconstruction",), ("ef",), ("sixteen", "16"), ("m links",)]
-    assert ev.facts_found(answer, facts) == [True, True, False, True]
+    assert facts_found(answer, facts) == [True, True, False, True]
     urls = [f"{DOCS}index.md#HNSW", f"{DOCS}index.md#FLAT", f"{DOCS}metric.md"]
-    assert ev.cited_pages(answer, urls) == [f"{DOCS}index.md"]  # [9] is out of range
+    assert cited_pages(answer, urls) == [f"{DOCS}index.md"]  # [9] is out of range
 
 
 # --- the question set -----------------------------------------------------------------------
@@ -162,7 +180,7 @@ def feedback_line(answer_id: int, **fields: object) -> dict:
 
 
 def test_fixture_set_loads_with_ids_resolved() -> None:
-    qset = ev.load_questions(FIXTURE_SET, base_url=DOCS)
+    qset = load_questions(FIXTURE_SET, base_url=DOCS)
     assert len(qset.questions) == 8 and not qset.skipped
     by_id = {q.id: q for q in qset.questions}
     assert by_id["binary-metrics"].expected_sources == (f"{DOCS}metric.md",)  # a bare id
@@ -180,7 +198,7 @@ def test_feedback_export_lines(tmp_path: Path) -> None:
             feedback_line(3, unanswerable=True),
         ],
     )
-    qset = ev.load_questions(path)
+    qset = load_questions(path)
     assert qset.skipped == ["feedback-1"]
     reviewed, unanswerable = qset.questions
     assert reviewed.id == "feedback-2"
@@ -199,14 +217,14 @@ def test_feedback_export_lines(tmp_path: Path) -> None:
 )
 def test_bad_lines_name_the_line(tmp_path: Path, record: dict, message: str) -> None:
     path = write_lines(tmp_path / "q.jsonl", [{"question": "ok?", "expected_sources": []}, record])
-    with pytest.raises(ev.QuestionSetError, match=rf"q\.jsonl:2: .*{message}"):
-        ev.load_questions(path)
+    with pytest.raises(QuestionSetError, match=rf"q\.jsonl:2: .*{message}"):
+        load_questions(path)
 
 
 def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
     line = {"id": "same", "question": "q?", "expected_sources": []}
-    with pytest.raises(ev.QuestionSetError, match="duplicate id 'same'"):
-        ev.load_questions(write_lines(tmp_path / "q.jsonl", [line, line]))
+    with pytest.raises(QuestionSetError, match="duplicate id 'same'"):
+        load_questions(write_lines(tmp_path / "q.jsonl", [line, line]))
 
 
 # --- calibration --------------------------------------------------------------------------
@@ -214,37 +232,37 @@ def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
 
 def test_calibration_picks_the_middle_of_the_gap() -> None:
     pairs = [(0.9, True), (0.6, True), (0.45, True), (0.3, False), (0.2, False)]
-    c = ev.calibrate_threshold(pairs)
-    assert c == ev.Calibration(0.375, 0, 0, pytest.approx(0.075))
+    c = calibrate_threshold(pairs)
+    assert c == Calibration(0.375, 0, 0, pytest.approx(0.075))
 
 
 def test_calibration_with_overlap_respects_the_refusal_budget() -> None:
     pairs = [(0.9, True), (0.5, True), (0.35, True), (0.4, False), (0.1, False)]
     # 5% of 3 answerable questions is 0 refusals: one unanswerable question gets through.
-    strict = ev.calibrate_threshold(pairs)
+    strict = calibrate_threshold(pairs)
     assert (strict.threshold, strict.unanswerable_answered, strict.answerable_refused) == (
         0.225,
         1,
         0,
     )
     # Allowing a third refused: every unanswerable one is refused, one answerable one too.
-    loose = ev.calibrate_threshold(pairs, max_refused_rate=0.34)
+    loose = calibrate_threshold(pairs, max_refused_rate=0.34)
     assert (loose.threshold, loose.unanswerable_answered, loose.answerable_refused) == (0.45, 0, 1)
     with pytest.raises(ValueError):
-        ev.calibrate_threshold([(0.5, True)])
+        calibrate_threshold([(0.5, True)])
 
 
 def test_regate_applies_a_threshold_without_rerunning() -> None:
-    regated = ev.regate(HAND_SET, 0.4)
+    regated = regate(HAND_SET, 0.4)
     assert [r.refused for r in regated] == [False, False, True, False, True, True]
-    assert ev.summarize(regated)["all"]["unanswerable_refused_rate"] == 1.0
+    assert summarize(regated)["all"]["unanswerable_refused_rate"] == 1.0
 
 
 # --- compare ------------------------------------------------------------------------------
 
 
 def test_compare_reports_what_got_better_or_worse() -> None:
-    before = ev.to_json(HAND_SET, settings={"top_k": 5})
+    before = to_json(HAND_SET, settings={"top_k": 5})
     after_results = [
         result("a", 1, similarity=0.7),
         result("b", 1, similarity=0.5),  # rank 3 -> 1
@@ -254,8 +272,8 @@ def test_compare_reports_what_got_better_or_worse() -> None:
         result("y", None, answerable=False, refused=True, similarity=0.25, lang="de"),
         result("new", 1),
     ]
-    after = ev.to_json(after_results, settings={"top_k": 5})
-    assert ev.compare(before, after).splitlines() == [
+    after = to_json(after_results, settings={"top_k": 5})
+    assert compare(before, after).splitlines() == [
         "metric                        before   after   change",
         "recall@1                       0.250   0.600   +0.350  better",
         "recall@3                       0.750   0.600   -0.150  worse",
@@ -280,11 +298,11 @@ def test_compare_reports_what_got_better_or_worse() -> None:
 
 async def test_real_run_over_the_fixture_docs(indexed_settings, embedder) -> None:
     settings = indexed_settings.model_copy(update={"relevance_threshold": MINILM_THRESHOLD})
-    questions = ev.load_questions(FIXTURE_SET, base_url=DOCS).questions
+    questions = load_questions(FIXTURE_SET, base_url=DOCS).questions
     progress: list[tuple[int, int]] = []
     async with open_rag(settings, embedder=embedder) as rag:
-        results = await ev.run_eval(
-            rag, questions, on_progress=lambda done, total: progress.append((done, total))
+        results = await run_eval(
+            rag.retriever, questions, on_progress=lambda done, total: progress.append((done, total))
         )
     assert progress[-1] == (8, 8)
     # Hybrid search, MiniLM, default chunks: the expected page's first rank per question
@@ -302,13 +320,11 @@ async def test_real_run_over_the_fixture_docs(indexed_settings, embedder) -> Non
         "de-replica": 2,
     }
     assert [r.id for r in results if r.refused] == ["none-sourdough", "none-worldcup"]
-    english = ev.summarize(results)["by_lang"]["en"]
+    english = summarize(results)["by_lang"]["en"]
     assert (english["recall@1"], english["recall@3"], english["recall@5"]) == (0.8, 1.0, 1.0)
     assert english["mrr"] == pytest.approx((1 / 2 + 1 + 1 + 1 + 1) / 5)  # 0.9
     assert english["unanswerable_refused_rate"] == 1.0 and english["answerable_refused"] == 0
-    c = ev.calibrate_threshold(
-        [(r.best_similarity, r.answerable) for r in results if r.lang == "en"]
-    )
+    c = calibrate_threshold([(r.best_similarity, r.answerable) for r in results if r.lang == "en"])
     assert (c.unanswerable_answered, c.answerable_refused) == (0, 0)
 
 
@@ -338,7 +354,7 @@ async def test_answer_checks_through_the_answerer(
     from transformers import AutoTokenizer
 
     settings = indexed_settings.model_copy(update={"relevance_threshold": MINILM_THRESHOLD})
-    questions = [q for q in ev.load_questions(FIXTURE_SET, base_url=DOCS).questions][:3]
+    questions = [q for q in load_questions(FIXTURE_SET, base_url=DOCS).questions][:3]
     generator = ScriptedGenerator(
         settings,
         AutoTokenizer.from_pretrained(tiny_model_dir),
@@ -353,7 +369,7 @@ async def test_answer_checks_through_the_answerer(
         },
     )
     async with open_rag(settings, embedder=embedder, generator=generator) as rag:
-        results = await ev.run_eval(rag, questions, answers=True)
+        results = await run_eval(rag.retriever, questions, answerer=rag.require_answerer())
     hnsw, binary, disk = results
     # [1] is mmap.md, [2] index.md (ranks above): attribution drops [1], which does not say this.
     assert hnsw.facts == [True] and hnsw.cited == [f"{DOCS}index.md"]
@@ -361,7 +377,7 @@ async def test_answer_checks_through_the_answerer(
     assert hnsw.citations_raw == [2, 1] and hnsw.citations_checked == [1, 1]
     assert binary.facts == [True] and binary.cited == [] and binary.cited_expected is False
     assert disk.facts == [] and disk.answer == "No idea."
-    scores = ev.summarize(results)["all"]
+    scores = summarize(results)["all"]
     assert scores["answered"] == 3
     assert scores["key_facts_rate"] == 1.0  # 2 of 2 facts (the third question lists none)
     assert scores["cited_expected_rate"] == pytest.approx(1 / 3)
@@ -397,7 +413,7 @@ def test_cli_eval_with_calibrate_and_compare(indexed_settings, tmp_path: Path, c
 
 
 def test_citation_precision_counts_each_cited_passage_per_sentence() -> None:
-    from rag_core.quality.evaluation import citation_counts
+    from rag_core.quality.scoring import citation_counts
 
     passages = [
         "HNSW limits the maximum degree of nodes on each layer of the graph to M.",
@@ -418,8 +434,8 @@ FOLLOW_UP_SET = FIXTURES / "eval_followups.jsonl"
 
 
 def test_follow_up_sets_load_and_bad_lines_name_the_line(tmp_path: Path) -> None:
-    assert ev.is_follow_up_set(FOLLOW_UP_SET) and not ev.is_follow_up_set(FIXTURE_SET)
-    cases = ev.load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
+    assert is_follow_up_set(FOLLOW_UP_SET) and not is_follow_up_set(FIXTURE_SET)
+    cases = load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
     assert [c.id for c in cases] == ["fu-mmap", "fu-diskann", "fu-gpu", "fu-bitset"]
     assert cases[0].turns == (
         "What is mmap in Milvus?",
@@ -436,17 +452,17 @@ def test_follow_up_sets_load_and_bad_lines_name_the_line(tmp_path: Path) -> None
         ({"turns": ["a?", "b?"], "standalone": "x", "expected_sources": []}, "expected_sources"),
     ]:
         bad.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        with pytest.raises(ev.QuestionSetError, match=rf"bad.jsonl:1: .*{message}"):
-            ev.load_follow_ups(bad)
+        with pytest.raises(QuestionSetError, match=rf"bad.jsonl:1: .*{message}"):
+            load_follow_ups(bad)
 
 
 async def test_follow_ups_rewritten_by_the_rules_rank_higher_than_typed_ones(
     indexed_settings, embedder
 ) -> None:
     settings = indexed_settings.model_copy(update={"relevance_threshold": MINILM_THRESHOLD})
-    cases = ev.load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
+    cases = load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
     async with open_rag(settings, embedder=embedder) as rag:
-        run = await ev.run_follow_up_eval(rag, cases)
+        run = await run_follow_up_eval(rag.retriever, cases)
     assert list(run.results) == ["typed", "rules", "standalone"] and not run.rewrites
     ranks = {way: [r.rank for r in rs] for way, rs in run.results.items()}
     queries = [r.question for r in run.results["rules"]]
@@ -459,9 +475,9 @@ async def test_follow_ups_rewritten_by_the_rules_rank_higher_than_typed_ones(
         "rules": [1, 3, 1, 1],
         "standalone": [1, 1, 1, 1],
     }
-    mrr = {way: ev.score_group(rs)["mrr"] for way, rs in run.results.items()}
+    mrr = {way: score_group(rs)["mrr"] for way, rs in run.results.items()}
     assert mrr["typed"] < mrr["rules"] < mrr["standalone"] == 1.0
-    table = ev.format_follow_ups(run)
+    table = format_follow_ups(run)
     assert table.splitlines()[0].split()[:4] == ["way", "n", "R@1", "R@3"]
     assert [line.split()[0] for line in table.splitlines()[2:]] == list(run.results)
 
@@ -471,7 +487,7 @@ async def test_follow_ups_rewritten_by_the_model_with_the_rules_as_fallback(
 ) -> None:
     from transformers import AutoTokenizer
 
-    cases = ev.load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
+    cases = load_follow_ups(FOLLOW_UP_SET, base_url=DOCS)
     # The model's rewrites are scripted (a random-weight model cannot write one); the last two
     # are unusable (they drop the follow-up's topic), so the rules take over for those.
     generator = ScriptedGenerator(
@@ -485,7 +501,9 @@ async def test_follow_ups_rewritten_by_the_model_with_the_rules_as_fallback(
         },
     )
     async with open_rag(indexed_settings, embedder=embedder, generator=generator) as rag:
-        run = await ev.run_follow_up_eval(rag, cases, model=True)
+        run = await run_follow_up_eval(
+            rag.retriever, cases, generator=rag.require_answerer().generator
+        )
     assert list(run.results) == ["typed", "rules", "llm", "standalone"]
     assert [r.method for r in run.rewrites] == ["llm", "llm", "rules", "rules"]
     llm = [r.question for r in run.results["llm"]]
@@ -495,7 +513,7 @@ async def test_follow_ups_rewritten_by_the_model_with_the_rules_as_fallback(
     ]
     assert llm[2:] == [r.question for r in run.results["rules"]][2:]
     assert all(r.prompt_tokens > 0 for r in run.rewrites[:2])
-    assert "model rewrites used: 2/4 (the rest: rules)" in ev.format_follow_ups(run)
+    assert "model rewrites used: 2/4 (the rest: rules)" in format_follow_ups(run)
 
 
 def test_cli_eval_of_a_follow_up_set(indexed_settings, tmp_path: Path, capsys) -> None:
@@ -513,7 +531,7 @@ def test_cli_eval_of_a_follow_up_set(indexed_settings, tmp_path: Path, capsys) -
 
 
 def test_language_note_only_for_an_english_model_asked_in_other_languages() -> None:
-    assert ev.language_note(["en", "en"], "all-MiniLM-L6-v2", False) is None
-    assert ev.language_note(["en", "ko", "it", "ko"], "BAAI/bge-m3", True) is None
-    note = ev.language_note(["en", "ko", "it", "ko"], "all-MiniLM-L6-v2", False)
+    assert language_note(["en", "en"], "all-MiniLM-L6-v2", False) is None
+    assert language_note(["en", "ko", "it", "ko"], "BAAI/bge-m3", True) is None
+    note = language_note(["en", "ko", "it", "ko"], "all-MiniLM-L6-v2", False)
     assert note is not None and "the it, ko rows" in note and "BAAI/bge-m3" in note

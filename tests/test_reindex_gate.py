@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rag_core.quality.gate import GoldenQuestion
+from rag_core.golden import GoldenQuestion
 from rag_core.runtime import Rag, open_rag
 from rag_core.search.verified import VerifiedAnswer, doc_id_of
 

@@ -15,9 +15,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from rag_core.errors import RagError
+from rag_core.golden import GoldenQuestion
 from rag_core.ingest.indexer import IndexReport, Progress
-from rag_core.quality.evaluation import page_url
-from rag_core.quality.gate import GoldenQuestion
+from rag_core.questions import page_url
 
 from .. import metrics
 from ..checks import admin_only, owner_only

@@ -24,7 +24,7 @@ from importlib import resources
 from ..config import Settings
 from ..documents import Hit
 from ..errors import GenerationError, RagError
-from ..search.retrieval import Retriever
+from ..search.retrieval import Retriever, fold_near_duplicates
 from ..search.verified import is_verified
 from .attribution import Attribution, attribute
 from .conversation import Rewrite, Rewriter, Turn, pack_history, render_history
@@ -163,22 +163,6 @@ def load_prompt(name: str = "answer.txt") -> tuple[str, str]:
     return match.group(1).strip(), match.group(2).strip()
 
 
-def _shingles(text: str, size: int = 5) -> set[tuple[str, ...]]:
-    words = re.findall(r"\w+", text.lower())
-    return {tuple(words[i : i + size]) for i in range(max(1, len(words) - size + 1))}
-
-
-def fold_near_duplicates(hits: Sequence[Hit], threshold: float = 0.8) -> list[Hit]:
-    """Drop hits whose text mostly repeats a better one (same page versions, copied sections)."""
-    kept: list[tuple[Hit, set[tuple[str, ...]]]] = []
-    for hit in hits:
-        sh = _shingles(hit.text)
-        if any(len(sh & other) / max(1, len(sh | other)) >= threshold for _, other in kept):
-            continue
-        kept.append((hit, sh))
-    return [h for h, _ in kept]
-
-
 def merge_same_source(hits: Sequence[Hit]) -> list[Hit]:
     """One passage per page and anchor, the best one: else the answer would list one link
     twice ([1] and [4]), and a long section would crowd other pages out of the context."""
@@ -204,6 +188,16 @@ class Answerer:
         self.rewriter = Rewriter(settings, generator, load_prompt("rewrite.txt"))
         self.check_system, self.check_template = load_prompt("answerable.txt")
 
+    def prepare_uses_engine(self, history: Sequence[Turn] = ()) -> bool:
+        """Whether `prepare` may call the answer model (a follow-up rewritten by the model, the
+        reranker, the answerability check), so a caller bounding engine calls holds its slot
+        through `prepare` too."""
+        return (
+            self.settings.answerability_check
+            or self.retriever.reranker is not None
+            or (bool(history) and self.settings.conversation_rewrite == "llm")
+        )
+
     async def prepare(self, question: str, history: Sequence[Turn] = ()) -> Prepared:
         """Retrieve and decide. With `history` (earlier turns, oldest first) the question is a
         follow-up: retrieval uses its standalone rewrite, the prompt shows the latest turns."""
@@ -223,7 +217,7 @@ class Answerer:
             rerank_s=retrieval.rerank_s,
         )
         hits = merge_same_source(fold_near_duplicates(retrieval.hits))
-        best = max((h.similarity for h in hits), default=0.0)
+        best, refused = retrieval.gate(self.settings.relevance_threshold)
 
         def refusal(unknown_terms: tuple[str, ...] = (), verdict: str | None = None) -> Prepared:
             # "Not in the docs": no prompt, the closest pages as sources.
@@ -241,7 +235,7 @@ class Answerer:
                 unknown_terms=unknown_terms,
             )
 
-        if best < self.settings.relevance_threshold or retrieval.unknown_terms:
+        if refused:
             return refusal(unknown_terms=retrieval.unknown_terms)
         verdict = None
         if self.settings.answerability_check:

@@ -12,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from ..config import Settings
 from ..documents import Chunk, SourceFailure
 from ..errors import ReindexBusyError, ReindexTimeoutError
-from ..quality.gate import GateReport, GoldenQuestion, check, golden_questions
+from ..golden import GateReport, GoldenQuestion
 from ..search.embedding import Embedder
-from ..search.retrieval import Retriever
 from ..search.store import DocRecord, KnowledgeStore
 from ..search.verified import VerifiedIndex, is_verified
 from .chunking import Chunker
@@ -87,6 +86,20 @@ class IndexReport:
 ProgressCallback = Callable[[Progress], None]
 
 
+class PublishCheck(Protocol):
+    """Asked before a new version goes live: replay the golden questions (the verified
+    answers', the configured set's and `extra`) on `live` and `new`. None: nothing to replay.
+    The runtime hands the reindex gate (quality/gate.py) to the Indexer as this."""
+
+    async def __call__(
+        self,
+        live: str,
+        new: str,
+        extra: Sequence[GoldenQuestion] = (),
+        changed_pages: Iterable[str] = (),
+    ) -> GateReport | None: ...
+
+
 def normalize_spec(spec: str) -> str:
     """Local paths become absolute so a source is the same whatever the working directory."""
     if spec.startswith(("http://", "https://", "crawl:")):
@@ -98,13 +111,20 @@ class Indexer:
     """Owns the reindex procedure; one run at a time per process."""
 
     def __init__(
-        self, settings: Settings, store: KnowledgeStore, embedder: Embedder, chunker: Chunker
+        self,
+        settings: Settings,
+        store: KnowledgeStore,
+        embedder: Embedder,
+        chunker: Chunker,
+        verified: VerifiedIndex,
+        check: PublishCheck | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
         self.chunker = chunker
-        self.verified = VerifiedIndex(store, embedder)
+        self.verified = verified
+        self.check = check  # without one, every complete version is published
         self._lock = asyncio.Lock()
         # Texts handed to the encoder per call: large enough for its length-sorted batching,
         # small enough that loading, embedding and writing overlap.
@@ -297,23 +317,10 @@ class _Run:
                     log.warning("could not drop %s now (the next run will): %s", self.version, exc)
 
     async def gate(self, live: str, new: str) -> GateReport | None:
-        """Replay the golden set on both versions; None when there is none."""
-        settings = self.ix.settings
-        verified = await self.ix.verified.listed(live)
-        questions = golden_questions(settings, verified) + self.golden
-        if not questions:
+        """Replay the golden set on both versions; None when there is none (or no check)."""
+        if self.ix.check is None:
             return None
-        retriever = Retriever(settings, self.store, self.ix.embedder)
-        report = await check(
-            retriever,
-            questions,
-            live=live,
-            new=new,
-            max_drop=settings.reindex_gate_max_drop,
-            changed_pages=self.changed_pages,
-        )
-        log.info("%s", report.summary())
-        return report
+        return await self.ix.check(live, new, self.golden, self.changed_pages)
 
     def finish(self, start: float) -> IndexReport:
         self.report.seconds = time.perf_counter() - start

@@ -11,76 +11,17 @@ changed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..answer.answering import fold_near_duplicates
 from ..config import Settings
-from ..search.retrieval import Retriever
-from ..search.verified import VerifiedAnswer
-from .evaluation import first_rank, load_questions, page_url
+from ..golden import DEPTH, GateReport, GoldenQuestion, LostQuestion
+from ..questions import first_rank, load_questions, page_url
+from ..search.retrieval import Retriever, fold_near_duplicates
+from ..search.verified import VerifiedAnswer, VerifiedIndex
 
-DEPTH = 5  # recall@5
-
-
-@dataclass(frozen=True)
-class GoldenQuestion:
-    id: str
-    question: str
-    expected: tuple[str, ...]  # page URLs (a verified answer's: its Discord link)
-    verified: bool = False
-
-
-@dataclass(frozen=True)
-class LostQuestion:
-    """A golden question the live version answers from its sources and the new one does not."""
-
-    id: str
-    question: str
-    expected: tuple[str, ...]
-    live_rank: int
-    verified: bool
-
-
-@dataclass
-class GateReport:
-    questions: int
-    live_recall: float
-    new_recall: float
-    max_drop: float
-    lost: list[LostQuestion] = field(default_factory=list)
-    changed_pages: list[str] = field(default_factory=list)  # added, updated or removed
-
-    @property
-    def passed(self) -> bool:
-        verified_lost = any(q.verified for q in self.lost)
-        return not verified_lost and self.live_recall - self.new_recall <= self.max_drop + 1e-9
-
-    def summary(self) -> str:
-        verdict = "passed" if self.passed else "held back"
-        return (
-            f"reindex gate {verdict}: recall@{DEPTH} {self.live_recall:.3f} live -> "
-            f"{self.new_recall:.3f} new over {self.questions} golden questions "
-            f"(max drop {self.max_drop:g}); {len(self.lost)} lost their sources"
-        )
-
-    def details(self, limit: int = 10) -> list[str]:
-        """One line per lost question, then the changed pages (at most `limit` of each)."""
-        lines = []
-        for q in self.lost[:limit]:
-            kind = "verified answer" if q.verified else "question"
-            lines.append(
-                f"lost {kind} {q.id}: {q.question!r} (was rank {q.live_rank}; "
-                f"expected {', '.join(q.expected)})"
-            )
-        if len(self.lost) > limit:
-            lines.append(f"... and {len(self.lost) - limit} more lost questions")
-        for page in self.changed_pages[:limit]:
-            lines.append(f"changed page: {page}")
-        if len(self.changed_pages) > limit:
-            lines.append(f"... and {len(self.changed_pages) - limit} more changed pages")
-        return lines
+log = logging.getLogger(__name__)
 
 
 def golden_questions(
@@ -143,3 +84,36 @@ async def check(
         if before is not None and after is None:
             report.lost.append(LostQuestion(q.id, q.question, q.expected, before, q.verified))
     return report
+
+
+class ReindexGate:
+    """The check the indexer runs before publishing (wired in by runtime.open_rag): the golden
+    set (verified answers, REINDEX_GATE_QUESTIONS, the caller's `extra`) on both versions."""
+
+    def __init__(self, settings: Settings, retriever: Retriever, verified: VerifiedIndex) -> None:
+        self.settings = settings
+        self.retriever = retriever
+        self.verified = verified
+
+    async def __call__(
+        self,
+        live: str,
+        new: str,
+        extra: Sequence[GoldenQuestion] = (),
+        changed_pages: Iterable[str] = (),
+    ) -> GateReport | None:
+        """The report of replaying the golden set on `live` and `new`; None when there is none."""
+        verified = await self.verified.listed(live)
+        questions = golden_questions(self.settings, verified) + list(extra)
+        if not questions:
+            return None
+        report = await check(
+            self.retriever,
+            questions,
+            live=live,
+            new=new,
+            max_drop=self.settings.reindex_gate_max_drop,
+            changed_pages=changed_pages,
+        )
+        log.info("%s", report.summary())
+        return report

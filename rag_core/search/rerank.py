@@ -18,8 +18,8 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
-from ..answer.llm import Generator
 from ..config import Settings
 from ..documents import Hit
 from ..errors import RagError
@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 PASSAGE_CHARS = 1200
 QUESTION_CHARS = 300
 PROMPT = "Passage: {context}\n{text}\n\nA user read this passage and asked:"
+
+
+class LikelihoodScorer(Protocol):
+    """What the reranker needs of the answer model (answer.llm.Generator is one)."""
+
+    async def continuation_logprob(self, prefix: str, continuation: str) -> float: ...
 
 
 def passage_prompt(hit: Hit) -> str:
@@ -46,7 +52,7 @@ def rerank_order(scores: Sequence[float], weight: float) -> list[int]:
 class Reranker:
     """Reorders retrieved passages with the answer model (RERANK=llm)."""
 
-    def __init__(self, generator: Generator, weight: float) -> None:
+    def __init__(self, generator: LikelihoodScorer, weight: float) -> None:
         self.generator = generator
         self.weight = weight
 
@@ -65,7 +71,7 @@ class Reranker:
         return [hits[i] for i in rerank_order(scores, self.weight)]
 
 
-def make_reranker(settings: Settings, generator: Generator | None) -> Reranker | None:
+def make_reranker(settings: Settings, generator: LikelihoodScorer | None) -> Reranker | None:
     """The reranker RERANK asks for; None when it is off or no answer model is loaded."""
     if generator is None or settings.rerank != "llm":
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,31 @@ class Retrieval:
     rerank_s: float = 0.0  # the answer model reordering the hits (RERANK=llm)
     # The dotted config keys the question names, when the docs name none of them.
     unknown_terms: tuple[str, ...] = ()
+
+    def gate(self, threshold: float, top_k: int | None = None) -> tuple[float, bool]:
+        """The 'not in the docs' gate on the first `top_k` hits: (best cosine, refused).
+
+        Refused when no passage reaches `threshold`, or when the docs never name a config key
+        the question asks about."""
+        hits = fold_near_duplicates(self.hits[:top_k])
+        best = max((h.similarity for h in hits), default=0.0)
+        return best, best < threshold or bool(self.unknown_terms)
+
+
+def _shingles(text: str, size: int = 5) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + size]) for i in range(max(1, len(words) - size + 1))}
+
+
+def fold_near_duplicates(hits: Sequence[Hit], threshold: float = 0.8) -> list[Hit]:
+    """Drop hits whose text mostly repeats a better one (same page versions, copied sections)."""
+    kept: list[tuple[Hit, set[tuple[str, ...]]]] = []
+    for hit in hits:
+        sh = _shingles(hit.text)
+        if any(len(sh & other) / max(1, len(sh | other)) >= threshold for _, other in kept):
+            continue
+        kept.append((hit, sh))
+    return [h for h, _ in kept]
 
 
 def diversify(hits: Sequence[Hit], top_k: int, per_page: int) -> list[Hit]:
