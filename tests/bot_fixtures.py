@@ -1,7 +1,7 @@
 """Bot fixtures: the real rag_core (Milvus Lite, offline embedder, tiny vLLM engine) indexed once
 per module, and a RagBot connected to a fresh loopback fake Discord per test.
 
-Register with `pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]` in a test module.
+Registered once in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Indexed:
         )
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def patient_engine(llm_settings: Settings) -> Iterator[None]:
     """The shared engine is slow on a busy 2-core host: a longer timeout for this module."""
     saved = llm_settings.llm_timeout_s
@@ -159,7 +159,11 @@ def bot_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 async def indexed(
-    bot_data_dir: Path, embedder: Any, local_generator: Generator, tiny_model_dir: Path
+    bot_data_dir: Path,
+    embedder: Any,
+    local_generator: Generator,
+    tiny_model_dir: Path,
+    patient_engine: None,
 ) -> AsyncIterator[Indexed]:
     """The fixture docs plus a page full of mentions, indexed once for the module."""
     mention_docs = bot_data_dir / "mention-docs"

@@ -1,11 +1,14 @@
 """Shared fixtures: the real offline embedding model, Milvus Lite in a temp folder, settings.
 
-Fixtures owned by one test area live beside it (tests/<area>_fixtures.py) to keep this file small.
+Fixtures owned by one test area live beside it (tests/<area>_fixtures.py) to keep this file small;
+they are registered here, once, so each session-scoped engine or model is built once. Only the
+tests that ask for a fixture pay for it: none of them is autouse.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,11 @@ import pytest
 # Fixture modules are also imported by tests directly (helpers): have their asserts rewritten
 # before that first import, not only when pytest_plugins loads them.
 pytest.register_assert_rewrite("tests.llm_fixtures", "tests.bot_fixtures")
+pytest_plugins = [
+    "tests.llm_fixtures",
+    "tests.smollm2_fixtures",
+    "tests.bot_fixtures",
+]
 
 # Nothing may reach a model hub from tests; vLLM and Milvus Lite keep their files in our temp dirs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,6 +60,14 @@ def settings(tmp_path: Path):
         embedding_device="cpu",
         allow_private_urls=True,  # tests serve pages from 127.0.0.1
     )
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A private copy of the fixture docs, so a test can edit and delete files."""
+    dst = tmp_path / "docs"
+    shutil.copytree(FIXTURES / "milvus-docs", dst)
+    return dst
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """LLM fixtures: a tiny random Llama built once per session, one shared vLLM engine, a vLLM server.
 
-Register with `pytest_plugins = ["tests.llm_fixtures"]` (in conftest.py or a test module): as a
-plugin there is one engine for the whole session, whichever modules use it. Importing the
-fixtures into several modules would build one engine per module.
+Registered once in tests/conftest.py: as a plugin there is one engine for the whole session,
+whichever modules use it. Importing the fixtures into several modules would build one engine
+per module.
 
 Engine start costs 12-60 s on a small CPU host, so every test shares `local_generator` on the
 session event loop (pyproject sets that loop scope by default). A test that kills the engine

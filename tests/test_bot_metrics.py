@@ -22,8 +22,6 @@ from tests.bot_fixtures import Indexed, ShapedGenerator, World, running_bot
 from tests.fake_discord import FakeInteraction, FakeMessage
 from tests.test_metrics import scrape  # parsed as in bot/metrics.py's unit tests
 
-pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]
-
 QUESTION = "How do I configure a GPU index such as CAGRA?"
 FOOTER = "-# Answered in"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -17,8 +17,6 @@ from bot.metrics import Metrics, start_metrics_server
 from rag_core.config import Settings
 from tests.conftest import offline_model_path
 
-pytest_plugins = ["tests.llm_fixtures"]
-
 ROOT = Path(__file__).resolve().parents[1]
 # Shaped like a real bot token (base64 of a snowflake . timestamp . HMAC); not a real one.
 GOOD_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456"

@@ -18,8 +18,6 @@ import pytest
 
 from tests.llm_fixtures import ENGINE_PROCESS
 
-pytest_plugins = ["tests.llm_fixtures"]
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # The bot's stand-in: start an engine, stream a short answer, write the pids of every process

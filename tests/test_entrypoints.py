@@ -24,8 +24,6 @@ from tests.fake_discord import FakeDiscord
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["tests.llm_fixtures", "tests.smollm2_fixtures"]
-
 
 def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`python -m ...` in an empty folder (no .env), offline, with these variables set."""

@@ -36,8 +36,6 @@ from rag_core.runtime import open_rag
 from rag_core.search.retrieval import Retrieval
 from tests.conftest import FIXTURES
 
-pytest_plugins = ["tests.llm_fixtures"]
-
 FIXTURE_SET = FIXTURES / "eval_questions.jsonl"
 # all-MiniLM-L6-v2's calibrated gate on the Milvus docs (docs/evaluation.md); BGE needs its own.
 MINILM_THRESHOLD = 0.28

@@ -17,18 +17,8 @@ import pytest
 from rag_core.ingest.indexer import Progress
 from rag_core.runtime import Rag, open_rag
 
-from .conftest import FIXTURES
-
 BASE = "https://milvus.io/docs/"
 HNSW_Q = "What do the parameters for HNSW mean?"
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    """A private copy of the fixture docs, so tests can edit and delete files."""
-    dst = tmp_path / "docs"
-    shutil.copytree(FIXTURES / "milvus-docs", dst)
-    return dst
 
 
 @pytest.fixture

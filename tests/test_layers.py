@@ -89,7 +89,7 @@ def upward_imports(root: Path) -> list[str]:
             continue
         for target in sorted(targets):
             there = _place(target)
-            if there is None or there[1] == here[1] and there[0] == here[0]:
+            if there is None or there == here:
                 continue
             if there[0] >= here[0]:
                 bad.append(f"{name} -> {target}")

@@ -18,8 +18,6 @@ from rag_core.search.verified import TITLE
 from tests.bot_fixtures import Indexed, ShapedGenerator, World, populate, running_bot
 from tests.fake_discord import FakeDiscord, FakeInteraction, FakeMember, FakeMessage
 
-pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures"]
-
 QUESTION = "How many replicas can a single collection have loaded in memory?"
 PARAPHRASE = "What is the maximum number of in-memory replicas for one collection?"
 CORRECTION = "Each replica needs its own query node, so at most one replica per query node."

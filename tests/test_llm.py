@@ -37,8 +37,6 @@ from tests.llm_fixtures import (  # noqa: E402
     server_metric,
 )
 
-pytest_plugins = ["tests.llm_fixtures"]
-
 MESSAGES = [
     {"role": "system", "content": "Answer from the docs."},
     {"role": "user", "content": "What do the HNSW parameters mean?"},

@@ -23,8 +23,6 @@ from rag_core.models import fetch as model_fetch  # noqa: E402
 from rag_core.models.fetch import ModelFetchError  # noqa: E402
 from tests.smollm2_fixtures import ENGINE_START_S, smollm2_gguf_or_skip  # noqa: E402
 
-pytest_plugins = ["tests.llm_fixtures", "tests.smollm2_fixtures"]
-
 COMMON_WORDS = {
     "the", "a", "an", "is", "are", "was", "of", "in", "on", "and", "to", "it", "its", "city",
     "capital", "france", "paris", "country", "that", "this", "for", "with", "as", "by", "i",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,12 @@ from rag_core.golden import GoldenQuestion
 from rag_core.runtime import Rag, open_rag
 from rag_core.search.verified import VerifiedAnswer, doc_id_of
 
-from .conftest import FIXTURES, offline_model_path
+from .conftest import offline_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "https://milvus.io/docs/"
 REPLICA_Q = "How do in-memory replicas improve query throughput?"
 BITSET_Q = "What is a bitset used for in Milvus?"
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    dst = tmp_path / "docs"
-    shutil.copytree(FIXTURES / "milvus-docs", dst)
-    return dst
 
 
 def question_file(tmp_path: Path) -> Path:

@@ -20,8 +20,6 @@ from rag_core.config import Settings
 from tests.conftest import FIXTURES
 from tests.web_fixtures import LocalSite
 
-pytest_plugins = ["tests.llm_fixtures", "tests.smollm2_fixtures"]
-
 LOOP = "- `m` (Memory Mapping)\n- `nbits` (Number of bits)\n"
 INTRO = "The IVF_PQ index takes these parameters:\n"
 

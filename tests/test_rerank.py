@@ -12,8 +12,6 @@ from rag_core.config import Settings
 from rag_core.documents import Hit
 from rag_core.search.rerank import Reranker, passage_prompt, rerank_order
 
-pytest_plugins = ["tests.llm_fixtures", "tests.smollm2_fixtures"]
-
 
 def hit(n: int, title: str, text: str) -> Hit:
     return Hit(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 
@@ -13,20 +12,13 @@ from rag_core.answer.answering import _source
 from rag_core.runtime import Rag, open_rag
 from rag_core.search.verified import TITLE, VerifiedAnswer, doc_id_of, is_verified
 
-from .conftest import FIXTURES, offline_model_path
+from .conftest import offline_model_path
 
 BASE = "https://milvus.io/docs/"
 LINK = "https://discord.com/channels/1/2/3"
 QUESTION = "How many replicas can a single collection have loaded in memory?"
 PARAPHRASE = "What is the maximum number of in-memory replicas for one collection?"
 ANSWER = "Up to the number of query nodes: each replica needs its own query node."
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    dst = tmp_path / "docs"
-    shutil.copytree(FIXTURES / "milvus-docs", dst)
-    return dst
 
 
 @pytest.fixture
