@@ -1,7 +1,10 @@
-"""Write .env.example from the Settings object: every field, grouped, with its description.
+"""Write .env.example and the settings table of docs/configuration.md from the Settings object.
 
-.venv/bin/python scripts/gen_env_example.py          # rewrite .env.example
-.venv/bin/python scripts/gen_env_example.py --check  # exit 1 if it is out of date
+.venv/bin/python scripts/gen_env_example.py             # rewrite both
+.venv/bin/python scripts/gen_env_example.py --check     # exit 1 if either is out of date
+.venv/bin/python scripts/gen_env_example.py --markdown  # print the table (Markdown) only
+
+The table sits between the settings-table markers of docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -74,16 +77,21 @@ def render_table() -> str:
     return "\n".join(rows)
 
 
-def with_table(readme: str) -> str:
-    head, rest = readme.split(START, 1)
+def with_table(doc: str) -> str:
+    head, rest = doc.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{render_table()}\n{END}{tail}"
 
 
+TABLE_DOC = ROOT / "docs" / "configuration.md"
+
+
 if __name__ == "__main__":
+    if "--markdown" in sys.argv:
+        print(render_table())
+        sys.exit(0)
     targets = {ROOT / ".env.example": render()}
-    readme = ROOT / "README.md"
-    targets[readme] = with_table(readme.read_text())
+    targets[TABLE_DOC] = with_table(TABLE_DOC.read_text())
     stale = [p.name for p, text in targets.items() if not p.exists() or p.read_text() != text]
     if "--check" in sys.argv:
         if stale:
