@@ -12,7 +12,7 @@ import pytest
 from rag_core.config import Settings
 from rag_core.errors import StoreFullError
 from rag_core.runtime import open_rag
-from rag_core.search.store import RESERVE_BYTES, RESERVE_SUFFIX
+from rag_core.search.lite_engine import RESERVE_BYTES, RESERVE_SUFFIX
 from tests.conftest import offline_model_path
 
 

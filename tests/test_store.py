@@ -657,7 +657,7 @@ def test_a_lite_engine_that_dies_as_it_starts_is_started_once_more(tmp_path, mon
         return real_client(*args, **kwargs)
 
     monkeypatch.setattr(pymilvus, "MilvusClient", first_start_dies)
-    with caplog.at_level("WARNING", logger="rag_core.search.store"):
+    with caplog.at_level("WARNING", logger="rag_core.search.lite_engine"):
         store = KnowledgeStore(db)
     try:
         assert len(attempts) == 2

@@ -4,19 +4,15 @@ Every (re)index builds a new collection *version* beside the live one and then p
 live pointer (searchers only ever resolve it) at it, so a reindex is invisible to searchers until
 it is complete, and a crashed one leaves the live version untouched. On a Milvus server the
 pointer is an alias. Milvus Lite 2.5 has no aliases: the pointer is a small file beside the
-database (`kb.db.<alias>.live`, holding the collection name), replaced in one `os.replace`.
+database (`kb.db.<alias>.live`, holding the collection name; lite_engine.py), replaced in one
+`os.replace`.
 
 Concurrent searches with the same shape (mode, top_k, filter) go to Milvus as one call with
 several queries (nq > 1): one round trip and one engine pass for the questions that arrived
 together, each question's hits as a search of its own would return them.
 
-Milvus Lite (milvus-lite 2.5: a native engine in a child process, docs/benchmarks.md) quirks
-handled here:
-- the `.db` file is locked (`.kb.db.lock`, a POSIX lock): a second *process* cannot open it; we
-  check the lock ourselves first, because the failure pymilvus raises says only "Open local
-  milvus failed" (after milvus_lite logged an error);
-- `client.close()` leaves the engine (and its lock) running: `close()` also stops it through
-  milvus_lite's server manager;
+Opening a Milvus Lite file, keeping its engine running and its disk reserve: lite_engine.py.
+Milvus Lite quirks handled here:
 - collection properties are not kept: the version's model and dim also go in the collection
   description;
 - after reopening, collections are released: they are loaded on first use;
@@ -26,22 +22,19 @@ handled here:
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from ..documents import Chunk, Hit, in_context
-from ..errors import IndexMissingError, StoreError, StoreFullError, StoreLockedError
+from ..errors import IndexMissingError, StoreError, StoreFullError
+from .lite_engine import LiteEngine, LivePointer
 
 log = logging.getLogger(__name__)
 
@@ -154,39 +147,8 @@ def is_lite_uri(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
 
-# A live pointer file beside a Lite database, one per alias: `kb.db.docs.live`.
-LIVE_SUFFIX = ".live"
-_LITE_START_TIMEOUT = 60.0
 # Questions searched in one Milvus call at most (the embedder encodes up to 64 at once too).
 _MAX_SEARCH_BATCH = 64
-
-# Lite paths this process has open, with how many stores share each: the last close() stops the
-# in-process server; earlier ones must not pull it from under the others.
-_lite_refs: dict[str, int] = {}
-_lite_refs_lock = threading.Lock()
-
-
-class _DropLiteIteratorWarning(logging.Filter):
-    """Lite has no MVCC timestamps; pymilvus warns about it on every query_iterator."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "mvccTs" not in record.getMessage()
-
-
-def _quiet_lite_warnings() -> None:
-    # pymilvus logs every failed call with a full traceback at ERROR; each failure reaches our
-    # callers as a StoreError with its message, logged once where it is handled.
-    logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
-    logging.getLogger("milvus_lite.adapter.grpc.servicer").setLevel(logging.CRITICAL)
-    logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
-    if not any(isinstance(f, _DropLiteIteratorWarning) for f in logger.filters):
-        logger.addFilter(_DropLiteIteratorWarning())
-
-
-# Space held beside a Milvus Lite database and given up when the disk fills, so that a failed
-# reindex can still drop its unfinished version (dropping writes metadata too).
-RESERVE_SUFFIX = ".reserve"
-RESERVE_BYTES = 4 * 2**20
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -201,57 +163,6 @@ def _disk_full(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
-
-
-def _lite_lock_held_elsewhere(db_path: Path) -> bool:
-    """True when another process holds the Lite database's lock file (a POSIX lockf lock).
-
-    Only call it while this process does not serve `db_path` itself: closing any descriptor of
-    a POSIX-locked file drops the lock this process holds on it.
-    """
-    lock_file = db_path.parent / f".{db_path.name}.lock"
-    if not lock_file.exists():
-        return False
-    fd = os.open(lock_file, os.O_RDWR)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _lite_engine(path: str | None) -> object | None:
-    """The milvus_lite server object that runs the engine of `path` in this process."""
-    if path is None:
-        return None
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-    except ImportError:
-        return None
-    return server_manager_instance._servers.get(path)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step: readers see the old content or the new one.
-
-    fsync before the rename and on the folder after it: after a power loss the file holds one
-    complete name, never a torn or empty one.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 @dataclass(eq=False)
@@ -293,8 +204,9 @@ class KnowledgeStore:
         self.alias = alias
         self.fusion = fusion or Fusion()
         self._prefix = f"{alias}__v"
-        self._lite_path: str | None = None
-        self._pointer: Path | None = None  # Lite: the live pointer file (servers: the alias)
+        self._lite = LiteEngine(uri) if is_lite_uri(uri) else None  # owns a Lite store's client
+        self._client: Any | None = None  # a Milvus server's client
+        self._pointer: LivePointer | None = None  # Lite: the live pointer file (servers: the alias)
         # Version metadata never changes after creation: cache it (live() runs per question).
         self._info_cache: dict[str, VersionInfo] = {}
         self._loaded: set[str] = set()
@@ -306,111 +218,32 @@ class KnowledgeStore:
         self._batch_cond = threading.Condition()
         self._waiting: list[_Query] = []
         self._batch_running = False
-        self._revive_lock = threading.Lock()
-        self._client_engine: object | None = None  # Lite: the engine this client talks to
-        if is_lite_uri(uri):
-            self._lite_path = self._open_lite(uri)
-            _quiet_lite_warnings()
-        lite_path = self._lite_path
-        if lite_path:
-            # The Lite engine is a 170 MB native binary: its first start on a busy host (files
-            # not yet in the page cache) took over 10 s.
-            connect_timeout = max(connect_timeout, _LITE_START_TIMEOUT)
-        try:
+        lite = self._lite
+        if lite is not None:
+            lite.connect(uri, token, connect_timeout)
+        else:
             try:
                 self._client = MilvusClient(uri=uri, token=token, timeout=connect_timeout)
             except Exception as exc:
-                if not (lite_path and self._restart_lite_engine(lite_path, exc)):
-                    raise
-                self._client = MilvusClient(uri=uri, token=token, timeout=connect_timeout)
-        except Exception as exc:
-            self._client = None
-            self._release_lite()
-            # Another process may have taken the lock between our check and the open.
-            if lite_path and _lite_lock_held_elsewhere(Path(lite_path)):
-                raise StoreLockedError(
-                    detail=f"Milvus Lite database {lite_path} is locked by another process"
-                ) from exc
-            where = (
-                f"Milvus Lite database {lite_path}" if lite_path else f"Milvus at {_redact(uri)}"
-            )
-            raise StoreError(detail=f"cannot open {where}: {exc}") from exc
-        self._reserve = Path(lite_path + RESERVE_SUFFIX) if lite_path else None
-        self._client_engine = _lite_engine(lite_path)
-        if lite_path:
-            self._pointer = Path(f"{lite_path}.{alias}{LIVE_SUFFIX}")
+                raise StoreError(detail=f"cannot open Milvus at {_redact(uri)}: {exc}") from exc
+        if lite is not None:
+            self._pointer = LivePointer(lite.path, alias)
             self._check_pointer()
-        self._keep_reserve()
-        log.info("knowledge store opened: %s (alias %s)", lite_path or _redact(uri), alias)
-
-    @staticmethod
-    def _open_lite(uri: str) -> str:
-        if not uri.endswith(".db"):
-            raise StoreError(detail=f"a Milvus Lite path must end in .db: {uri}")
-        path = Path(uri).resolve()
-        if path.is_dir():
-            raise StoreError(
-                detail=f"{path} is a Milvus Lite 3.x database (a folder); this version uses "
-                "Milvus Lite 2.5 files: move it away and index the docs again"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _lite_refs_lock:
-            # Already served in this process (another store): the lock is ours, not a conflict.
-            if _lite_refs.get(str(path), 0) == 0 and _lite_lock_held_elsewhere(path):
-                raise StoreLockedError(
-                    detail=f"Milvus Lite database {path} is locked by another process"
-                )
-            _lite_refs[str(path)] = _lite_refs.get(str(path), 0) + 1
-        return str(path)
-
-    @staticmethod
-    def _restart_lite_engine(path: str, exc: Exception) -> bool:
-        """After a failed first connect: stop the engine this store started; True to try again.
-
-        The engine process sometimes dies after its start was reported ("Fail connecting to
-        server ... .sock: No such file"); a second start then works. Only when this store is
-        the engine's sole user and no other process holds the database's lock.
-        """
-        with _lite_refs_lock:
-            if _lite_refs.get(path, 0) != 1:
-                return False
-            try:
-                from milvus_lite.server_manager import server_manager_instance
-            except ImportError:
-                return False
-            server_manager_instance.release_server(path)
-        if _lite_lock_held_elsewhere(Path(path)):
-            return False
-        log.warning("Milvus Lite did not start for %s (%s); starting it once more", path, exc)
-        return True
-
-    def _release_lite(self) -> None:
-        if self._lite_path is None:
-            return
-        path, self._lite_path = self._lite_path, None
-        with _lite_refs_lock:
-            left = _lite_refs.get(path, 1) - 1
-            if left > 0:
-                _lite_refs[path] = left
-                return
-            _lite_refs.pop(path, None)
-            try:
-                from milvus_lite.server_manager import server_manager_instance
-            except ImportError:
-                return
-            # Stops the engine process and releases the lock file.
-            server_manager_instance.release_server(path)
+            lite.keep_reserve()
+        where = lite.path if lite is not None else _redact(uri)
+        log.info("knowledge store opened: %s (alias %s)", where, alias)
 
     def close(self) -> None:
         """Close the connection; for Milvus Lite also stop the local server and free its lock."""
-        client = getattr(self, "_client", None)
+        if self._lite is not None:
+            self._lite.close()
+            return
+        client, self._client = self._client, None
         if client is not None:
             try:
                 client.close()
-            except Exception:  # closing must not fail: the lock release below matters more
+            except Exception:  # closing must not fail
                 log.warning("closing the Milvus client failed", exc_info=True)
-            self._client = None
-        self._release_lite()
 
     def __enter__(self) -> KnowledgeStore:
         return self
@@ -756,7 +589,7 @@ class KnowledgeStore:
         index = self.client.prepare_index_params()
         # Lite: FLAT, an exact scan (a few ms over 5k x 384 in Lite 2.5's native engine; exact
         # results keep rankings stable across reindexes). Server: AUTOINDEX, built by Milvus.
-        dense_index = "FLAT" if self._lite_path else "AUTOINDEX"
+        dense_index = "FLAT" if self._lite is not None else "AUTOINDEX"
         index.add_index("vector", index_type=dense_index, metric_type="COSINE")
         index.add_index(
             "sparse",
@@ -855,7 +688,7 @@ class KnowledgeStore:
             previous = self._live_name()
             if self._pointer is not None:
                 if previous != collection:
-                    _write_atomically(self._pointer, collection + "\n")
+                    self._pointer.write(collection)
             elif previous is None:
                 self.client.create_alias(collection, self.alias)
             elif previous != collection:
@@ -871,7 +704,8 @@ class KnowledgeStore:
                 # Published all the same: the old version is an orphan that the next
                 # reindex drops (drop_orphans).
                 log.warning("published %s; could not drop %s yet: %s", collection, previous, exc)
-        self._keep_reserve()  # given up on a full disk earlier: take it back if there is room
+        if self._lite is not None:  # given up on a full disk earlier: take it back if there is room
+            self._lite.keep_reserve()
 
     def drop(self, collection: str) -> None:
         """Drop a version (never the live one)."""
@@ -888,7 +722,7 @@ class KnowledgeStore:
         except StoreFullError:
             # Dropping writes a little metadata too: on a full disk, give up the reserve so the
             # unfinished version (what filled the disk) can go now, not at the next run.
-            if not self._release_reserve():
+            if self._lite is None or not self._lite.release_reserve():
                 raise
             self._call(run, f"drop {collection}")
         with self._state_lock:
@@ -911,29 +745,6 @@ class KnowledgeStore:
 
     # ------------------------------------------------------------------ helpers
 
-    def _keep_reserve(self) -> None:
-        """Lite only: hold RESERVE_BYTES beside the database while the disk has room for them."""
-        reserve = self._reserve
-        if reserve is None or reserve.exists():
-            return
-        try:
-            if shutil.disk_usage(reserve.parent).free < 4 * RESERVE_BYTES:
-                return  # nearly full already: the reserve would only make it worse
-            with open(reserve, "wb") as f:
-                f.truncate(0)
-                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
-        except OSError:
-            log.debug("no disk reserve beside %s", reserve, exc_info=True)
-            reserve.unlink(missing_ok=True)
-
-    def _release_reserve(self) -> bool:
-        """Free the reserve; True when there was one to free."""
-        if self._reserve is None or not self._reserve.exists():
-            return False
-        log.warning("disk full: releasing the %d-byte reserve to drop a version", RESERVE_BYTES)
-        self._reserve.unlink(missing_ok=True)
-        return True
-
     @property
     def is_lite(self) -> bool:
         """A Milvus Lite file (exact FLAT search, live pointer file), not a server."""
@@ -941,9 +752,11 @@ class KnowledgeStore:
 
     @property
     def client(self) -> Any:
-        if self._client is None:
+        # Lite: the engine's client, which revive() replaces when the engine is started again.
+        client = self._client if self._lite is None else self._lite.client
+        if client is None:
             raise StoreError(detail="the knowledge store is closed")
-        return self._client
+        return client
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         """Run a Milvus call; its failures become StoreError (user-safe message, detail logged)."""
@@ -955,79 +768,28 @@ class KnowledgeStore:
             except Exception as exc:
                 if attempt == 0 and self._revive_lite():
                     continue
-                if _disk_full(exc) or self._lite_disk_full():
+                if _disk_full(exc) or (self._lite is not None and self._lite.disk_full()):
                     raise StoreFullError(detail=f"{what} failed, disk full: {exc}") from exc
                 raise StoreError(detail=f"{what} failed: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _revive_lite(self) -> bool:
-        """Lite: start the engine again if its process died; True when it was restarted.
+        """Lite: start the engine again if its process died; True when it was restarted."""
+        return self._lite is not None and self._lite.revive(self._forget_loaded)
 
-        The engine is a child process: it exits on some failures (a full disk), and every
-        later call would fail until the bot restarted.
-        """
-        path = self._lite_path
-        if path is None:
-            return False
-        try:
-            from milvus_lite.server_manager import server_manager_instance
-        except ImportError:
-            return False
-        with self._revive_lock:
-            server = server_manager_instance._servers.get(path)
-            process = getattr(server, "_p", None)
-            if process is None or process.poll() is None:
-                # Running: the failure was something else, unless another thread restarted
-                # it since this client was made.
-                return self._client is not None and self._client_engine is not server
-            log.warning(
-                "the Milvus Lite engine of %s exited (%s): restarting it", path, process.returncode
-            )
-            server_manager_instance.release_server(path)
-            from pymilvus import MilvusClient
-
-            old, self._client = self._client, MilvusClient(uri=path, timeout=_LITE_START_TIMEOUT)
-            self._client_engine = server_manager_instance._servers.get(path)
-            with self._state_lock:
-                self._loaded.clear()
-            if old is not None:
-                try:
-                    old.close()
-                except Exception:
-                    log.debug("closing the client of the exited engine failed", exc_info=True)
-        return True
+    def _forget_loaded(self) -> None:
+        # A restarted engine has every collection released.
+        with self._state_lock:
+            self._loaded.clear()
 
     def _check_written(self, what: str) -> None:
-        """Lite: a write on a (nearly) full disk fails, even where the engine said it worked.
-
-        Lite 2.5 acknowledges inserts whose BM25 statistics it could not write on a full disk
-        (only its log says so): such a version must never be published.
-        """
-        if self._lite_disk_full():
-            raise StoreFullError(detail=f"{what}: the disk under {self._lite_path} is full")
-
-    def _lite_disk_full(self) -> bool:
-        """After a failed Lite call: is its disk (nearly) full?
-
-        Lite 2.5 answers a full disk with "internal error" only (its log says "database or
-        disk is full"), so the disk itself is asked.
-        """
-        if self._reserve is None:
-            return False
-        try:
-            return shutil.disk_usage(self._reserve.parent).free < RESERVE_BYTES
-        except OSError:
-            return False
+        """Lite: a write on a (nearly) full disk fails, even where the engine said it worked."""
+        if self._lite is not None:
+            self._lite.check_written(what)
 
     def _live_name(self) -> str | None:
-        pointer = self._pointer
-        if pointer is not None:
-            try:
-                return pointer.read_text(encoding="utf-8").strip() or None
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                raise StoreError(detail=f"cannot read the live pointer {pointer}: {exc}") from exc
+        if self._pointer is not None:
+            return self._pointer.read()
         # list_aliases first: describe_alias of a missing alias makes pymilvus log an error.
         try:
             if self.alias not in self.client.list_aliases().get("aliases", []):
@@ -1050,8 +812,9 @@ class KnowledgeStore:
         except Exception:
             self.close()
             raise
-        log.warning("%s names %s, which the database does not hold: ignored", self._pointer, name)
-        self._pointer.unlink(missing_ok=True)
+        pointer = self._pointer.path
+        log.warning("%s names %s, which the database does not hold: ignored", pointer, name)
+        self._pointer.remove()
 
     def _version_info(self, name: str) -> VersionInfo:
         with self._state_lock:
