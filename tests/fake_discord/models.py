@@ -1,4 +1,4 @@
-"""The fake's world: users, guilds, roles, channels, members, messages, and what it recorded.
+"""The data of the fake's world (users, guilds, roles, channels, members, messages) and its records.
 
 Everything here is plain data that a test sets up or inspects; the server turns it into the JSON
 payloads Discord would send (``to_payload``). Permissions use discord.py's own flag values.

@@ -205,6 +205,16 @@ def require_not_empty(content: str, embeds: list[Any], components: list[Any], fi
         raise empty_message()
 
 
+def require_body_not_empty(body: dict[str, Any], files: int) -> None:
+    """``require_not_empty`` for a request body by itself (what a new message would hold)."""
+    require_not_empty(
+        str(body.get("content") or ""),
+        body.get("embeds") or [],
+        body.get("components") or [],
+        files,
+    )
+
+
 # --------------------------------------------------------------------------- mentions
 
 _EVERYONE = re.compile(r"@(everyone|here)\b")
