@@ -14,8 +14,10 @@ from aiohttp import web
 
 from rag_core.config import Settings
 from rag_core.documents import Document, SourceFailure
+from rag_core.ingest.formats import parse_markdown
 from rag_core.ingest.html_text import html_to_page
-from rag_core.ingest.sources import _retry_after, load_folder, load_sources, parse_markdown
+from rag_core.ingest.sources import load_folder, load_sources
+from rag_core.ingest.web import _retry_after
 from tests.conftest import FIXTURES, SHARED_CORPUS
 from tests.web_fixtures import LocalSite, Reply
 
