@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from rag_core.__main__ import main as cli_main
 from rag_core.golden import GoldenQuestion
+from rag_core.quality.gate import ReindexGate
 from rag_core.runtime import Rag, open_rag
 from rag_core.search.verified import VerifiedAnswer, doc_id_of
 
@@ -95,14 +95,15 @@ async def test_a_verified_answer_that_would_be_lost_holds_the_reindex_back(
     lost verified answer holds a version back whatever the drop in recall."""
     await rag.verified.add(VerifiedAnswer(4, "Can Milvus run on a toaster?", "No.", "https://d/4"))
     (corpus / "reference" / "bitset.md").unlink()
-    lenient = rag.indexer.settings.model_copy(update={"reindex_gate_max_drop": 1.0})
-    rag.indexer.settings = lenient
+    gate = rag.indexer.check
+    assert isinstance(gate, ReindexGate)  # what open_rag hands the indexer
+    gate.settings = gate.settings.model_copy(update={"reindex_gate_max_drop": 1.0})
     report = await rag.indexer.run([str(corpus)])
     assert report.published  # the lost bitset question is within the (lenient) allowed drop
     assert report.gate is not None and [q.id for q in report.gate.lost] == ["bitset"]
 
     # An empty question file (an export before anything was vouched for) gates nothing.
-    empty = Path(rag.indexer.settings.reindex_gate_questions)
+    empty = Path(gate.settings.reindex_gate_questions)
     empty.write_text("", encoding="utf-8")
     golden = [GoldenQuestion("verified-9", "What colour is the sky?", ("https://d/9",), True)]
     page = corpus / "reference" / "replica.md"
@@ -115,28 +116,33 @@ async def test_a_verified_answer_that_would_be_lost_holds_the_reindex_back(
 
 
 def test_cli_index_exits_non_zero_when_held_back_and_force_publishes(
-    tmp_path: Path, corpus: Path
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
+    """The CLI's own code in this process (its process boundary is tested in test_entrypoints)."""
+    for name, value in {
         "DATA_DIR": str(tmp_path / "data"),
         "EMBEDDING_MODEL": offline_model_path(),
         "EMBEDDING_DEVICE": "cpu",
         "DOCS_BASE_URL": BASE,
         "REINDEX_GATE_QUESTIONS": str(question_file(tmp_path)),
-        "HF_HUB_OFFLINE": "1",
-    }
+        # What the CLI would set for itself, set here so the test's environment is restored.
+        "VLLM_CONFIGURE_LOGGING": "0",
+        "GRPC_VERBOSITY": "NONE",
+        "TQDM_DISABLE": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)  # no .env there
 
-    def index(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "rag_core", "index", str(corpus), "-q", *extra],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    @dataclass
+    class Run:
+        returncode: int
+        stdout: str
+        stderr: str
+
+    def index(*extra: str) -> Run:
+        code = cli_main(["index", str(corpus), "-q", *extra])
+        out = capsys.readouterr()
+        return Run(code, out.out, out.err)
 
     assert index().returncode == 0
     (corpus / "reference" / "replica.md").unlink()
