@@ -117,9 +117,9 @@ def bench_settings(args: argparse.Namespace, work: Path, model: str) -> Any:
 async def run(args: argparse.Namespace, work: Path) -> str:
     import discord
 
-    from bot.answer_path import LIVE_MARKER
     from bot.client import RagBot
     from bot.feedback import FeedbackStore
+    from bot.writers import LIVE_MARKER
     from rag_core.runtime import open_rag
     from tests.fake_discord import FakeDiscord
     from tests.tiny_llama import build_tiny_llama
@@ -319,9 +319,9 @@ def _add_costs(phase: Phase, before: dict[str, Any], after: dict[str, Any]) -> N
 
 
 async def _conversation_phase(args: argparse.Namespace, rag: Any, mode: str) -> Phase:
-    from bot.answer_path import LIVE_MARKER
     from bot.client import RagBot
     from bot.feedback import FeedbackStore
+    from bot.writers import LIVE_MARKER
     from tests.fake_discord import FakeDiscord
 
     phase = Phase(mode)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -22,6 +22,8 @@ from .feedback import FeedbackStore
 from .utils import GENERIC_ERROR, NO_MENTIONS, send_error
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 def bot_intents(settings: Settings) -> discord.Intents:
@@ -87,7 +89,11 @@ class RagBot(commands.Bot):
         self._feedback = feedback
         self.sync_commands = sync_commands
         # One answer path (and one answer queue) for every way a question arrives.
-        self.answers = AnswerPath(self)
+        self._answers = (
+            AnswerPath(settings, rag, feedback, self.dispatch)
+            if rag is not None and feedback is not None
+            else None
+        )
 
     @property
     def serving(self) -> bool:
@@ -96,15 +102,15 @@ class RagBot(commands.Bot):
 
     @property
     def rag(self) -> Rag:
-        if self._rag is None:
-            raise RuntimeError("this bot was opened to sync commands only")
-        return self._rag
+        return _serving_only(self._rag)
 
     @property
     def feedback(self) -> FeedbackStore:
-        if self._feedback is None:
-            raise RuntimeError("this bot was opened to sync commands only")
-        return self._feedback
+        return _serving_only(self._feedback)
+
+    @property
+    def answers(self) -> AnswerPath:
+        return _serving_only(self._answers)
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -130,7 +136,8 @@ class RagBot(commands.Bot):
 
     async def close(self) -> None:
         # Answers in flight end with a clear message while HTTP still works.
-        await self.answers.stop()
+        if self._answers is not None:
+            await self._answers.stop()
         await super().close()
 
     async def sync_app_commands(
@@ -156,3 +163,10 @@ class RagBot(commands.Bot):
 
     async def on_resumed(self) -> None:
         metrics.set_connected(True)
+
+
+def _serving_only(part: _T | None) -> _T:
+    """What a serving bot has; a bot opened only to sync commands has none of it."""
+    if part is None:
+        raise RuntimeError("this bot was opened to sync commands only")
+    return part

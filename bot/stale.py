@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from .feedback import StaleAnswer, stale_answer_ids
+from .feedback import StaleAnswer
+from .feedback.store import stale_answer_ids
 from .streaming import MESSAGE_LIMIT
 from .utils import NO_MENTIONS
 

@@ -20,9 +20,10 @@ import discord
 import pytest
 
 from bot.__main__ import export_flags
-from bot.answer_path import BUSY, LIVE_MARKER, SEARCHING, SHUTTING_DOWN, render_answer
+from bot.answer_path import BUSY, SEARCHING, SHUTTING_DOWN, render_answer
 from bot.feedback import AnswerRecord
 from bot.utils import AnswerQueue, QueueFull
+from bot.writers import LIVE_MARKER
 from rag_core.answer.answering import REFUSAL, Answer, Source, Timings, refusal_text
 from rag_core.answer.llm import Generator
 from tests.bot_fixtures import (

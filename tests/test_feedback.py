@@ -18,17 +18,16 @@ import pytest
 
 from bot.cogs.feedback import review_card
 from bot.feedback import (
-    _MIGRATIONS,
     FLAG,
     GOOD,
-    SCHEMA_VERSION,
     AnswerRecord,
     FeedbackStore,
     FeedbackStoreClosed,
     SourceRecord,
     default_path,
-    stale_answer_ids,
 )
+from bot.feedback.schema import MIGRATIONS, SCHEMA_VERSION
+from bot.feedback.store import stale_answer_ids
 from bot.stale import with_stale_footer
 from tests.fake_discord import clickable_links
 
@@ -97,7 +96,7 @@ async def test_opens_in_wal_mode_with_schema_version(
 async def test_a_version_1_database_gains_the_low_support_column(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    for statement in _MIGRATIONS[0]:
+    for statement in MIGRATIONS[0]:
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     conn.execute(
@@ -121,7 +120,7 @@ async def test_a_version_2_database_keeps_its_answers_and_gains_conversations(
 ) -> None:
     path = tmp_path / "v2.db"
     conn = sqlite3.connect(path)
-    for statements in _MIGRATIONS[:2]:
+    for statements in MIGRATIONS[:2]:
         for statement in statements:
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 2")
@@ -463,7 +462,7 @@ def test_review_card_shows_only_the_bots_own_links() -> None:
 async def test_a_version_2_database_gains_review_and_verified_answers(tmp_path: Path) -> None:
     path = tmp_path / "v2.db"
     conn = sqlite3.connect(path)
-    for statements in _MIGRATIONS[:2]:
+    for statements in MIGRATIONS[:2]:
         for statement in statements:
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 2")
@@ -605,7 +604,7 @@ async def test_answers_whose_cited_passages_changed_are_marked_stale_once(
 async def test_a_version_4_database_gains_cited_hashes(tmp_path: Path) -> None:
     path = tmp_path / "v4.db"
     conn = sqlite3.connect(path)
-    for statements in _MIGRATIONS[:4]:
+    for statements in MIGRATIONS[:4]:
         for statement in statements:
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 4")

@@ -14,9 +14,10 @@ from discord.ext import commands
 from rag_core.answer.answering import clean_question
 
 from .. import metrics
-from ..answer_path import Asker, InteractionWriter
+from ..answer_path import Asker
 from ..checks import ask_cooldown
 from ..utils import NO_MENTIONS
+from ..writers import InteractionWriter
 
 if TYPE_CHECKING:
     from ..client import RagBot

@@ -30,9 +30,10 @@ from rag_core.answer.answering import clean_question
 from rag_core.answer.conversation import Turn
 from rag_core.config import Settings
 
-from ..answer_path import Asker, MessageWriter
+from ..answer_path import Asker
 from ..feedback import Conversation
 from ..utils import NO_MENTIONS
+from ..writers import MessageWriter
 
 if TYPE_CHECKING:
     from ..client import RagBot

@@ -25,7 +25,8 @@ import discord
 from discord.ext import commands
 
 from .. import metrics
-from ..feedback import FLAG, GOOD, AnswerRecord, FeedbackStoreClosed, VoteChange, is_busy
+from ..feedback import FLAG, GOOD, AnswerRecord, FeedbackStoreClosed, VoteChange
+from ..feedback.store import is_busy
 from ..streaming import escape_markdown, fit, link_target, plain_links, plain_text, safe_truncate
 from ..utils import NO_MENTIONS
 from .review import review_view

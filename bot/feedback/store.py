@@ -1,5 +1,5 @@
-"""The feedback database: answers the bot gave, the conversations they belong to, 👍/👎 votes
-on them, moderator review cards.
+"""FeedbackStore: reads and writes the feedback database (answers the bot gave, the
+conversations they belong to, 👍/👎 votes on them, moderator reviews, verified answers).
 
 One SQLite file (default `data_dir/feedback.db`) in WAL mode. A single connection is shared
 under a lock and used from worker threads, so async callers never block the event loop and
@@ -22,17 +22,33 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TextIO, TypeVar
 
 from rag_core.quality.gaps import AskedQuestion
 
+from .records import (
+    FLAG,
+    GOOD,
+    REVIEW_STATUSES,
+    AnswerRecord,
+    Conversation,
+    FlaggedAnswer,
+    SourceRecord,
+    StaleAnswer,
+    TurnRecord,
+    VerifiedRecord,
+    VoteChange,
+)
+from .schema import migrate
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 DEFAULT_FILENAME = "feedback.db"
-SCHEMA_VERSION = 6
-GOOD, FLAG = 1, -1
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per attempt
 PATIENCE_S = 60.0  # retrying a busy database gives up after about this long
 _FIRST_RETRY_S, _MAX_RETRY_S = 0.05, 5.0
@@ -40,252 +56,17 @@ _FIRST_RETRY_S, _MAX_RETRY_S = 0.05, 5.0
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-# Each entry migrates from version i to i + 1; never edit a released one, append a new one.
-_MIGRATIONS: list[list[str]] = [
-    [
-        """
-        CREATE TABLE answers (
-            id INTEGER PRIMARY KEY,
-            message_id INTEGER NOT NULL UNIQUE,  -- the first message of the answer
-            guild_id INTEGER,                    -- NULL in DMs
-            channel_id INTEGER NOT NULL,
-            user_id INTEGER NOT NULL,            -- who asked
-            question TEXT NOT NULL,
-            answer TEXT NOT NULL,
-            sources TEXT NOT NULL DEFAULT '[]',  -- JSON list of {n,title,url,score,similarity}
-            model TEXT NOT NULL DEFAULT '',
-            refused INTEGER NOT NULL DEFAULT 0,
-            created_at REAL NOT NULL,            -- unix seconds
-            latency_ms INTEGER,
-            review_claimed_at REAL,              -- set once, by the first flag
-            review_message_id INTEGER            -- the moderator card, once posted
-        )
-        """,
-        "CREATE INDEX answers_guild_created ON answers (guild_id, created_at)",
-        # Every message an answer was split into, so a vote on any part counts.
-        """
-        CREATE TABLE answer_messages (
-            message_id INTEGER PRIMARY KEY,
-            answer_id INTEGER NOT NULL REFERENCES answers (id) ON DELETE CASCADE
-        )
-        """,
-        """
-        CREATE TABLE votes (
-            answer_id INTEGER NOT NULL REFERENCES answers (id) ON DELETE CASCADE,
-            user_id INTEGER NOT NULL,
-            vote INTEGER NOT NULL CHECK (vote IN (-1, 1)),
-            created_at REAL NOT NULL,
-            PRIMARY KEY (answer_id, user_id)
-        ) WITHOUT ROWID
-        """,
-    ],
-    [
-        # Most of the answer text was backed by none of its passages (answer/attribution.py).
-        "ALTER TABLE answers ADD COLUMN low_support INTEGER NOT NULL DEFAULT 0",
-    ],
-    [
-        # A conversation: an answer and its follow-ups (in its thread, or replies to it).
-        """
-        CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY,
-            guild_id INTEGER,                    -- NULL in DMs
-            channel_id INTEGER NOT NULL,         -- where the first question was asked
-            thread_id INTEGER UNIQUE,            -- the thread the bot started for it, if any
-            user_id INTEGER NOT NULL,            -- who started it
-            created_at REAL NOT NULL
-        )
-        """,
-        # One row per answer in a conversation; question, answer and sources are in answers.
-        """
-        CREATE TABLE turns (
-            answer_id INTEGER PRIMARY KEY REFERENCES answers (id) ON DELETE CASCADE,
-            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
-            position INTEGER NOT NULL,           -- 0 for the first question
-            standalone TEXT NOT NULL,            -- the question retrieval used
-            UNIQUE (conversation_id, position)
-        )
-        """,
-    ],
-    [
-        # A moderator's verdict on a flagged answer: 'corrected', 'fine' or 'dismissed'.
-        "ALTER TABLE answers ADD COLUMN review_status TEXT",
-        "ALTER TABLE answers ADD COLUMN reviewed_by INTEGER",
-        "ALTER TABLE answers ADD COLUMN reviewed_at REAL",
-        # Answers moderators wrote; each is indexed as `verified:<id>` in the knowledge base.
-        """
-        CREATE TABLE verified_answers (
-            id INTEGER PRIMARY KEY,
-            answer_id INTEGER REFERENCES answers (id) ON DELETE SET NULL,  -- what it corrects
-            guild_id INTEGER,
-            question TEXT NOT NULL,
-            answer TEXT NOT NULL,
-            message_link TEXT NOT NULL,          -- the original Discord message
-            created_by INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            removed_by INTEGER,
-            removed_at REAL                      -- set by /verified remove
-        )
-        """,
-        "CREATE INDEX verified_answers_guild ON verified_answers (guild_id, removed_at)",
-    ],
-    [
-        # Content hashes of the passages an answer cites (rag_core Chunk.chunk_hash): a later
-        # index without one of them changed what the answer is based on.
-        "ALTER TABLE answers ADD COLUMN cited_hashes TEXT NOT NULL DEFAULT '[]'",
-        # When a reindex found its cited passages changed (its footer then says so).
-        "ALTER TABLE answers ADD COLUMN stale_at REAL",
-    ],
-    [
-        # Questions the bot read and left to people without posting anything: forum posts the
-        # docs do not cover (FORUM_UNCOVERED=silent). Coverage gaps count them as refusals.
-        """
-        CREATE TABLE unanswered (
-            id INTEGER PRIMARY KEY,
-            guild_id INTEGER,
-            channel_id INTEGER NOT NULL,
-            user_id INTEGER NOT NULL,
-            question TEXT NOT NULL,
-            created_at REAL NOT NULL
-        )
-        """,
-        "CREATE INDEX unanswered_created ON unanswered (created_at)",
-    ],
-]
-REVIEW_STATUSES = ("corrected", "fine", "dismissed")
+_R = TypeVar("_R", bound="DataclassInstance")
 
 
 class FeedbackStoreClosed(RuntimeError):
     """The store was used after close()."""
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One cited source as shown under an answer."""
-
-    n: int
-    title: str
-    url: str
-    score: float | None = None
-    similarity: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerRecord:
-    id: int
-    message_id: int
-    guild_id: int | None
-    channel_id: int
-    user_id: int
-    question: str
-    answer: str
-    sources: tuple[SourceRecord, ...]
-    model: str
-    refused: bool
-    created_at: datetime
-    latency_ms: int | None
-    review_message_id: int | None
-    low_support: bool = False
-
-    @property
-    def jump_url(self) -> str:
-        """The Discord link to the answer's message."""
-        return message_link(self.guild_id, self.channel_id, self.message_id)
-
-
-@dataclass(frozen=True, slots=True)
-class TurnRecord:
-    """One answered question of a conversation, oldest first."""
-
-    position: int
-    answer_id: int
-    question: str
-    answer: str
-    standalone: str  # the question retrieval used
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    id: int
-    guild_id: int | None
-    channel_id: int
-    thread_id: int | None
-    user_id: int
-    turns: tuple[TurnRecord, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class VoteChange:
-    """What a vote did: `post_review_card` is True for exactly one flag per answer."""
-
-    answer_id: int
-    previous: int | None  # the user's vote before, if any
-    vote: int
-    flags: int  # 👎 votes on the answer now
-    good: int  # 👍 votes on the answer now
-    post_review_card: bool
-
-    @property
-    def changed(self) -> bool:
-        return self.previous != self.vote
-
-
-@dataclass(frozen=True, slots=True)
-class FlaggedAnswer:
-    answer: AnswerRecord
-    flags: int
-    good: int
-    last_flagged_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class StaleAnswer:
-    """An answer whose cited passages changed, and the messages it was posted as."""
-
-    answer_id: int
-    guild_id: int | None
-    channel_id: int
-    message_ids: tuple[int, ...]  # oldest first: the last one carries the footer
-    stale_at: datetime
-
-
 def stale_answer_ids(cited: Mapping[int, Collection[str]], present: Collection[str]) -> list[int]:
     """The answers (of `cited`: answer id -> its cited chunk hashes) citing a hash that is not
     in `present`, the hashes the live index still has."""
     return sorted(a for a, hashes in cited.items() if any(h not in present for h in hashes))
-
-
-@dataclass(frozen=True, slots=True)
-class VerifiedRecord:
-    """A moderator's answer to a question, as the feedback database keeps it."""
-
-    id: int
-    answer_id: int | None
-    guild_id: int | None
-    question: str
-    answer: str
-    message_link: str
-    created_by: int
-    created_at: datetime
-    removed_at: datetime | None = None
-
-
-def _verified(row: sqlite3.Row) -> VerifiedRecord:
-    return VerifiedRecord(
-        id=row["id"],
-        answer_id=row["answer_id"],
-        guild_id=row["guild_id"],
-        question=row["question"],
-        answer=row["answer"],
-        message_link=row["message_link"],
-        created_by=row["created_by"],
-        created_at=_dt(row["created_at"]),
-        removed_at=_dt(row["removed_at"]) if row["removed_at"] is not None else None,
-    )
-
-
-def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
-    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
 def default_path(data_dir: str | os.PathLike[str]) -> Path:
@@ -317,22 +98,29 @@ _FLAGGED_SQL = f"""
 """
 
 
+def _record(cls: type[_R], row: sqlite3.Row, **converted: Any) -> _R:
+    """A `cls` from `row`: each field is the column of its name, or its value in `converted`."""
+    columns = {f.name: row[f.name] for f in fields(cls) if f.name not in converted}
+    return cls(**columns, **converted)
+
+
 def _answer(row: sqlite3.Row) -> AnswerRecord:
-    return AnswerRecord(
-        id=row["id"],
-        message_id=row["message_id"],
-        guild_id=row["guild_id"],
-        channel_id=row["channel_id"],
-        user_id=row["user_id"],
-        question=row["question"],
-        answer=row["answer"],
+    return _record(
+        AnswerRecord,
+        row,
         sources=tuple(SourceRecord(**s) for s in json.loads(row["sources"])),
-        model=row["model"],
         refused=bool(row["refused"]),
         created_at=_dt(row["created_at"]),
-        latency_ms=row["latency_ms"],
-        review_message_id=row["review_message_id"],
         low_support=bool(row["low_support"]),
+    )
+
+
+def _verified(row: sqlite3.Row) -> VerifiedRecord:
+    return _record(
+        VerifiedRecord,
+        row,
+        created_at=_dt(row["created_at"]),
+        removed_at=_dt(row["removed_at"]) if row["removed_at"] is not None else None,
     )
 
 
@@ -387,7 +175,8 @@ class FeedbackStore:
             # drop the last commits, which is fine for feedback.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            _migrate(conn)
+            with _transaction(conn):
+                migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -714,14 +503,7 @@ class FeedbackStore:
                 "ORDER BY t.position",
                 (row["id"],),
             ).fetchall()
-            return Conversation(
-                id=row["id"],
-                guild_id=row["guild_id"],
-                channel_id=row["channel_id"],
-                thread_id=row["thread_id"],
-                user_id=row["user_id"],
-                turns=tuple(TurnRecord(*t) for t in turns),
-            )
+            return _record(Conversation, row, turns=tuple(TurnRecord(*t) for t in turns))
 
         return await self._call(run)
 
@@ -840,12 +622,7 @@ class FeedbackStore:
 
         def run(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
-                cur = conn.execute(
-                    "UPDATE answers SET review_status = ?, reviewed_by = ?, reviewed_at = ? "
-                    "WHERE id = ?",
-                    (status, by, now, answer_id),
-                )
-                return cur.rowcount == 1
+                return _set_review(conn, answer_id, status, by, now)
 
         return await self._call(run)
 
@@ -900,14 +677,7 @@ class FeedbackStore:
             }
             for a in answers
         ]
-
-        def write() -> None:
-            if isinstance(path_or_file, str | os.PathLike):
-                _write_atomic(Path(path_or_file), records)
-            else:
-                _write_lines(path_or_file, records)
-
-        await asyncio.to_thread(write)
+        await _write_records(path_or_file, records)
         return len(records)
 
     # -- verified answers ---------------------------------------------------------------------
@@ -933,11 +703,7 @@ class FeedbackStore:
                     (answer_id, guild_id, question, answer, message_link, created_by, now),
                 )
                 if answer_id is not None:
-                    conn.execute(
-                        "UPDATE answers SET review_status = 'corrected', reviewed_by = ?, "
-                        "reviewed_at = ? WHERE id = ?",
-                        (created_by, now, answer_id),
-                    )
+                    _set_review(conn, answer_id, "corrected", created_by, now)
                 row = conn.execute(
                     "SELECT * FROM verified_answers WHERE id = ?", (cur.lastrowid,)
                 ).fetchone()
@@ -998,14 +764,7 @@ class FeedbackStore:
             return [{**_export_row(r), **_conversation_context(conn, r["id"])} for r in rows]
 
         records = await self._call(run)
-
-        def write() -> None:
-            if isinstance(path_or_file, str | os.PathLike):
-                _write_atomic(Path(path_or_file), records)
-            else:
-                _write_lines(path_or_file, records)
-
-        await asyncio.to_thread(write)
+        await _write_records(path_or_file, records)
         return len(records)
 
     async def stats(self, guild_id: int | None = None) -> dict[str, int]:
@@ -1066,24 +825,20 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    with _transaction(conn):
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"feedback database schema v{version} is newer than this bot (v{SCHEMA_VERSION})"
-            )
-        for target, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {target}")
-
-
 def _answer_id(conn: sqlite3.Connection, message_id: int) -> int | None:
     row = conn.execute(
         "SELECT answer_id FROM answer_messages WHERE message_id = ?", (message_id,)
     ).fetchone()
     return row["answer_id"] if row else None
+
+
+def _set_review(conn: sqlite3.Connection, answer_id: int, status: str, by: int, now: float) -> bool:
+    """Set an answer's review verdict; False if there is no such answer."""
+    cur = conn.execute(
+        "UPDATE answers SET review_status = ?, reviewed_by = ?, reviewed_at = ? WHERE id = ?",
+        (status, by, now, answer_id),
+    )
+    return cur.rowcount == 1
 
 
 def _counts(conn: sqlite3.Connection, answer_id: int) -> tuple[int, int]:
@@ -1133,6 +888,20 @@ def _conversation_context(conn: sqlite3.Connection, answer_id: int) -> dict[str,
         "conversation": [{"question": q, "answer": a} for q, a in earlier],
         "standalone": turn["standalone"],
     }
+
+
+async def _write_records(
+    path_or_file: str | os.PathLike[str] | TextIO, records: list[dict[str, Any]]
+) -> None:
+    """Write `records` as JSON lines, in a worker thread: a path atomically, a file as it is."""
+
+    def write() -> None:
+        if isinstance(path_or_file, str | os.PathLike):
+            _write_atomic(Path(path_or_file), records)
+        else:
+            _write_lines(path_or_file, records)
+
+    await asyncio.to_thread(write)
 
 
 def _write_lines(file: TextIO, records: list[dict[str, Any]]) -> None:

@@ -1,0 +1,119 @@
+"""The records the feedback database hands out: answers, their sources, conversations, votes,
+flags, stale answers and verified answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+GOOD, FLAG = 1, -1  # the two votes: 👍 and 👎
+REVIEW_STATUSES = ("corrected", "fine", "dismissed")  # a moderator's verdict on a flag
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One cited source as shown under an answer."""
+
+    n: int
+    title: str
+    url: str
+    score: float | None = None
+    similarity: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRecord:
+    id: int
+    message_id: int
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    question: str
+    answer: str
+    sources: tuple[SourceRecord, ...]
+    model: str
+    refused: bool
+    created_at: datetime
+    latency_ms: int | None
+    review_message_id: int | None
+    low_support: bool = False
+
+    @property
+    def jump_url(self) -> str:
+        """The Discord link to the answer's message."""
+        return message_link(self.guild_id, self.channel_id, self.message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """One answered question of a conversation, oldest first."""
+
+    position: int
+    answer_id: int
+    question: str
+    answer: str
+    standalone: str  # the question retrieval used
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: int
+    guild_id: int | None
+    channel_id: int
+    thread_id: int | None
+    user_id: int
+    turns: tuple[TurnRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VoteChange:
+    """What a vote did: `post_review_card` is True for exactly one flag per answer."""
+
+    answer_id: int
+    previous: int | None  # the user's vote before, if any
+    vote: int
+    flags: int  # 👎 votes on the answer now
+    good: int  # 👍 votes on the answer now
+    post_review_card: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.previous != self.vote
+
+
+@dataclass(frozen=True, slots=True)
+class FlaggedAnswer:
+    answer: AnswerRecord
+    flags: int
+    good: int
+    last_flagged_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StaleAnswer:
+    """An answer whose cited passages changed, and the messages it was posted as."""
+
+    answer_id: int
+    guild_id: int | None
+    channel_id: int
+    message_ids: tuple[int, ...]  # oldest first: the last one carries the footer
+    stale_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedRecord:
+    """A moderator's answer to a question, as the feedback database keeps it."""
+
+    id: int
+    answer_id: int | None
+    guild_id: int | None
+    question: str
+    answer: str
+    message_link: str
+    created_by: int
+    created_at: datetime
+    removed_at: datetime | None = None
+
+
+def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
