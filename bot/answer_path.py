@@ -310,15 +310,10 @@ class AnswerPath:
         try:
             writer.status(SEARCHING)
             answerer = self.rag.require_answerer()
-            # A follow-up rewritten by the model, the reranker and the answerability check call
-            # the engine before the answer: such a question takes its slot first, so
-            # MAX_CONCURRENT_ANSWERS bounds every engine call.
-            rag_settings = answerer.settings
-            engine_first = (
-                rag_settings.answerability_check
-                or rag_settings.rerank == "llm"
-                or (bool(history) and rag_settings.conversation_rewrite == "llm")
-            )
+            # When preparing calls the engine too (a rewrite, the reranker, the answerability
+            # check), the question takes its slot first: MAX_CONCURRENT_ANSWERS bounds every
+            # engine call.
+            engine_first = answerer.prepare_uses_engine(history)
             async with contextlib.AsyncExitStack() as held:
                 if engine_first:
                     await held.enter_async_context(self._slot(writer))

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import RagError
 
-# Keys that mark a line exported from Discord feedback (bot/feedback.py `export_jsonl`).
+# Keys that mark a line exported from Discord feedback (bot/feedback/store.py `export_jsonl`).
 _FEEDBACK_KEYS = ("flags", "message_link")
 
 

@@ -39,8 +39,6 @@ from tests.conftest import FIXTURES
 from tests.fake_discord import FakeInteraction, FakeMember, FakeMessage, clickable_links
 from tests.llm_fixtures import engine_processes
 
-pytest_plugins = ["tests.llm_fixtures", "tests.bot_fixtures", "tests.smollm2_fixtures"]
-
 QUESTION = "How do I configure a GPU index such as CAGRA?"
 LINK = re.compile(r"\[(\d+)\] \[[^\]]+\]\(<https://milvus\.io/docs/[^>]+>\)")
 

@@ -158,7 +158,7 @@ def write_lines(path: Path, records: list[dict]) -> Path:
 
 
 def feedback_line(answer_id: int, **fields: object) -> dict:
-    """A line as bot/feedback.py `export_jsonl` writes it."""
+    """A line as bot/feedback/store.py `export_jsonl` writes it."""
     return {
         "id": answer_id,
         "question": f"flagged question {answer_id}?",

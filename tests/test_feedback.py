@@ -547,7 +547,7 @@ async def test_golden_answers_are_vouched_for_and_never_refused_or_flagged(
 async def test_the_golden_set_exports_as_eval_questions(
     store: FeedbackStore, tmp_path: Path
 ) -> None:
-    from rag_core.quality.evaluation import load_questions
+    from rag_core.questions import load_questions
 
     await _answer(store, 1)
     await store.set_vote(1, 10, GOOD)
