@@ -16,11 +16,14 @@ import pytest
 
 # Fixture modules are also imported by tests directly (helpers): have their asserts rewritten
 # before that first import, not only when pytest_plugins loads them.
-pytest.register_assert_rewrite("tests.llm_fixtures", "tests.bot_fixtures")
+pytest.register_assert_rewrite(
+    "tests.llm_fixtures", "tests.smollm2_fixtures", "tests.bot_fixtures", "tests.web_fixtures"
+)
 pytest_plugins = [
     "tests.llm_fixtures",
     "tests.smollm2_fixtures",
     "tests.bot_fixtures",
+    "tests.web_fixtures",
 ]
 
 # Nothing may reach a model hub from tests; vLLM and Milvus Lite keep their files in our temp dirs.
@@ -93,3 +96,14 @@ async def indexed_settings(tmp_session_dir: Path, embedder):
         report = await rag.indexer.run([str(FIXTURES / "milvus-docs")])
         assert report.published and not report.failed
     return settings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run in parallel (pytest-xdist, `--dist loadgroup`) one module per worker at a time, so
+    module fixtures are built once, and every module that uses SmolLM2 on one worker: the
+    model is converted and its engine started once."""
+    smollm2 = {"smollm2_generator", "smollm2_dir"}
+    shared = {item.module.__name__ for item in items if smollm2 & set(item.fixturenames)}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("smollm2" if module in shared else module))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -22,26 +22,6 @@ from tests.conftest import FIXTURES, SHARED_CORPUS
 from tests.web_fixtures import LocalSite, Reply
 
 MILVUS_DOCS = FIXTURES / "milvus-docs"
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[LocalSite]:
-    async with LocalSite() as local_site:
-        yield local_site
-
-
-@pytest.fixture
-def web_settings(settings: Settings) -> Settings:
-    """Small limits so every failure mode shows up in milliseconds."""
-    return settings.model_copy(
-        update={
-            "fetch_timeout_s": 0.5,
-            "fetch_retries": 2,
-            "fetch_backoff_s": 0.01,
-            "fetch_max_bytes": 50_000,
-            "fetch_max_redirects": 3,
-        }
-    )
 
 
 async def load(

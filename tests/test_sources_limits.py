@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,23 +21,9 @@ from tests.web_fixtures import LocalSite, Reply
 
 
 @pytest.fixture
-async def site() -> AsyncIterator[LocalSite]:
-    async with LocalSite() as local_site:
-        yield local_site
-
-
-@pytest.fixture
-def web_settings(settings: Settings) -> Settings:
-    """Small limits so every failure mode shows up in milliseconds."""
-    return settings.model_copy(
-        update={
-            "fetch_timeout_s": 0.5,
-            "fetch_retries": 2,
-            "fetch_backoff_s": 0.01,
-            "fetch_max_bytes": 200_000,
-            "fetch_max_redirects": 3,
-        }
-    )
+def web_settings(web_settings: Settings) -> Settings:
+    """The shared small limits, with room for the larger pages served here."""
+    return web_settings.model_copy(update={"fetch_max_bytes": 200_000})
 
 
 async def load_all(

@@ -13,18 +13,23 @@
         site.hits["/flaky"]  # requests served per path (a Counter)
 
 A path that has no route answers 404. A list of replies is served in order, its last one repeated.
+The `site` and `web_settings` fixtures (registered in tests/conftest.py) give a test one of each.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+if TYPE_CHECKING:
+    from rag_core.config import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,3 +107,23 @@ class LocalSite:
         body = reply.body.encode() if isinstance(reply.body, str) else reply.body
         headers = {"Content-Type": reply.content_type, **reply.headers}
         return web.Response(status=reply.status, body=body, headers=headers)
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[LocalSite]:
+    async with LocalSite() as local_site:
+        yield local_site
+
+
+@pytest.fixture
+def web_settings(settings: Settings) -> Settings:
+    """Small limits so every failure mode shows up in milliseconds."""
+    return settings.model_copy(
+        update={
+            "fetch_timeout_s": 0.5,
+            "fetch_retries": 2,
+            "fetch_backoff_s": 0.01,
+            "fetch_max_bytes": 50_000,
+            "fetch_max_redirects": 3,
+        }
+    )
