@@ -1,5 +1,6 @@
 """Bot fixtures: the real rag_core (Milvus Lite, offline embedder, tiny vLLM engine) indexed once
-per module, and a RagBot connected to a fresh loopback fake Discord per test.
+per session and copied for each module, and a RagBot connected to a fresh loopback fake Discord
+per test.
 
 Registered once in tests/conftest.py.
 """
@@ -157,27 +158,42 @@ def bot_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+async def indexed_kb(
+    tmp_path_factory: pytest.TempPathFactory, embedder: Any, tiny_model_dir: Path
+) -> Path:
+    """The fixture docs plus a page full of mentions, indexed once per session; each module
+    opens a copy of it (see `indexed`)."""
+    root = tmp_path_factory.mktemp("bot-kb")
+    mention_docs = root / "mention-docs"
+    mention_docs.mkdir()
+    (mention_docs / "notify.md").write_text(
+        MENTION_DOC.format(user=PINGED_USER, role=PINGED_ROLE), encoding="utf-8"
+    )
+    settings = bot_settings(root / "kb", tiny_model_dir)
+    async with open_rag(settings, embedder=embedder) as rag:
+        report = await rag.indexer.run([*settings.docs_sources, str(mention_docs)])
+        assert report.published and not report.failed
+    return root
+
+
 @pytest.fixture(scope="module")
 async def indexed(
+    indexed_kb: Path,
     bot_data_dir: Path,
     embedder: Any,
     local_generator: Generator,
     tiny_model_dir: Path,
     patient_engine: None,
 ) -> AsyncIterator[Indexed]:
-    """The fixture docs plus a page full of mentions, indexed once for the module."""
-    mention_docs = bot_data_dir / "mention-docs"
-    mention_docs.mkdir()
-    (mention_docs / "notify.md").write_text(
-        MENTION_DOC.format(user=PINGED_USER, role=PINGED_ROLE), encoding="utf-8"
-    )
+    """The session's indexed docs, copied for the module: its tests may reindex or add
+    verified answers without touching another module's index, and nothing is embedded again."""
+    await asyncio.to_thread(shutil.copytree, indexed_kb / "kb", bot_data_dir / "kb")
     settings = bot_settings(bot_data_dir / "kb", tiny_model_dir)
     async with open_rag(
         settings, with_llm=True, embedder=embedder, generator=local_generator
     ) as rag:
-        report = await rag.indexer.run([*settings.docs_sources, str(mention_docs)])
-        assert report.published and not report.failed
-        yield Indexed(rag, settings, mention_docs)
+        yield Indexed(rag, settings, indexed_kb / "mention-docs")
 
 
 @dataclass
