@@ -51,7 +51,7 @@ async def test_adapting_teaches_the_model_which_text_each_section_heading_names(
 ) -> None:
     dest = tmp_path / "adapted"
     args = ["--data-dir", str(indexed_settings.data_dir), "--embedding-device", "cpu"]
-    args += ["--embedding-model", offline_model_path(), "--dir", str(dest), "--epochs", "2"]
+    args += ["--embedding-model", offline_model_path(), "--dir", str(dest), "--epochs", "1"]
     assert await asyncio.to_thread(main, ["models", "adapt", *args]) == 0
     out = capsys.readouterr()
     assert str(dest.resolve()) in out.out and "EMBEDDING_MODEL" in out.out
