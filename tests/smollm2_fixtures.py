@@ -52,10 +52,14 @@ ENGINE_START_S: list[float] = []  # how long the shared engine took to start, fo
 
 @pytest.fixture(scope="session")
 async def smollm2_generator(
-    vllm_env: Path, smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    vllm_env: Path,
+    smollm2_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    local_generator: object,
 ) -> AsyncIterator:
     """One LocalGenerator on SmolLM2 for the session (greedy; tests may change its settings
-    with monkeypatch.setattr). Needs tests.llm_fixtures registered too (vllm_env)."""
+    with monkeypatch.setattr). It asks for `local_generator` so that engine is torn down after
+    this one: its check that no EngineCore outlives aclose() then sees only its own."""
     from rag_core.answer.llm import LocalGenerator
     from rag_core.config import Settings
 
