@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from rag_core.documents import Document
+from ..documents import Document
 
 Kind: TypeAlias = Literal["markdown", "html", "text", "xml"]
 

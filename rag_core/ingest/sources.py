@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import quote, urldefrag, urlsplit
 
-from rag_core.config import Settings
-from rag_core.documents import Document, SourceFailure
-from rag_core.ingest.formats import (
+from ..config import Settings
+from ..documents import Document, SourceFailure
+from .formats import (
     HTML_SUFFIXES,
     MARKDOWN_SUFFIXES,
     TEXT_SUFFIXES,
@@ -60,9 +60,9 @@ from rag_core.ingest.formats import (
     non_empty,
     parse_markdown,
 )
-from rag_core.ingest.html_text import html_to_page
-from rag_core.ingest.url_guard import split_url, url_problem
-from rag_core.ingest.web import Reply, Web
+from .html_text import html_to_page
+from .url_guard import split_url, url_problem
+from .web import Reply, Web
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from urllib.parse import SplitResult, urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from rag_core.ingest.formats import PageError
+from .formats import PageError
 
 
 def split_url(url: str) -> SplitResult:

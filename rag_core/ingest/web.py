@@ -22,9 +22,9 @@ from urllib.robotparser import RobotFileParser
 
 import aiohttp
 
-from rag_core.config import Settings
-from rag_core.ingest.formats import Kind, PageError, kind_from_suffix
-from rag_core.ingest.url_guard import GuardedResolver, RefusedAddress, check_url
+from ..config import Settings
+from .formats import Kind, PageError, kind_from_suffix
+from .url_guard import GuardedResolver, RefusedAddress, check_url
 
 log = logging.getLogger(__name__)
 
