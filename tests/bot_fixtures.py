@@ -80,10 +80,16 @@ class ShapedGenerator(Generator):
         async for chunk in self.inner.stream(
             prompt, max_tokens=self.max_tokens or max_tokens, request_id=request_id
         ):
-            yield chunk
-            if self.pace:  # per token: vLLM merges the deltas of a slow consumer
-                await asyncio.sleep(self.pace * (chunk.completion_tokens - done))
-                done = chunk.completion_tokens
+            if not self.pace:
+                yield chunk
+                continue
+            # One piece per token, `pace` apart: vLLM merges the deltas of a slow consumer
+            # (and of any consumer on a busy host), which would make the text grow in a few
+            # large steps instead of as a slower model writes it.
+            for piece in _per_token(chunk, done):
+                yield piece
+                await asyncio.sleep(self.pace)
+            done = chunk.completion_tokens
 
     def _generate(self, *args: Any) -> Any:
         raise NotImplementedError  # stream() delegates to the inner generator
@@ -93,6 +99,21 @@ class ShapedGenerator(Generator):
 
     async def aclose(self) -> None:
         """The session owns the inner engine."""
+
+
+def _per_token(chunk: GenerationChunk, done: int) -> list[GenerationChunk]:
+    """`chunk` cut into one piece per token it carries (`done` tokens came before it); the
+    first piece keeps its retraction, the last its end and counts."""
+    n = max(1, chunk.completion_tokens - done)
+    step = max(1, -(-len(chunk.text) // n))
+    texts = [chunk.text[i : i + step] for i in range(0, len(chunk.text), step)] or [""]
+    pieces = [
+        GenerationChunk(text, False, None, chunk.prompt_tokens, min(done + i + 1, n + done))
+        for i, text in enumerate(texts)
+    ]
+    pieces[0] = dataclasses.replace(pieces[0], retract=chunk.retract)
+    pieces[-1] = dataclasses.replace(chunk, text=texts[-1], retract=pieces[-1].retract)
+    return pieces
 
 
 def bot_settings(data_dir: Path, model_dir: str | Path, **overrides: Any) -> Settings:
