@@ -630,3 +630,65 @@ def test_the_stale_note_replaces_the_footer() -> None:
     assert with_stale_footer(edited, note) is None  # says so already: no edit
     assert with_stale_footer("no footer here", note) == "no footer here\n" + note
     assert with_stale_footer("x" * 1990, note) is None  # would not fit a message
+
+
+async def test_concurrent_answers_cannot_pass_a_conversations_turn_limit(
+    store: FeedbackStore,
+) -> None:
+    first = await _answer(store, 1)
+    conversation = await store.record_turn(first, standalone="q")
+    # 30 answers start at once in a conversation of 1 turn with room for 4: 3 get a turn.
+    taken = await asyncio.gather(*(store.reserve_turn(conversation, 4) for _ in range(30)))
+    reserved = [r for r in taken if r is not None]
+    assert len(reserved) == 3
+    # One answer fails: its turn is given back and the next message may have it.
+    await store.release_turn(reserved.pop())
+    freed = await store.reserve_turn(conversation, 4)
+    assert freed is not None and await store.reserve_turn(conversation, 4) is None
+    reserved.append(freed)
+    for n, reservation in enumerate(reserved, 2):
+        answer_id = await _answer(store, n)
+        await store.record_turn(
+            answer_id, standalone="q", conversation_id=conversation, reservation=reservation
+        )
+        await store.release_turn(reservation)  # after the record: a no-op
+        assert await store.reserve_turn(conversation, 4) is None
+    found = await store.conversation(message_id=1)
+    assert found is not None and len(found.turns) == 4
+    # The "too long" notice is claimed once per conversation, whoever asks first.
+    claims = await asyncio.gather(*(store.claim_too_long(conversation) for _ in range(10)))
+    assert sum(claims) == 1
+
+
+async def test_a_reservation_left_by_a_stopped_process_expires(db_path: Path) -> None:
+    clock = Clock()
+    async with FeedbackStore.open(db_path, clock=clock) as store:
+        conversation = await store.record_turn(await _answer(store, 1), standalone="q")
+        assert await store.reserve_turn(conversation, 2) is not None
+        assert await store.reserve_turn(conversation, 2) is None
+        clock.now += 3600
+        assert await store.reserve_turn(conversation, 2) is not None
+
+
+async def test_queued_forum_posts_are_bounded_and_left_to_people_as_gaps(
+    db_path: Path,
+) -> None:
+    clock = Clock()
+    async with FeedbackStore.open(db_path, clock=clock) as store:
+        post = {"guild_id": GUILD, "user_id": ASKER, "limit": 2}
+        first = await store.queue_forum_post(post_id=10, question="Title\nfirst?", **post)
+        assert first is not None and first.question == "Title\nfirst?"
+        assert await store.queue_forum_post(post_id=10, question="again", **post) == first
+        assert await store.queue_forum_post(post_id=11, question="second?", **post) is not None
+        # The queue is full: the post is recorded as left to people at once.
+        assert await store.queue_forum_post(post_id=12, question="third?", **post) is None
+        assert [q.text for q in await store.gap_questions(0)] == ["third?"]
+        await store.unqueue_forum_post(11)  # answered
+        assert await store.leave_forum_post(11) is False
+    # A restart finds the posts still waiting, oldest first.
+    async with FeedbackStore.open(db_path, clock=clock) as store:
+        assert [p.post_id for p in await store.queued_forum_posts()] == [10]
+        assert await store.leave_forum_post(10) is True  # waited too long
+        assert await store.queued_forum_posts() == []
+        gaps = await store.gap_questions(0, GUILD)
+        assert [(q.text, q.refused) for q in gaps] == [("third?", True), ("Title\nfirst?", True)]

@@ -1,5 +1,5 @@
 """The records the feedback database hands out: answers, their sources, conversations, votes,
-flags, stale answers and verified answers."""
+flags, stale answers, verified answers and queued forum posts."""
 
 from __future__ import annotations
 
@@ -63,6 +63,17 @@ class Conversation:
     thread_id: int | None
     user_id: int
     turns: tuple[TurnRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedPost:
+    """A new help-forum post waiting for an answer slot (bot/forum_queue.py)."""
+
+    post_id: int  # the post, a thread; its first message has the same id
+    guild_id: int | None
+    user_id: int  # the poster
+    question: str  # the post's title and first message
+    queued_at: float  # unix seconds
 
 
 @dataclass(frozen=True, slots=True)

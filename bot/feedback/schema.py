@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry migrates from version i to i + 1; never edit a released one, append a new one.
 MIGRATIONS: list[list[str]] = [
@@ -115,6 +115,30 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
         "CREATE INDEX unanswered_created ON unanswered (created_at)",
+    ],
+    [
+        # New help-forum posts waiting for an answer slot (bot/forum_queue.py), kept until
+        # answered or left to people (then moved to unanswered), so a restart resumes them.
+        """
+        CREATE TABLE forum_queue (
+            post_id INTEGER PRIMARY KEY,         -- the post (a thread; its first message too)
+            guild_id INTEGER,
+            user_id INTEGER NOT NULL,            -- the poster
+            question TEXT NOT NULL,              -- the post's title and first message
+            queued_at REAL NOT NULL
+        )
+        """,
+        # A turn being answered: taken before the answer starts, turned into a turn or given
+        # back after, so concurrent messages cannot pass CONVERSATION_MAX_TURNS.
+        """
+        CREATE TABLE turn_reservations (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            created_at REAL NOT NULL
+        )
+        """,
+        # When the bot said the conversation is too long: it says so once per conversation.
+        "ALTER TABLE conversations ADD COLUMN too_long_at REAL",
     ],
 ]
 

@@ -37,6 +37,7 @@ from .records import (
     AnswerRecord,
     Conversation,
     FlaggedAnswer,
+    QueuedPost,
     SourceRecord,
     StaleAnswer,
     TurnRecord,
@@ -52,6 +53,8 @@ DEFAULT_FILENAME = "feedback.db"
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per attempt
 PATIENCE_S = 60.0  # retrying a busy database gives up after about this long
 _FIRST_RETRY_S, _MAX_RETRY_S = 0.05, 5.0
+# A turn reservation older than this was left behind by a process that stopped mid-answer.
+RESERVATION_TTL_S = 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -405,13 +408,72 @@ class FeedbackStore:
 
         def run(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO unanswered (guild_id, channel_id, user_id, question, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (guild_id, channel_id, user_id, question, now),
-                )
+                _insert_unanswered(conn, guild_id, channel_id, user_id, question, now)
 
         await self._call(run)
+
+    # -- the forum queue ----------------------------------------------------------------------
+
+    async def queue_forum_post(
+        self, *, post_id: int, guild_id: int | None, user_id: int, question: str, limit: int
+    ) -> QueuedPost | None:
+        """Queue a new forum post for an answer (one queued already stays as it is); None when
+        `limit` posts are queued: then it is recorded as unanswered instead, in one transaction."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> QueuedPost | None:
+            with _transaction(conn):
+                if not _queued(conn, post_id):
+                    if conn.execute("SELECT COUNT(*) FROM forum_queue").fetchone()[0] >= limit:
+                        _insert_unanswered(conn, guild_id, post_id, user_id, question, now)
+                        return None
+                    conn.execute(
+                        "INSERT INTO forum_queue (post_id, guild_id, user_id, question, queued_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (post_id, guild_id, user_id, question, now),
+                    )
+                row = conn.execute(
+                    "SELECT * FROM forum_queue WHERE post_id = ?", (post_id,)
+                ).fetchone()
+                return _record(QueuedPost, row)
+
+        return await self._call(run)
+
+    async def queued_forum_posts(self) -> list[QueuedPost]:
+        """The forum posts waiting for an answer, oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[QueuedPost]:
+            rows = conn.execute("SELECT * FROM forum_queue ORDER BY queued_at, post_id").fetchall()
+            return [_record(QueuedPost, r) for r in rows]
+
+        return await self._call(run)
+
+    async def unqueue_forum_post(self, post_id: int) -> None:
+        """The post was answered (or left by the gate, or is gone): out of the queue."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute("DELETE FROM forum_queue WHERE post_id = ?", (post_id,))
+
+        await self._call(run)
+
+    async def leave_forum_post(self, post_id: int) -> bool:
+        """Move a queued post to unanswered (left to people: a coverage gap) in one transaction;
+        False when it was not queued."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                row = _queued(conn, post_id)
+                if row is None:
+                    return False
+                conn.execute("DELETE FROM forum_queue WHERE post_id = ?", (post_id,))
+                _insert_unanswered(
+                    conn, row["guild_id"], post_id, row["user_id"], row["question"], now
+                )
+                return True
+
+        return await self._call(run)
 
     # -- conversations ------------------------------------------------------------------------
 
@@ -422,17 +484,20 @@ class FeedbackStore:
         standalone: str,
         conversation_id: int | None = None,
         thread_id: int | None = None,
+        reservation: int | None = None,
     ) -> int:
         """Add recorded answer `answer_id` as the next turn of a conversation; its id.
 
         Without `conversation_id` a new conversation starts with it, in the answer's channel
         (and `thread_id`, when the bot started a thread for it). An answer already in a
-        conversation stays where it is.
+        conversation stays where it is. `reservation` (from `reserve_turn`) becomes this turn.
         """
         now = self._clock()
 
         def run(conn: sqlite3.Connection) -> int:
             with _transaction(conn):
+                if reservation is not None:
+                    conn.execute("DELETE FROM turn_reservations WHERE id = ?", (reservation,))
                 done = conn.execute(
                     "SELECT conversation_id FROM turns WHERE answer_id = ?", (answer_id,)
                 ).fetchone()
@@ -463,6 +528,57 @@ class FeedbackStore:
                     (answer_id, conversation, position, standalone),
                 )
                 return conversation
+
+        return await self._call(run)
+
+    async def reserve_turn(self, conversation_id: int, limit: int) -> int | None:
+        """Take a turn of the conversation for an answer about to start: the reservation's id,
+        or None when its stored turns and the answers under way reach `limit`.
+
+        Checked and taken in one transaction, so concurrent messages cannot pass the limit.
+        Pass it to `record_turn`, or give it back with `release_turn`."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> int | None:
+            with _transaction(conn):
+                conn.execute(
+                    "DELETE FROM turn_reservations WHERE created_at < ?", (now - RESERVATION_TTL_S,)
+                )
+                taken = conn.execute(
+                    "SELECT (SELECT COUNT(*) FROM turns WHERE conversation_id = :c) + "
+                    "(SELECT COUNT(*) FROM turn_reservations WHERE conversation_id = :c)",
+                    {"c": conversation_id},
+                ).fetchone()[0]
+                if taken >= limit:
+                    return None
+                cur = conn.execute(
+                    "INSERT INTO turn_reservations (conversation_id, created_at) VALUES (?, ?)",
+                    (conversation_id, now),
+                )
+                return cur.lastrowid
+
+        return await self._call(run)
+
+    async def release_turn(self, reservation: int) -> None:
+        """Give back a reservation whose answer did not come (a no-op once it became a turn)."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute("DELETE FROM turn_reservations WHERE id = ?", (reservation,))
+
+        await self._call(run)
+
+    async def claim_too_long(self, conversation_id: int) -> bool:
+        """Whether to say now that the conversation is too long: True once per conversation."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "UPDATE conversations SET too_long_at = ? WHERE id = ? AND too_long_at IS NULL",
+                    (now, conversation_id),
+                )
+                return cur.rowcount == 1
 
         return await self._call(run)
 
@@ -830,6 +946,28 @@ def _answer_id(conn: sqlite3.Connection, message_id: int) -> int | None:
         "SELECT answer_id FROM answer_messages WHERE message_id = ?", (message_id,)
     ).fetchone()
     return row["answer_id"] if row else None
+
+
+def _insert_unanswered(
+    conn: sqlite3.Connection,
+    guild_id: int | None,
+    channel_id: int,
+    user_id: int,
+    question: str,
+    now: float,
+) -> None:
+    conn.execute(
+        "INSERT INTO unanswered (guild_id, channel_id, user_id, question, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (guild_id, channel_id, user_id, question, now),
+    )
+
+
+def _queued(conn: sqlite3.Connection, post_id: int) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM forum_queue WHERE post_id = ?", (post_id,)
+    ).fetchone()
+    return row
 
 
 def _set_review(conn: sqlite3.Connection, answer_id: int, status: str, by: int, now: float) -> bool:
