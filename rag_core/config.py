@@ -302,6 +302,18 @@ class Settings(BaseSettings):
         description="Reactions by which a forum post's author marks the bot's answer as the "
         "solution",
     )
+    forum_max_queued: int = Field(
+        200,
+        ge=1,
+        description="New forum posts waiting for an answer slot or the poster's cooldown, kept "
+        "in the feedback database across restarts; past it a post is left to people at once",
+    )
+    forum_max_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="A forum post that waited this long without an answer slot is left to "
+        "people (counted in /gaps)",
+    )
     reindex_interval_min: float = Field(
         0, ge=0, description="Reindex docs_sources every N minutes (0 = only on /reindex)"
     )
