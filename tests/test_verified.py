@@ -122,3 +122,23 @@ async def test_verified_answers_are_re_embedded_when_the_model_changes(
         assert report.published
         assert [v.id for v in await rag.verified.listed()] == [3]
         assert (await first_hit(rag, PARAPHRASE))[0] == doc_id_of(3)
+
+
+async def test_a_verified_answer_answers_only_in_its_scope(rag: Rag) -> None:
+    """Two communities' verified answers to one question: each is found only where its link
+    says it was given (both searches, the docs' and the verified one, keep the other out)."""
+    ours, theirs = "https://discord.com/channels/11/", "https://discord.com/channels/22/"
+    await rag.verified.add(VerifiedAnswer(1, QUESTION, ANSWER, f"{ours}5/6"))
+    await rag.verified.add(VerifiedAnswer(2, QUESTION, "Their answer.", f"{theirs}5/6"))
+
+    async def verified_ids(scope: tuple[str, ...] | None) -> set[str]:
+        hits = (await rag.retriever.retrieve(PARAPHRASE, verified_scope=scope)).hits
+        return {h.doc_id for h in hits if is_verified(h.doc_id)}
+
+    assert await verified_ids((ours,)) == {doc_id_of(1)}
+    assert await verified_ids((theirs,)) == {doc_id_of(2)}
+    assert await verified_ids(()) == set()
+    assert await verified_ids((ours, theirs)) == {doc_id_of(1), doc_id_of(2)}
+    assert await verified_ids(None) >= {doc_id_of(1)}  # unscoped: the CLI and evaluation
+    first = (await rag.retriever.retrieve(PARAPHRASE, verified_scope=(ours,))).hits[0]
+    assert first.doc_id == doc_id_of(1)  # promoted first, as without a scope

@@ -198,9 +198,17 @@ class Answerer:
             or (bool(history) and self.settings.conversation_rewrite == "llm")
         )
 
-    async def prepare(self, question: str, history: Sequence[Turn] = ()) -> Prepared:
+    async def prepare(
+        self,
+        question: str,
+        history: Sequence[Turn] = (),
+        *,
+        verified_scope: Sequence[str] | None = None,
+    ) -> Prepared:
         """Retrieve and decide. With `history` (earlier turns, oldest first) the question is a
-        follow-up: retrieval uses its standalone rewrite, the prompt shows the latest turns."""
+        follow-up: retrieval uses its standalone rewrite, the prompt shows the latest turns.
+        `verified_scope`: the link prefixes of the verified answers that may answer (None: all).
+        """
         started = time.perf_counter()
         question = clean_question(question)
         if is_blank(question):
@@ -209,7 +217,7 @@ class Answerer:
             raise QuestionTooLongError(self.settings.max_question_chars)
         rewrite = await self.rewriter.rewrite(question, history) if history else None
         query = rewrite.standalone if rewrite is not None else question
-        retrieval = await self.retriever.retrieve(query)
+        retrieval = await self.retriever.retrieve(query, verified_scope=verified_scope)
         timings = Timings(
             rewrite_s=rewrite.seconds if rewrite else 0.0,
             embed_s=retrieval.embed_s,

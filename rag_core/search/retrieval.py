@@ -19,6 +19,7 @@ from .query_text import clean_query
 from .rerank import Reranker
 from .store import KnowledgeStore
 from .verified import FILTER as VERIFIED_FILTER
+from .verified import scoped_filters
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +102,33 @@ class Retriever:
         top_k: int | None = None,
         filter: str | None = None,
         collection: str | None = None,
+        verified_scope: Sequence[str] | None = None,
     ) -> Retrieval:
         """Embed (the embedder's own thread) and search (a worker thread): the loop stays free.
 
         A verified answer whose question is close enough to this one comes first.
         `collection` searches a version other than the live one (a reindex being checked).
+        `verified_scope`: only verified answers whose link starts with one of these prefixes
+        (a community's own) may answer; None: every one.
         """
         top_k = top_k or self.settings.top_k
         query = clean_query(question) if self.settings.query_cleaning else question
         t0 = time.perf_counter()
         vector = await self.embedder.aembed_query(query)
         t1 = time.perf_counter()
+        docs_filter, verified_filter = filter, VERIFIED_FILTER if filter is None else ""
+        if filter is None and verified_scope is not None:
+            docs_filter, verified_filter = scoped_filters(verified_scope)
         search = asyncio.to_thread(
             self.store.search,
             vector,
             query,
             top_k=top_k * _DIVERSITY_POOL,
             mode=self.settings.search_mode,
-            filter=filter,
+            filter=docs_filter,
             collection=collection,
         )
-        if filter is None:
+        if verified_filter:
             # The closest verified answer, searched beside the docs (one batched Milvus call).
             verified = asyncio.to_thread(
                 self.store.search,
@@ -129,7 +136,7 @@ class Retriever:
                 "",
                 top_k=1,
                 mode="dense",
-                filter=VERIFIED_FILTER,
+                filter=verified_filter,
                 collection=collection,
             )
             found, best = await asyncio.gather(search, verified)

@@ -23,12 +23,26 @@ import numpy as np
 from ..documents import Chunk, Hit, sha256
 from ..errors import IndexMissingError
 from .embedding import Embedder
-from .store import KnowledgeStore
+from .store import KnowledgeStore, milvus_str
 
 PREFIX = "verified:"
 TITLE = "Verified by the moderators"
 SOURCE = "verified"  # the `source` of every verified row: never a spec a reindex reads
 FILTER = f'doc_id like "{PREFIX}%"'
+
+
+def scoped_filters(scope: Sequence[str]) -> tuple[str, str]:
+    """Milvus filters for (the docs search, the verified search) when only the verified answers
+    given under one of the URL prefixes in `scope` may answer (a community's own: its Discord
+    server's message links). An empty scope keeps every verified answer out.
+
+    Written with `source` and `like`: Milvus Lite cannot negate a `like`, nor escape its
+    wildcards (`_` in a prefix matches any one character; Discord links hold only digits)."""
+    docs = f"source != {milvus_str(SOURCE)}"
+    if not scope:
+        return docs, ""
+    given = " or ".join(f"url like {milvus_str(prefix + '%')}" for prefix in scope)
+    return f"{docs} or {given}", f"{FILTER} and ({given})"
 
 
 def is_verified(doc_id: str) -> bool:
