@@ -35,6 +35,7 @@ from rag_core.errors import RagError
 
 from . import metrics
 from .feedback import SourceRecord
+from .home import Home
 from .streaming import MESSAGE_LIMIT, plain_links, render_sources, safe_truncate, split_message
 from .utils import GENERIC_ERROR, AnswerQueue, QueueFull, queue_text
 from .writers import PART_LIMIT, AnswerWriter, InteractionExpired
@@ -167,6 +168,7 @@ class AnswerPath:
         self.rag = rag
         self.feedback = feedback
         self.dispatch = dispatch
+        self.home = Home(settings)  # which verified answers may answer where
         self.queue = AnswerQueue(settings.max_concurrent_answers, settings.max_queued_answers)
         self.answering: set[asyncio.Task[object]] = set()
         self._cooldowns: dict[int, app_commands.Cooldown] = {}
@@ -317,7 +319,8 @@ class AnswerPath:
             async with contextlib.AsyncExitStack() as held:
                 if engine_first:
                     await held.enter_async_context(self._slot(writer))
-                prepared = await answerer.prepare(question, history)
+                scope = self.home.verified_scope(asker.guild_id)
+                prepared = await answerer.prepare(question, history, verified_scope=scope)
                 if prepared.refused and not refusals:
                     _log_question(asker, "skipped", prepared, _since(started))
                     await self._record_unanswered(asker, prepared)

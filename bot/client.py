@@ -19,6 +19,7 @@ from .answer_path import AnswerPath
 from .cogs import EXTENSIONS
 from .doctor import message_content_notice
 from .feedback import FeedbackStore
+from .home import Home
 from .utils import GENERIC_ERROR, NO_MENTIONS, send_error
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,18 @@ def bot_intents(settings: Settings) -> discord.Intents:
 
 
 class RagTree(app_commands.CommandTree["RagBot"]):
-    """Every command error ends in a user-safe message; unexpected ones are logged in full."""
+    """Commands run only in home servers (and DMs); every command error ends in a user-safe
+    message, unexpected ones are logged in full."""
+
+    async def interaction_check(self, interaction: discord.Interaction[RagBot], /) -> bool:
+        home = interaction.client.home
+        guild_id = interaction.guild_id
+        if guild_id is None or home.serves(guild_id):
+            return True
+        home.ignored(guild_id, "a command")
+        if interaction.type is discord.InteractionType.application_command:
+            await send_error(interaction, home.notice(guild_id))
+        return False
 
     async def on_error(
         self, interaction: discord.Interaction[RagBot], error: app_commands.AppCommandError
@@ -85,6 +97,7 @@ class RagBot(commands.Bot):
             **options,
         )
         self.settings = settings
+        self.home = Home(settings)
         self._rag = rag
         self._feedback = feedback
         self.sync_commands = sync_commands

@@ -50,6 +50,7 @@ PROBE_TIMEOUT_S = 3.0
 HUB_TIMEOUT_S = 10.0
 # Organisations whose instruct models are gated on the Hugging Face hub (licence to accept).
 _GATED_ORGS = ("meta-llama/", "mistralai/", "google/gemma", "google/medgemma")
+_DISCORD_TIMEOUT_S = 15.0  # asking Discord which servers the bot is in
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}")
 
 
@@ -255,6 +256,59 @@ def message_content_notice(settings: Settings) -> str:
 def check_message_content(settings: Settings) -> CheckResult:
     """What the bot will read: the privileged intent decides which entry points are on."""
     return _ok("conversations", message_content_notice(settings))
+
+
+async def check_home_guilds(settings: Settings) -> CheckResult:
+    """The home servers are set, and which servers the bot is in (Discord is asked) are not
+    home: those get no answers. Only the servers' ids and names are printed, never the token."""
+    name = "home servers"
+    home = settings.home_guild_ids
+    how = "Set DISCORD_HOME_GUILD_IDS to your server's id (Server Settings > Widget, or "
+    how += "right-click the server with Developer Mode on > Copy Server ID)."
+    token = settings.discord_token.get_secret_value()
+    if not token:
+        if not home:
+            return _fail(name, "DISCORD_HOME_GUILD_IDS is not set: the bot answers nowhere", how)
+        return _ok(name, f"{len(home)} home server(s); no token to ask Discord where the bot is")
+    import discord  # only this check talks to Discord
+
+    client = discord.Client(intents=discord.Intents.none())
+    try:
+        async with asyncio.timeout(_DISCORD_TIMEOUT_S):
+            await client.login(token)
+            guilds = [(g.id, g.name) async for g in client.fetch_guilds(limit=None)]
+    except (TimeoutError, OSError, discord.DiscordException) as exc:
+        state = "is not set" if not home else f"lists {len(home)} server(s)"
+        return _warn(
+            name,
+            f"DISCORD_HOME_GUILD_IDS {state}; could not ask Discord which servers the bot is in "
+            f"({type(exc).__name__})",
+            "" if home else how,
+        )
+    finally:
+        await client.close()
+    others = [f"{gname!r} ({gid})" for gid, gname in guilds if gid not in home]
+    missing = sorted(home - {gid for gid, _ in guilds})
+    if not home:
+        return _fail(
+            name,
+            "DISCORD_HOME_GUILD_IDS is not set: the bot answers nowhere. It is in: "
+            + (", ".join(others) or "no server"),
+            how,
+        )
+    problems = []
+    if others:
+        problems.append(f"in {len(others)} server(s) that are not home: {', '.join(others)}")
+    if missing:
+        problems.append(f"not in home server(s) {', '.join(map(str, missing))}")
+    if problems:
+        return _warn(
+            name,
+            "; ".join(problems),
+            "Servers that are not home get no answers: remove the bot there, or set "
+            "DISCORD_LEAVE_OTHER_GUILDS=true; invite it to the home servers it is missing from.",
+        )
+    return _ok(name, f"the bot is in its {len(home)} home server(s) and no other")
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -698,6 +752,7 @@ async def run_checks(settings: Settings, *, quick: bool = False) -> list[CheckRe
     if quick:
         results.append(await asyncio.to_thread(check_liveness, settings))
         return results
+    results.append(await check_home_guilds(settings))
     embedding, dim = await asyncio.to_thread(check_embedding_model, settings)
     results.append(embedding)
     results.append(await asyncio.to_thread(check_llm_model, settings))

@@ -234,6 +234,15 @@ class Settings(BaseSettings):
         0,
         description="`python -m bot sync` publishes commands to this guild only (0 = global)",
     )
+    discord_home_guild_ids: IntList = Field(
+        default_factory=list,
+        description="The servers the bot serves (JSON list or comma-separated ids; empty = "
+        "DISCORD_DEV_GUILD_ID). In any other server it answers nothing and says it serves "
+        "another community",
+    )
+    discord_leave_other_guilds: bool = Field(
+        False, description="Leave any server that is not a home server, on start and on invite"
+    )
     discord_admin_role_ids: IntList = Field(
         default_factory=list,
         description="Roles allowed to run admin commands besides Manage Server (JSON list)",
@@ -314,6 +323,16 @@ class Settings(BaseSettings):
         description="A forum post that waited this long without an answer slot is left to "
         "people (counted in /gaps)",
     )
+    verified_shared: bool = Field(
+        False,
+        description="Verified answers answer in every home server (default: only in the "
+        "server where moderators gave them)",
+    )
+    reindex_allowed_hosts: StrList = Field(
+        default_factory=list,
+        description="Hosts whose URLs server admins may index with /reindex source: besides the "
+        "hosts of DOCS_SOURCES (JSON list or comma-separated); other URLs need the bot's owner",
+    )
     reindex_interval_min: float = Field(
         0, ge=0, description="Reindex docs_sources every N minutes (0 = only on /reindex)"
     )
@@ -345,6 +364,8 @@ class Settings(BaseSettings):
     @field_validator(
         "docs_sources",
         "discord_admin_role_ids",
+        "discord_home_guild_ids",
+        "reindex_allowed_hosts",
         "flag_emojis",
         "good_emojis",
         "forum_channel_ids",
@@ -374,6 +395,13 @@ class Settings(BaseSettings):
     def milvus_target(self) -> str:
         """What MilvusClient connects to: a server URI, else the Lite file in data_dir."""
         return self.milvus_uri or str(self.data_dir / "kb.db")
+
+    @property
+    def home_guild_ids(self) -> frozenset[int]:
+        """The servers the bot serves: DISCORD_HOME_GUILD_IDS, else the dev guild, else none."""
+        if self.discord_home_guild_ids:
+            return frozenset(self.discord_home_guild_ids)
+        return frozenset({self.discord_dev_guild_id} - {0})
 
     @property
     def is_milvus_lite(self) -> bool:

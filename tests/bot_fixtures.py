@@ -289,6 +289,7 @@ async def running_bot(
     async with FakeDiscord(**(fake_options or {})) as fake:
         people = populate(fake)
         overrides = {
+            "discord_home_guild_ids": [people["guild"].id],
             "moderators_channel_id": people["moderators"].id,
             "forum_channel_ids": [people["help"].id],
             **setting_overrides,

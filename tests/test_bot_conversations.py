@@ -476,6 +476,7 @@ async def test_a_restart_between_two_turns_keeps_the_history(
     db = tmp_path / "feedback.db"
     async with FakeDiscord() as fake:
         people = populate(fake)
+        settings = settings.model_copy(update={"discord_home_guild_ids": [people["guild"].id]})
         general = people["general"]
         with FeedbackStore.open(db) as store:
             bot = RagBot(settings, rag, store, guild_ready_timeout=0.05)

@@ -545,7 +545,7 @@ async def test_an_admin_cancels_a_running_reindex(indexed: Indexed, tmp_path: Pa
     chunks = await asyncio.to_thread(rag.store.count)
     async with (
         LocalSite({"/slow": Reply.html("<h1>Late</h1><p>text</p>", delay_s=60)}) as site,
-        running_bot(rag, tmp_path) as w,
+        running_bot(rag, tmp_path, reindex_allowed_hosts=["127.0.0.1"]) as w,
     ):
         site.routes["/robots.txt"] = Reply(status=404)
         run = await w.fake.invoke("reindex", {"source": site.url("/slow")}, user=w.admin)

@@ -142,7 +142,10 @@ async def test_review_buttons_work_after_a_restart(indexed: Indexed, tmp_path: P
     async with FakeDiscord() as fake:
         people = populate(fake)
         settings = rag.settings.model_copy(
-            update={"moderators_channel_id": people["moderators"].id}
+            update={
+                "moderators_channel_id": people["moderators"].id,
+                "discord_home_guild_ids": [people["guild"].id],
+            }
         )
         with FeedbackStore.open(tmp_path / "feedback.db") as store:
             first = RagBot(settings, rag, store, guild_ready_timeout=0.05)
@@ -310,8 +313,9 @@ async def test_a_reindex_while_the_bot_was_stopped_is_noticed_at_start(
     assert (await rag.indexer.run([str(extra)])).published
     async with FakeDiscord() as fake:
         people = populate(fake)
+        settings = rag.settings.model_copy(update={"discord_home_guild_ids": [people["guild"].id]})
         with FeedbackStore.open(tmp_path / "feedback.db") as store:
-            first = RagBot(rag.settings, rag, store, guild_ready_timeout=0.05)
+            first = RagBot(settings, rag, store, guild_ready_timeout=0.05)
             async with fake.running(first):
                 await first.tree.sync()
                 inter = await ask(fake, people["alice"], "How many dams can a beaver node build?")
@@ -325,7 +329,7 @@ async def test_a_reindex_while_the_bot_was_stopped_is_noticed_at_start(
             message = inter.original
             assert "changed on" not in message.content
 
-            second = RagBot(rag.settings, rag, store, guild_ready_timeout=0.05)
+            second = RagBot(settings, rag, store, guild_ready_timeout=0.05)
             async with fake.running(second):
                 await fake.wait_for(lambda: "changed on <t:" in message.content, timeout=30)
             assert (await store.stats())["stale"] == 1

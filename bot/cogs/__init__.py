@@ -1,6 +1,7 @@
 """One cog per feature; each module ends in `async def setup(bot)`."""
 
 EXTENSIONS = (
+    "bot.cogs.home",
     "bot.cogs.ask",
     "bot.cogs.conversations",
     "bot.cogs.feedback",

@@ -52,9 +52,16 @@ class ReindexJob:
     """One reindex run in the background; every /reindex caller watches its progress."""
 
     def __init__(
-        self, specs: Sequence[str], *, prune: bool, trigger: str, force: bool = False
+        self,
+        specs: Sequence[str],
+        *,
+        prune: bool,
+        trigger: str,
+        force: bool = False,
+        guild_id: int | None = None,
     ) -> None:
         self.specs = list(specs)
+        self.guild_id = guild_id  # the server whose admin started it (None: the schedule)
         self.prune = prune
         self.force = force
         self.trigger = trigger
@@ -201,15 +208,19 @@ class Admin(commands.Cog):
         force: bool = False,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
+        by, guild_id = interaction.user.id, interaction.guild_id
+        owner = await self.bot.is_owner(interaction.user)
         if cancel:
-            message = await self.cancel_reindex(by=interaction.user.id)
+            message = await self.cancel_reindex(by=by, guild_id=None if owner else guild_id)
             await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
         job = self.job
         if job is None or job.done:
             try:
+                if source is not None and not owner:
+                    self.check_source(source)
                 job = self.start_reindex(
-                    source, trigger=f"/reindex by {interaction.user.id}", force=force
+                    source, trigger=f"/reindex by {by}", force=force, guild_id=guild_id
                 )
             except RagError as exc:
                 await interaction.followup.send(
@@ -217,6 +228,14 @@ class Admin(commands.Cog):
                 )
                 return
             prefix = ""
+        elif job.guild_id not in (None, guild_id) and not owner:
+            # Another home server's run: its sources and progress are that server's business.
+            await interaction.followup.send(
+                "A reindex started in another server is running; try again when it is done.",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
         else:
             prefix = "A reindex is already running; here is its progress.\n"
         await self._watch(interaction, job, prefix)
@@ -232,7 +251,25 @@ class Admin(commands.Cog):
             if current.lower() in s.lower() and len(s) <= 100
         ][:25]
 
-    def start_reindex(self, source: str | None, *, trigger: str, force: bool = False) -> ReindexJob:
+    def check_source(self, source: str) -> None:
+        """A server admin indexes the configured sources, or URLs on their hosts (or
+        REINDEX_ALLOWED_HOSTS'); any other URL would put a stranger's page in every answer."""
+        if source in self.bot.settings.docs_sources or self.bot.home.source_allowed(source):
+            return
+        if source.startswith(("https://", "http://")):
+            raise RagError(
+                "That URL is not on a host of the configured sources: only the bot's owner can "
+                "index it (or add its host to REINDEX_ALLOWED_HOSTS)."
+            )
+
+    def start_reindex(
+        self,
+        source: str | None,
+        *,
+        trigger: str,
+        force: bool = False,
+        guild_id: int | None = None,
+    ) -> ReindexJob:
         """Start a background run of `source` (or every configured source)."""
         if self.bot.rag.indexer.running:
             raise RagError("A reindex is already running (started from the command line?).")
@@ -246,16 +283,22 @@ class Admin(commands.Cog):
             specs, prune = [source], False
         else:
             raise RagError("Name one of the configured sources, or an http(s) URL.")
-        job = ReindexJob(specs, prune=prune, trigger=trigger, force=force)
+        job = ReindexJob(specs, prune=prune, trigger=trigger, force=force, guild_id=guild_id)
         job.task = asyncio.create_task(self._run(job), name="reindex")
         self.job = job
         return job
 
-    async def cancel_reindex(self, *, by: int) -> str:
-        """Stop the running job; its unfinished version is dropped, the live index kept."""
+    async def cancel_reindex(self, *, by: int, guild_id: int | None = None) -> str:
+        """Stop the running job; its unfinished version is dropped, the live index kept.
+
+        `guild_id`: the admin's server, which may stop only a run started there or on the
+        schedule (None: the bot's owner, who may stop any)."""
         job = self.job
         if job is None or job.done or job.task is None:
             return "No reindex is running."
+        if guild_id is not None and job.guild_id not in (None, guild_id):
+            log.warning("server %s tried to cancel a reindex of server %s", guild_id, job.guild_id)
+            return "The running reindex was started in another server: only it can cancel it."
         log.info("reindex cancelled by %s", by)
         job.cancelled = True
         job.task.cancel()
@@ -333,7 +376,8 @@ class Admin(commands.Cog):
                 f"answer-{a.id}", a.question, tuple({page_url(s.url) for s in a.sources})
             )
             for a in records
-            if a.sources
+            # Only the home servers' votes guard the index they share.
+            if a.sources and self.bot.home.serves(a.guild_id)
         ]
 
     async def _watch(

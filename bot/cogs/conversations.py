@@ -87,6 +87,9 @@ class Conversations(commands.Cog):
             or message.guild is None
         ):
             return None
+        if not self.bot.home.serves(message.guild.id):
+            self.bot.home.ignored(message.guild.id, "messages")
+            return None
         mentioned = bool(re.search(rf"<@!?{me.id}>", message.content))
         if not mentioned and not self.follow_ups:
             return None  # without the Message Content intent, only mentions carry text
@@ -229,6 +232,7 @@ class Conversations(commands.Cog):
             or str(payload.emoji) not in settings.solved_emojis
             or payload.message_author_id not in (None, me.id)
             or not isinstance(post, discord.Thread)
+            or not self.bot.home.serves(payload.guild_id)
             or post.parent_id not in settings.forum_channel_ids
             or payload.user_id != post.owner_id  # only the poster says their post is solved
         ):

@@ -132,8 +132,8 @@ class Feedback(commands.Cog):
     def _vote(self, payload: discord.RawReactionActionEvent) -> int | None:
         """The vote a reaction means, or None when it is not one the bot counts."""
         me = self.bot.user
-        if me is None or payload.user_id == me.id or payload.guild_id is None:
-            return None
+        if me is None or payload.user_id == me.id or not self.bot.home.serves(payload.guild_id):
+            return None  # a DM, or a server the bot does not serve
         emoji = payload.emoji
         vote = self.votes.get(_normalise(str(emoji)))
         if vote is None and emoji.name:
@@ -293,6 +293,16 @@ class Feedback(commands.Cog):
             channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
             if not isinstance(channel, discord.abc.Messageable):
                 raise TypeError(f"moderators channel {channel_id} cannot receive messages")
+            if getattr(channel, "guild", None) is None or channel.guild.id != record.guild_id:
+                # A card shows a member's question: only to that server's own moderators.
+                log.warning(
+                    "answer %d was flagged in server %s, which has no moderators channel "
+                    "(MODERATORS_CHANNEL_ID is in another server): no review card",
+                    change.answer_id,
+                    record.guild_id,
+                )
+                await store.release_review_card(change.answer_id)
+                return
             card = review_card(record, flagged_by=flagged_by, flags=change.flags)
             message = await channel.send(
                 embed=card, view=review_view(change.answer_id), allowed_mentions=NO_MENTIONS

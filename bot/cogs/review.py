@@ -3,7 +3,7 @@
 The buttons are dynamic items: their custom_id carries the answer's id
 (`review:<action>:<answer id>`), so a card keeps working after the bot restarts. Who may press
 them is checked at every click (and again when a correction is submitted), with the rule admin
-commands use.
+commands use, in the answer's own server only: a custom_id can be replayed from anywhere.
 
 A correction becomes a verified answer: stored in the feedback database, then indexed into the
 knowledge base (rag_core.search.verified), where it answers the same question asked in other words.
@@ -23,6 +23,7 @@ from rag_core.search.verified import VerifiedAnswer
 
 from ..checks import NotAdmin, admin_only, is_admin_member
 from ..feedback import AnswerRecord
+from ..home import OTHER_GUILD, same_guild
 from ..streaming import fit, plain_text, safe_truncate
 from ..utils import GENERIC_ERROR, NO_MENTIONS, send_error
 
@@ -71,6 +72,9 @@ class ReviewButton(
     async def interaction_check(  # type: ignore[override]
         self, interaction: discord.Interaction[RagBot], /
     ) -> bool:
+        if not interaction.client.home.serves(interaction.guild_id):
+            await send_error(interaction, OTHER_GUILD)
+            return False
         if is_admin_member(interaction):
             return True
         await send_error(interaction, str(NotAdmin()))
@@ -122,6 +126,7 @@ class CorrectionModal(discord.ui.Modal):
         )
         self.cog = cog
         self.record = record
+        self.user_id = user_id
         self.question: discord.ui.TextInput[CorrectionModal] = discord.ui.TextInput(
             label="Question",
             style=discord.TextStyle.paragraph,
@@ -136,6 +141,28 @@ class CorrectionModal(discord.ui.Modal):
         )
         self.add_item(self.question)
         self.add_item(self.answer)
+
+    async def interaction_check(  # type: ignore[override]
+        self, interaction: discord.Interaction[RagBot], /
+    ) -> bool:
+        """Only the moderator who opened the form, still an admin, in the answer's server.
+        A refused submission leaves the form open for that moderator (discord.py stops a
+        modal only after a submission it let through)."""
+        refusal = None
+        if interaction.user.id != self.user_id or not is_admin_member(interaction):
+            refusal = str(NotAdmin())
+        elif not same_guild(self.record.guild_id, interaction.guild_id):
+            refusal = OTHER_GUILD
+        if refusal is None:
+            return True
+        log.warning(
+            "correction of answer %d refused for %s in server %s",
+            self.record.id,
+            interaction.user.id,
+            interaction.guild_id,
+        )
+        await send_error(interaction, refusal)
+        return False
 
     async def on_submit(self, interaction: discord.Interaction[RagBot]) -> None:  # type: ignore[override]
         await self.cog.on_correction(self, interaction)
@@ -173,6 +200,15 @@ class Review(commands.Cog):
         if record is None:
             await send_error(interaction, "That answer is no longer in the feedback database.")
             return
+        if not same_guild(record.guild_id, interaction.guild_id):
+            log.warning(
+                "review button %s on answer %d pressed in server %s, not the answer's",
+                action,
+                answer_id,
+                interaction.guild_id,
+            )
+            await send_error(interaction, OTHER_GUILD)
+            return
         if action == "correct":
             modal = CorrectionModal(self, record, interaction.user.id)
             await interaction.response.send_modal(modal)
@@ -190,9 +226,7 @@ class Review(commands.Cog):
     async def on_correction(
         self, modal: CorrectionModal, interaction: discord.Interaction[RagBot]
     ) -> None:
-        if not is_admin_member(interaction):  # rights may have changed while the modal was open
-            await send_error(interaction, str(NotAdmin()))
-            return
+        # Who may submit was checked by the modal (CorrectionModal.interaction_check).
         question = " ".join(modal.question.value.split()) or modal.record.question
         answer = modal.answer.value.strip()
         if not answer:
@@ -207,8 +241,7 @@ class Review(commands.Cog):
             answer=answer,
             link=record.jump_url,
             by=interaction.user.id,
-            # The answer's server, not the moderators channel's (which may be another one).
-            guild_id=record.guild_id if record.guild_id is not None else interaction.guild_id,
+            guild_id=record.guild_id,
             answer_id=record.id,
         )
         text = (

@@ -127,4 +127,9 @@ class VerifiedRecord:
 
 
 def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
-    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+    return f"{guild_links(guild_id)}{channel_id}/{message_id}"
+
+
+def guild_links(guild_id: int | None) -> str:
+    """How the link of every message in `guild_id` (None: a DM) starts."""
+    return f"https://discord.com/channels/{guild_id or '@me'}/"

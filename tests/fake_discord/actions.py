@@ -44,6 +44,17 @@ class Actions(Gateway):
 
     strict_commands: bool  # FakeDiscord's: refuse commands the client never synced
 
+    # ================================================================== guilds
+
+    async def invite_bot(self, name: str = "Another Guild") -> FakeGuild:
+        """Someone adds the bot to a new guild (owned by ``fake.owner``): GUILD_CREATE."""
+        guild = self.add_guild(name)
+        payload = guild.to_payload()
+        # A join carries no "unavailable" (false would mean an outage ended: guild_available).
+        payload.pop("unavailable", None)
+        await self._dispatch("GUILD_CREATE", payload)
+        return guild
+
     # ================================================================== interactions
 
     async def invoke(

@@ -70,6 +70,8 @@ class Rest(Routing, Gateway):
             ("GET", "/gateway", self._get_gateway, False),
             ("GET", "/gateway/bot", self._get_gateway_bot, True),
             ("GET", "/users/{user_id}", self._get_user, True),
+            ("GET", "/users/@me/guilds", self._get_my_guilds, True),
+            ("DELETE", "/users/@me/guilds/{guild_id}", self._leave_guild, True),
             ("GET", "/guilds/{guild_id}", self._get_guild, True),
             ("GET", "/guilds/{guild_id}/channels", self._get_guild_channels, True),
             ("GET", "/guilds/{guild_id}/members/{user_id}", self._get_member, True),
@@ -178,6 +180,24 @@ class Rest(Routing, Gateway):
         for key in ("channels", "members", "threads", "voice_states", "presences"):
             payload.pop(key)
         return 200, payload
+
+    async def _get_my_guilds(self, call: Call) -> tuple[int, Any]:
+        """The bot's guilds as partial guilds, paged by id like Discord (after/before/limit)."""
+        query = call.request.query
+        after, before = int(query.get("after", 0)), int(query.get("before", 2**64))
+        found = sorted(g for g in self.guilds if after < g < before)[: int(query.get("limit", 200))]
+        return 200, [
+            {"id": str(gid), "name": self.guilds[gid].name, "icon": None, "owner": False}
+            for gid in found
+        ]
+
+    async def _leave_guild(self, call: Call) -> tuple[int, Any]:
+        """The bot leaves: the guild is gone from its world (kept in ``left_guilds``)."""
+        guild = self._find_guild(call.match["guild_id"])
+        del self.guilds[guild.id]
+        self.left_guilds.append(guild)
+        await self._dispatch("GUILD_DELETE", {"id": str(guild.id)})
+        return 204, None
 
     async def _get_guild_channels(self, call: Call) -> tuple[int, Any]:
         guild = self._find_guild(call.match["guild_id"])

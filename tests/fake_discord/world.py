@@ -53,6 +53,7 @@ class World:
             self.owner.id: self.owner,
         }
         self.guilds: dict[int, FakeGuild] = {}
+        self.left_guilds: list[FakeGuild] = []  # guilds the bot left
         self.messages: dict[int, FakeMessage] = {}
         self.global_commands: list[dict[str, Any]] = []
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
