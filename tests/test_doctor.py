@@ -16,6 +16,7 @@ from bot.doctor import Status
 from bot.metrics import Metrics, start_metrics_server
 from rag_core.config import Settings
 from tests.conftest import offline_model_path
+from tests.fake_discord import FakeDiscord
 
 ROOT = Path(__file__).resolve().parents[1]
 # Shaped like a real bot token (base64 of a snowflake . timestamp . HMAC); not a real one.
@@ -183,17 +184,20 @@ def test_empty_lite_folder_and_feedback_db(tmp_path: Path) -> None:
 async def test_good_offline_settings_pass(
     indexed_settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=indexed_settings.data_dir,
-        embedding_model=offline_model_path(),
-        embedding_device="cpu",
-        llm_model=str(tiny_model_dir),
-        discord_token=GOOD_TOKEN,  # type: ignore[arg-type]
-        feedback_db=str(tmp_path / "feedback.db"),
-        relevance_threshold=0.44,
-    )
-    results = await doctor.run_checks(settings)
+    async with FakeDiscord() as fake:  # the doctor asks Discord which servers the bot is in
+        home = fake.add_guild("Docs")
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            data_dir=indexed_settings.data_dir,
+            embedding_model=offline_model_path(),
+            embedding_device="cpu",
+            llm_model=str(tiny_model_dir),
+            discord_token=GOOD_TOKEN,  # type: ignore[arg-type]
+            discord_home_guild_ids=[home.id],
+            feedback_db=str(tmp_path / "feedback.db"),
+            relevance_threshold=0.44,
+        )
+        results = await doctor.run_checks(settings)
     report = doctor.format_results(results)
     assert doctor.exit_code(results) == 0, report
     assert all(r.status is Status.OK for r in results), report
