@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import discord
@@ -68,10 +68,17 @@ class QuerySpy(Retriever):
         self.queries: list[str] = []
 
     async def retrieve(
-        self, question: str, *, top_k: int | None = None, filter: str | None = None
+        self,
+        question: str,
+        *,
+        top_k: int | None = None,
+        filter: str | None = None,
+        verified_scope: Sequence[str] | None = None,
     ) -> Retrieval:
         self.queries.append(question)
-        return await super().retrieve(question, top_k=top_k, filter=filter)
+        return await super().retrieve(
+            question, top_k=top_k, filter=filter, verified_scope=verified_scope
+        )
 
 
 def spied(
