@@ -172,6 +172,7 @@ class AnswerPath:
         self.queue = AnswerQueue(settings.max_concurrent_answers, settings.max_queued_answers)
         self.answering: set[asyncio.Task[object]] = set()
         self._cooldowns: dict[int, app_commands.Cooldown] = {}
+        self._told_to_wait: dict[int, float] = {}  # user -> end of the window they were told of
         self._told: set[int] = set()  # channels whose missing permission was logged
 
     def take_cooldown(self, user_id: int) -> float | None:
@@ -185,6 +186,17 @@ class AnswerPath:
             self._cooldowns = {u: c for u, c in self._cooldowns.items() if c.get_tokens() < c.rate}
         cooldown = self._cooldowns.setdefault(user_id, app_commands.Cooldown(1, per))
         return cooldown.update_rate_limit()
+
+    def first_wait_notice(self, user_id: int, retry_after: float) -> bool:
+        """Whether to tell `user_id` to wait `retry_after` s: once per cooldown window, so a
+        flood of messages gets one notice, not one per message."""
+        now = time.monotonic()
+        if len(self._told_to_wait) > 10_000:  # forget windows that have passed
+            self._told_to_wait = {u: t for u, t in self._told_to_wait.items() if t > now}
+        if self._told_to_wait.get(user_id, 0.0) > now:
+            return False
+        self._told_to_wait[user_id] = now + retry_after
+        return True
 
     async def open_thread(self, message: discord.Message, question: str) -> discord.Thread | None:
         """A thread under `message` for an answer and its follow-ups; None: answer inline."""
@@ -210,10 +222,16 @@ class AnswerPath:
         )
 
     async def remember(
-        self, delivered: Delivered, conversation_id: int | None, thread: discord.Thread | None
+        self,
+        delivered: Delivered,
+        conversation_id: int | None,
+        thread: discord.Thread | None,
+        *,
+        reservation: int | None = None,
     ) -> int | None:
         """Record `delivered` as the next turn of `conversation_id` (None: a new conversation,
-        in `thread` when the bot started one); the conversation's id."""
+        in `thread` when the bot started one), the turn `reservation` held for it; the
+        conversation's id."""
         if delivered.answer_id is None:
             return None
         try:
@@ -222,6 +240,7 @@ class AnswerPath:
                 standalone=delivered.answer.standalone or delivered.answer.question,
                 conversation_id=conversation_id,
                 thread_id=thread.id if thread is not None else None,
+                reservation=reservation,
             )
         except Exception:
             log.exception("could not record the turn of answer %s", delivered.answer_id)
@@ -231,15 +250,22 @@ class AnswerPath:
         """Why `question` is refused before any work starts (empty, too long, busy), or None.
 
         Cheap enough to run before an interaction is acknowledged."""
+        invalid = self.invalid(question)
+        if invalid is not None:
+            return invalid
+        if self.queue.full():
+            metrics.observe_error("busy")
+            _log_question(asker, "error", None, 0.0, error="busy")
+            return BUSY
+        return None
+
+    def invalid(self, question: str) -> str | None:
+        """Why `question` cannot be answered however long it waits (empty, too long), or None."""
         limit = self.settings.max_question_chars
         if is_blank(question):
             return EmptyQuestionError.user_message
         if len(question) > limit:
             return f"That question is too long: please keep it under {limit} characters."
-        if self.queue.full():
-            metrics.observe_error("busy")
-            _log_question(asker, "error", None, 0.0, error="busy")
-            return BUSY
         return None
 
     async def stop(self) -> None:

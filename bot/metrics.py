@@ -88,6 +88,19 @@ class Metrics:
         self.queue_depth = Gauge(
             f"{PREFIX}_queue_depth", "Questions waiting for a generation slot", registry=r
         )
+        self.forum_queue_depth = Gauge(
+            f"{PREFIX}_forum_queue_depth",
+            "New forum posts waiting for an answer (FORUM_MAX_QUEUED), those being answered "
+            "included",
+            registry=r,
+        )
+        self.forum_left = Counter(
+            f"{PREFIX}_forum_posts_left",
+            "Forum posts left to people for want of an answer slot, by reason (waited: past "
+            "FORUM_MAX_WAIT_S; full: the forum queue was full)",
+            ["reason"],
+            registry=r,
+        )
         self.votes = Counter(
             f"{PREFIX}_votes", "Reactions on answers (flag, good, and their removals)", ["kind"],
             registry=r,
@@ -125,6 +138,8 @@ class Metrics:
             self.reindexes.labels(outcome)
         for vote in ("flag", "good"):
             self.votes.labels(vote)
+        for reason in ("waited", "full"):
+            self.forum_left.labels(reason)
 
     # -- what the cogs call ---------------------------------------------------------------------
 
@@ -165,6 +180,14 @@ class Metrics:
 
     def set_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)
+
+    def set_forum_queue_depth(self, n: int) -> None:
+        self.forum_queue_depth.set(n)
+
+    def observe_forum_left(self, reason: Literal["waited", "full"]) -> None:
+        """A forum post left to people without an answer: it waited too long, or found the
+        forum queue full."""
+        self.forum_left.labels(reason).inc()
 
     def set_index_size(self, n: int) -> None:
         self.index_chunks.set(n)
@@ -315,6 +338,8 @@ observe_ack = METRICS.observe_ack
 observe_error = METRICS.observe_error
 observe_vote = METRICS.observe_vote
 set_queue_depth = METRICS.set_queue_depth
+set_forum_queue_depth = METRICS.set_forum_queue_depth
+observe_forum_left = METRICS.observe_forum_left
 set_index_size = METRICS.set_index_size
 set_connected = METRICS.set_connected
 observe_reindex = METRICS.observe_reindex

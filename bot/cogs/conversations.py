@@ -7,7 +7,8 @@ Which messages get an answer:
   (inline where a thread is not possible);
 - a new post in a forum listed in FORUM_CHANNEL_IDS: one answer as its first reply, only when
   the docs cover it (FORUM_UNCOVERED=closest also posts the "closest pages" reply), so posts
-  that people should answer are not buried. Later messages in the post are the poster's
+  that people should answer are not buried. Posts wait for an answer slot in the forum queue
+  (bot/forum_queue.py), kept across restarts. Later messages in the post are the poster's
   conversation with people: the bot answers them only when mentioned or replied to. The poster
   reacting with a solved emoji (✅) to the bot's answer applies the forum's solved tag.
 Never: bots (the bot itself included), system messages, messages that only mention or reply to
@@ -32,6 +33,8 @@ from rag_core.config import Settings
 
 from ..answer_path import Asker
 from ..feedback import Conversation
+from ..feedback.records import QueuedPost
+from ..forum_queue import ForumQueue
 from ..utils import NO_MENTIONS
 from ..writers import MessageWriter
 
@@ -64,6 +67,18 @@ class Conversations(commands.Cog):
     def __init__(self, bot: RagBot) -> None:
         self.bot = bot
         self.follow_ups = bot.settings.discord_message_content
+        self.forum: ForumQueue | None = None
+
+    async def cog_load(self) -> None:
+        if not self.bot.serving:
+            return
+        bot = self.bot
+        self.forum = ForumQueue(bot.settings, bot.answers, bot.feedback, self._answer_post)
+        await self.forum.start(bot.wait_until_ready)  # posts queued before a restart too
+
+    async def cog_unload(self) -> None:
+        if self.forum is not None:
+            await self.forum.close()
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -149,18 +164,41 @@ class Conversations(commands.Cog):
 
     async def _answer(self, message: discord.Message, request: _Request) -> None:
         if request.forum_post:
-            await self._answer_post(message, request.question)
+            await self._queue_post(message, request.question)
             return
+        conversation = request.conversation
+        if conversation is None:
+            await self._answer_turn(message, request, None)
+            return
+        # The turn is taken before the answer starts, so concurrent messages cannot pass the
+        # limit; the "getting long" notice comes once per conversation, not once per message.
+        store = self.bot.feedback
+        limit = self.bot.settings.conversation_max_turns
+        reservation = await store.reserve_turn(conversation.id, limit)
+        if reservation is None:
+            if await store.claim_too_long(conversation.id):
+                await self._reply(message, TOO_LONG)
+            return
+        try:
+            await self._answer_turn(message, request, reservation)
+        finally:  # an answer that did not come gives its turn back (a no-op once recorded)
+            try:
+                await store.release_turn(reservation)
+            except Exception:  # it expires on its own (store.RESERVATION_TTL_S)
+                log.warning("could not release turn reservation %s", reservation, exc_info=True)
+
+    async def _answer_turn(
+        self, message: discord.Message, request: _Request, reservation: int | None
+    ) -> None:
         path = self.bot.answers
         asker = Asker.of_message(message)
         conversation = request.conversation
         turns = conversation.turns if conversation is not None else ()
-        if len(turns) >= self.bot.settings.conversation_max_turns:
-            await self._reply(message, TOO_LONG)
-            return
         retry_after = path.take_cooldown(asker.user_id)
         if retry_after is not None:
-            await self._reply(message, f"Please wait {retry_after:.0f} s before asking again.")
+            # Once per cooldown window: a flood of messages is not answered by a flood.
+            if path.first_wait_notice(asker.user_id, retry_after):
+                await self._reply(message, f"Please wait {retry_after:.0f} s before asking again.")
             return
         channel = message.channel
         in_thread = isinstance(channel, discord.Thread)
@@ -186,34 +224,66 @@ class Conversations(commands.Cog):
         history = [Turn(t.question, t.answer) for t in turns]
         delivered = await path.deliver(request.question, writer, asker, history=history)
         if delivered is not None:
-            await path.remember(delivered, conversation.id if conversation else None, thread)
+            conversation_id = conversation.id if conversation else None
+            await path.remember(delivered, conversation_id, thread, reservation=reservation)
 
-    async def _answer_post(self, message: discord.Message, question: str) -> None:
-        """The first reply to a new forum post, when the docs cover it. Nobody asked the bot
-        here, so it never posts a status line, a "please wait" or an error into the post."""
+    async def _queue_post(self, message: discord.Message, question: str) -> None:
+        """A new forum post waits in the forum queue for an answer slot (bot/forum_queue.py)."""
+        invalid = self.bot.answers.invalid(question)
+        if invalid is not None:
+            log.info("forum post %s left to people: %s", message.channel.id, invalid)
+            return
+        assert self.forum is not None  # loaded with the cog whenever the bot answers
+        await self.forum.add(
+            post_id=message.channel.id,
+            guild_id=message.guild.id if message.guild is not None else None,
+            user_id=message.author.id,
+            question=question,
+        )
+
+    async def _answer_post(self, queued: QueuedPost) -> bool:
+        """The first reply to a queued forum post, when the docs cover it; False when no answer
+        slot was free after all (it waits again). Nobody asked the bot here, so it never posts
+        a status line, a "please wait" or an error into the post."""
         path = self.bot.answers
         settings = self.bot.settings
-        post = message.channel
-        asker = Asker.of_message(message)
-        if path.take_cooldown(asker.user_id) is not None or path.refusal(question, asker):
-            log.info("forum post %s left to people: cooldown, empty question or busy", post.id)
-            return
+        try:
+            post = await self._post(queued.post_id)
+        except discord.HTTPException:  # Discord did not answer: the post waits
+            log.warning("could not look up forum post %s", queued.post_id, exc_info=True)
+            return False
+        if post is None:
+            return True  # deleted or out of sight: nothing to answer
+        if await self.bot.feedback.conversation(thread_id=post.id) is not None:
+            return True  # answered before a restart, not yet out of the queue
         if not _may(post, "send_messages_in_threads"):
-            forum = getattr(post, "parent", None) or post
-            path.missing_permission(forum, "Send Messages in Threads")
-            return
-        writer = MessageWriter(post, interval=settings.edit_interval_s, quiet=True)
+            path.missing_permission(post.parent or post, "Send Messages in Threads")
+            return True
+        writer = _PostWriter(post, interval=settings.edit_interval_s, quiet=True)
+        asker = Asker(queued.user_id, queued.guild_id, post.id)
         refusals = settings.forum_uncovered == "closest"
-        delivered = await path.deliver(question, writer, asker, refusals=refusals)
+        delivered = await path.deliver(queued.question, writer, asker, refusals=refusals)
         if delivered is None:
-            return
-        assert isinstance(post, discord.Thread)
+            return not writer.busy
         await path.remember(delivered, None, post)
         if delivered.messages and not delivered.answer.refused and _solved_tag(post, settings):
             try:
                 await delivered.messages[-1].add_reaction(settings.solved_emojis[0])
             except (discord.HTTPException, IndexError):
                 log.warning("could not offer the solved reaction in post %s", post.id)
+        return True
+
+    async def _post(self, post_id: int) -> discord.Thread | None:
+        """The forum post `post_id`, from the cache or (after a restart) from Discord; None when
+        it was deleted or the bot no longer sees it."""
+        channel = self.bot.get_channel(post_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(post_id)
+            except (discord.NotFound, discord.Forbidden):
+                log.info("forum post %s is gone or out of sight: not answered", post_id)
+                return None
+        return channel if isinstance(channel, discord.Thread) else None
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -254,6 +324,17 @@ class Conversations(commands.Cog):
             await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException:
             self.bot.answers.missing_permission(message.channel, "Send Messages")
+
+
+class _PostWriter(MessageWriter):
+    """A forum answer's writer that notes a "busy" end (the answer queue filled up before the
+    post got its slot), so the post waits again instead of being dropped."""
+
+    busy = False
+
+    async def fail_privately(self, message: str) -> None:
+        self.busy = True
+        await super().fail_privately(message)
 
 
 def _solved_tag(post: discord.Thread, settings: Settings) -> discord.ForumTag | None:
