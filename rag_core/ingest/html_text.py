@@ -185,7 +185,7 @@ def _squash(text: str) -> str:
 
 def _inline_text(text: str) -> str:
     """Squash whitespace like a browser does, keeping <br> line breaks."""
-    lines = (_squash(line) for line in _SPACE.sub(" ", text).split(_BR))
+    lines = (line.strip() for line in _SPACE.sub(" ", text).split(_BR))  # squashed once
     return "\n".join(line for line in lines if line)
 
 
