@@ -166,40 +166,48 @@ class Conversations(commands.Cog):
         if request.forum_post:
             await self._queue_post(message, request.question)
             return
-        conversation = request.conversation
-        if conversation is None:
-            await self._answer_turn(message, request, None)
-            return
-        # The turn is taken before the answer starts, so concurrent messages cannot pass the
-        # limit; the "getting long" notice comes once per conversation, not once per message.
-        store = self.bot.feedback
-        limit = self.bot.settings.conversation_max_turns
-        reservation = await store.reserve_turn(conversation.id, limit)
-        if reservation is None:
-            if await store.claim_too_long(conversation.id):
-                await self._reply(message, TOO_LONG)
-            return
-        try:
-            await self._answer_turn(message, request, reservation)
-        finally:  # an answer that did not come gives its turn back (a no-op once recorded)
-            try:
-                await store.release_turn(reservation)
-            except Exception:  # it expires on its own (store.RESERVATION_TTL_S)
-                log.warning("could not release turn reservation %s", reservation, exc_info=True)
-
-    async def _answer_turn(
-        self, message: discord.Message, request: _Request, reservation: int | None
-    ) -> None:
         path = self.bot.answers
+        store = self.bot.feedback
         asker = Asker.of_message(message)
         conversation = request.conversation
-        turns = conversation.turns if conversation is not None else ()
+        limit = self.bot.settings.conversation_max_turns
+        if conversation is not None and len(conversation.turns) >= limit:
+            await self._too_long(message, conversation)  # before the cooldown: said once
+            return
         retry_after = path.take_cooldown(asker.user_id)
         if retry_after is not None:
             # Once per cooldown window: a flood of messages is not answered by a flood.
             if path.first_wait_notice(asker.user_id, retry_after):
                 await self._reply(message, f"Please wait {retry_after:.0f} s before asking again.")
             return
+        reservation = None
+        if conversation is not None:
+            # The turn is taken before the answer starts, checked and taken in one transaction:
+            # concurrent messages cannot pass the limit (the count above may be stale).
+            reservation = await store.reserve_turn(conversation.id, limit)
+            if reservation is None:
+                await self._too_long(message, conversation)
+                return
+        try:
+            await self._answer_turn(message, request, asker, reservation)
+        finally:  # an answer that did not come gives its turn back (a no-op once recorded)
+            if reservation is not None:
+                try:
+                    await store.release_turn(reservation)
+                except Exception:  # it expires on its own (store.RESERVATION_TTL_S)
+                    log.warning("could not release turn reservation %s", reservation, exc_info=True)
+
+    async def _too_long(self, message: discord.Message, conversation: Conversation) -> None:
+        """Ask for a new question: once per conversation, however many messages come."""
+        if await self.bot.feedback.claim_too_long(conversation.id):
+            await self._reply(message, TOO_LONG)
+
+    async def _answer_turn(
+        self, message: discord.Message, request: _Request, asker: Asker, reservation: int | None
+    ) -> None:
+        path = self.bot.answers
+        conversation = request.conversation
+        turns = conversation.turns if conversation is not None else ()
         channel = message.channel
         in_thread = isinstance(channel, discord.Thread)
         if not _may(channel, "send_messages_in_threads" if in_thread else "send_messages"):
