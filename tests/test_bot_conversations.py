@@ -15,10 +15,12 @@ from pathlib import Path
 import discord
 import pytest
 
+from bot import metrics
 from bot.answer_path import thread_name
 from bot.client import RagBot
 from bot.cogs.conversations import TOO_LONG
 from bot.feedback import Conversation, FeedbackStore
+from bot.forum_queue import ForumQueue
 from rag_core.answer.answering import REFUSAL, Answerer
 from rag_core.answer.conversation import Turn, rewrite_by_rules
 from rag_core.answer.llm import GenerationChunk
@@ -471,6 +473,95 @@ async def test_the_poster_marks_the_answer_solved_which_tags_the_post(
     w.fake.assert_clean(allow=[50013])
 
 
+# --------------------------------------------------------------------------- floods and bursts
+
+
+async def test_a_flood_from_one_person_gets_one_answer_and_one_wait_notice(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, _, _ = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, ask_cooldown_s=20, **TALK) as w:
+        await ask(w, w.store, w.alice)
+        thread = await wait_thread(w, w.general)
+        for n in range(30):  # 30 messages in a second or two
+            await w.fake.user_message(thread, w.bob, f"{FOLLOW_UP} ({n})")
+        await wait_answers(w, thread)
+        await w.fake.wait_quiet()
+        said = bot_messages(w, thread)
+        assert len(said) == 2, [m.content for m in said]
+        assert len(answers_in(w, thread)) == 1
+        assert [m.content.startswith("Please wait") for m in said].count(True) == 1
+    w.fake.assert_clean()
+
+
+async def test_concurrent_posters_cannot_pass_the_turn_limit(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, _, _ = spied(indexed, **TALK)
+    async with running_bot(rag, tmp_path, conversation_max_turns=4, **TALK) as w:
+        await ask(w, w.store, w.alice)
+        thread = await wait_thread(w, w.general)
+        posters = [w.member(f"poster{n}") for n in range(30)]
+        await asyncio.gather(
+            *(w.fake.user_message(thread, p, f"and IVF_PQ ({n})?") for n, p in enumerate(posters))
+        )
+        await wait_answers(w, thread, 3)
+        await w.fake.wait_quiet(1.0)
+        conversation = await w.store.conversation(thread_id=thread.id)
+        assert conversation is not None and len(conversation.turns) == 4
+        assert len(answers_in(w, thread)) == 3
+        # The rest hear once, all together, that the conversation is full.
+        assert [m.content for m in bot_messages(w, thread)].count(TOO_LONG) == 1
+        assert len(bot_messages(w, thread)) == 4
+    w.fake.assert_clean()
+
+
+def _forum_left(reason: str) -> float:
+    found = metrics.METRICS.registry.get_sample_value(
+        "docsbot_forum_posts_left_total", {"reason": reason}
+    )
+    return found or 0.0
+
+
+async def test_a_forum_burst_is_answered_or_left_to_people_never_dropped(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, _, _ = spied(indexed, **TALK)
+    small = {
+        "max_concurrent_answers": 2,
+        "max_queued_answers": 2,
+        "forum_max_queued": 12,
+        "forum_max_wait_s": 2.0,
+        "ask_cooldown_s": 1.0,  # a poster's next post waits for their cooldown
+    }
+    full, waited = _forum_left("full"), _forum_left("waited")
+    async with running_bot(rag, tmp_path, **small, **TALK) as w:
+        people = [w.member(f"poster{n}") for n in range(10)]
+        posts = [
+            (await w.fake.forum_post(w.help, people[n % 10], f"Post {n}", f"{COVERED[1]} #{n}"))[0]
+            for n in range(100)
+        ]
+        cog = w.bot.get_cog("Conversations")
+        forum = getattr(cog, "forum", None)  # the extension's own module: no isinstance(cog)
+        assert isinstance(forum, ForumQueue)
+        async with asyncio.timeout(60):
+            while True:
+                answered = {p.name for p in posts if answers_in(w, p)}
+                left = [q.text.split("\n")[0] for q in await w.store.gap_questions(0)]
+                if len(answered) + len(left) >= len(posts) and not forum.waiting:
+                    break
+                await asyncio.sleep(0.2)
+        await w.fake.wait_quiet()
+        # Every post: answered (once), or recorded as left to people (once); never both.
+        assert sorted([*answered, *left]) == sorted(p.name for p in posts)
+        assert all(len(bot_messages(w, p)) <= 1 for p in posts)
+        assert await w.store.queued_forum_posts() == []
+        assert len(answered) >= 2
+        assert _forum_left("full") - full >= 1 and _forum_left("waited") - waited >= 1
+        assert _forum_left("full") - full + _forum_left("waited") - waited == len(left)
+    w.fake.assert_clean()
+
+
 # --------------------------------------------------------------------------- restarts
 
 
@@ -499,6 +590,45 @@ async def test_a_restart_between_two_turns_keeps_the_history(
                 await wait_answers(fake, thread)
                 assert f"User: {FIRST}" in engine.prompts[-1]
                 await wait_turns(store, 2, thread_id=thread.id)
+        fake.assert_clean()
+
+
+async def test_a_queued_forum_post_is_answered_after_a_restart(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag, _, _ = spied(indexed, **TALK)
+    db = tmp_path / "feedback.db"
+    async with FakeDiscord() as fake:
+        people = populate(fake)
+        settings = rag.settings.model_copy(
+            update={
+                **TALK,
+                "discord_home_guild_ids": [people["guild"].id],
+                "forum_channel_ids": [people["help"].id],
+                "ask_cooldown_s": 600,
+            }
+        )
+        rag = dataclasses.replace(rag, settings=settings)
+        with FeedbackStore.open(db) as store:
+            bot = RagBot(settings, rag, store, guild_ready_timeout=0.05)
+            async with fake.running(bot):
+                await bot.tree.sync()
+                await ask(fake, store, people["alice"])
+                # Alice's cooldown holds her post back: it waits, it is not dropped.
+                post, _ = await fake.forum_post(people["help"], people["alice"], *COVERED)
+                async with asyncio.timeout(30):
+                    while not await store.queued_forum_posts():
+                        await asyncio.sleep(0.05)
+                await fake.wait_quiet()
+                assert not [m for m in fake.channel_messages(post) if m.author is fake.bot_user]
+        # A new process finds the post waiting and answers it.
+        with FeedbackStore.open(db) as store:
+            bot = RagBot(settings, rag, store, guild_ready_timeout=0.05)
+            async with fake.running(bot):
+                await wait_answers(fake, post)
+                await fake.wait_quiet()
+                assert len(answers_in(fake, post)) == 1
+                assert await store.queued_forum_posts() == []
         fake.assert_clean()
 
 
