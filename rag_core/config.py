@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     fetch_page_deadline_s: float = Field(
         60.0, gt=0, description="Total time for one page over all its tries and redirects, seconds"
     )
+    # A 5 MB page of real docs takes 2 to 4 s; nested markup built to be slow takes longer and
+    # fails alone (docs/indexing.md).
+    page_parse_cpu_s: float = Field(
+        20.0,
+        gt=0,
+        description="CPU seconds one page or file may take to convert from HTML to text; a "
+        "page over it is skipped and reported",
+    )
     allow_private_urls: bool = Field(
         False, description="Allow URLs resolving to loopback/private/link-local addresses (SSRF)"
     )

@@ -220,8 +220,9 @@ class _Run:
         seen: set[str] = set()
         failed_specs: set[str] = set()
         gone: set[str] = set()
+        items = load_sources(self.specs, self.ix.settings)
         try:
-            async for item in load_sources(self.specs, self.ix.settings):
+            async for item in items:
                 if isinstance(item, SourceFailure):
                     self.report.failed.append(item)
                     # INFO: the report lists every failure; the CLI and /reindex show it.
@@ -307,6 +308,9 @@ class _Run:
             self.report.chunks_total = await asyncio.to_thread(store.count)
             return self.finish(start)
         finally:
+            # Closed now, not when collected: a run stopped while it embeds (cancelled, timed
+            # out) stops its fetches, and kills the processes converting pages, at once.
+            await items.aclose()
             for task in self.writes:
                 task.cancel()
             if self.version is not None:  # failed midway: the live index was never touched

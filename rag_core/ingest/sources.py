@@ -32,7 +32,9 @@ deletes indexed pages.
 
 Pages are fetched by web.py (polite, capped, retried; see there) behind the SSRF guard of
 url_guard.py; files and pages are decoded and parsed by formats.py. Sitemaps and pages are parsed
-off the event loop: a huge file stalls no other fetch.
+off the event loop: a huge file stalls no other fetch. HTML is converted in worker processes
+(parse_pool.py), each page or file under Settings.page_parse_cpu_s seconds of CPU; the workers
+live as long as the load_sources call, so a cancelled run stops converting at once.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import logging
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
@@ -60,7 +62,8 @@ from .formats import (
     non_empty,
     parse_markdown,
 )
-from .html_text import html_to_page
+from .html_text import HtmlPage, html_to_page
+from .parse_pool import ParsePool, default_workers
 from .url_guard import split_url, url_problem
 from .web import Reply, Web
 
@@ -80,13 +83,17 @@ _NOT_PAGE_SUFFIXES = (
 )  # fmt: skip
 
 
-async def load_sources(specs: Sequence[str], settings: Settings) -> AsyncIterator[LoadResult]:
+async def load_sources(
+    specs: Sequence[str], settings: Settings
+) -> AsyncGenerator[LoadResult, None]:
     """Load every spec (see the module docstring) concurrently, yielding pages as they are ready."""
     # Bounded, so a slow consumer (the embedder) holds back the fetchers instead of memory filling.
     queue: asyncio.Queue[LoadResult | None] = asyncio.Queue(maxsize=2 * settings.fetch_concurrency)
 
-    async with Web(settings) as fetcher:
-        web = _WebSpecs(fetcher)
+    # Closing the pool (also when the consumer stops early) kills its workers mid-page.
+    parsing = ParsePool(settings.page_parse_cpu_s, default_workers(settings.fetch_concurrency))
+    async with Web(settings) as fetcher, parsing:
+        web = _WebSpecs(fetcher, parsing)
 
         async def run(spec: str) -> None:
             try:
@@ -129,9 +136,9 @@ async def _load_spec(
         else:
             await web.load_url(spec, emit)
     else:
-        folder = load_folder(Path(spec), spec, settings.docs_base_url, settings.fetch_max_bytes)
-        for item in await asyncio.to_thread(list, folder):  # file reads off the event loop
-            await emit(item)
+        files = _read_folder(Path(spec), spec, settings.docs_base_url, settings.fetch_max_bytes)
+        for item in await asyncio.to_thread(list, files):  # file reads off the event loop
+            await emit(await item.convert(web.parsing) if isinstance(item, _HtmlFile) else item)
 
 
 def _unexpected(where: str, exc: BaseException) -> str:
@@ -149,8 +156,51 @@ def _unexpected(where: str, exc: BaseException) -> str:
 # --- local files ---
 
 
+@dataclass
+class _HtmlFile:
+    """A local HTML file, read and decoded; converting it to text is still to do."""
+
+    doc_id: str
+    url: str
+    stem: str
+    html: str
+    spec: str
+
+    async def convert(self, parsing: ParsePool) -> LoadResult:
+        """Its Document, converted in a worker process under the CPU budget."""
+        try:
+            return self.document(await parsing.run(html_to_page, self.html, self.url))
+        except Exception as exc:
+            return _file_failure(self.doc_id, self.spec, exc)
+
+    def convert_here(self) -> LoadResult:
+        """Its Document, converted in this thread."""
+        try:
+            return self.document(html_to_page(self.html, self.url))
+        except Exception as exc:
+            return _file_failure(self.doc_id, self.spec, exc)
+
+    def document(self, page: HtmlPage) -> Document:
+        title = page.title or self.stem
+        return non_empty(
+            Document(self.doc_id, self.url, title, page.text, "markdown", self.spec, page.anchors)
+        )
+
+
 def load_folder(root: Path, spec: str, base_url: str, max_bytes: int) -> Iterator[LoadResult]:
-    """Every supported file under `root` (or `root` itself if it is a file), in sorted order."""
+    """Every supported file under `root` (or `root` itself if it is a file), in sorted order.
+
+    HTML is converted in this thread, without a CPU budget (load_sources converts it in a
+    worker process under one).
+    """
+    for item in _read_folder(root, spec, base_url, max_bytes):
+        yield item.convert_here() if isinstance(item, _HtmlFile) else item
+
+
+def _read_folder(
+    root: Path, spec: str, base_url: str, max_bytes: int
+) -> Iterator[LoadResult | _HtmlFile]:
+    """load_folder's files, HTML files read but not converted."""
     root = root.expanduser().resolve()
     if root.is_file():
         yield _load_file(root, root.name, spec, base_url, max_bytes)
@@ -168,7 +218,9 @@ def load_folder(root: Path, spec: str, base_url: str, max_bytes: int) -> Iterato
             yield _load_file(path, path.relative_to(root).as_posix(), spec, base_url, max_bytes)
 
 
-def _load_file(path: Path, rel: str, spec: str, base_url: str, max_bytes: int) -> LoadResult:
+def _load_file(
+    path: Path, rel: str, spec: str, base_url: str, max_bytes: int
+) -> LoadResult | _HtmlFile:
     doc_id = str(path)
     try:
         size = path.stat().st_size
@@ -183,20 +235,21 @@ def _load_file(path: Path, rel: str, spec: str, base_url: str, max_bytes: int) -
             title = md.meta.get("title") or md.h1 or path.stem
             doc = Document(doc_id, url, title, md.body, "markdown", spec, md.anchors)
         elif kind == "html":
-            url = _public_url(base_url, rel, path)
-            page = html_to_page(text, url)
-            title = page.title or path.stem
-            doc = Document(doc_id, url, title, page.text, "markdown", spec, page.anchors)
+            return _HtmlFile(doc_id, _public_url(base_url, rel, path), path.stem, text, spec)
         else:
             url = _public_url(base_url, rel, path)
             doc = Document(doc_id, url, path.stem, text.strip(), "text", spec)
         return non_empty(doc)
     except OSError as exc:
         return SourceFailure(doc_id, f"unreadable: {exc.strerror or exc}", spec)
-    except PageError as exc:
-        return SourceFailure(doc_id, exc.reason, spec)
     except Exception as exc:  # a bug on one file must not stop the rest of the folder
-        return SourceFailure(doc_id, _unexpected(doc_id, exc), spec)
+        return _file_failure(doc_id, spec, exc)
+
+
+def _file_failure(doc_id: str, spec: str, exc: Exception) -> SourceFailure:
+    if isinstance(exc, PageError):
+        return SourceFailure(doc_id, exc.reason, spec)
+    return SourceFailure(doc_id, _unexpected(doc_id, exc), spec)
 
 
 def _public_url(base_url: str, rel: str, path: Path) -> str:
@@ -212,9 +265,10 @@ def _public_url(base_url: str, rel: str, path: Path) -> str:
 class _WebSpecs:
     """The web specs (a page, a sitemap, a crawl) of one load_sources call, fetched by one Web."""
 
-    def __init__(self, web: Web) -> None:
+    def __init__(self, web: Web, parsing: ParsePool) -> None:
         self.web = web
         self.settings = web.settings
+        self.parsing = parsing  # converts HTML, for the local folders too
 
     async def load_url(self, spec: str, emit: Callable[[LoadResult], Awaitable[None]]) -> None:
         """A page, or a sitemap whose pages are loaded."""
@@ -356,8 +410,7 @@ class _WebSpecs:
             reply = await self.web.fetch(url)
             if reply.kind == "xml":
                 raise PageError("unsupported content type: XML")
-            # Parsing a big page takes a while: off the event loop, so other fetches keep going.
-            return await asyncio.to_thread(_reply_to_document, reply, spec)
+            return await _reply_to_document(reply, spec, self.parsing)
         except PageError as exc:
             return SourceFailure(url, exc.reason, spec, gone=exc.gone), []
         except Exception as exc:  # a parser bug on one page must not stop the others
@@ -365,7 +418,7 @@ class _WebSpecs:
 
     async def _to_result(self, reply: Reply, spec: str) -> LoadResult:
         try:
-            doc, _ = await asyncio.to_thread(_reply_to_document, reply, spec)
+            doc, _ = await _reply_to_document(reply, spec, self.parsing)
             return doc
         except PageError as exc:
             return SourceFailure(reply.url, exc.reason, spec)
@@ -377,23 +430,31 @@ def _pages_cap_reason(max_pages: int) -> str:
     return f"stopped at {max_pages} pages (SOURCE_MAX_PAGES)"
 
 
-def _reply_to_document(reply: Reply, spec: str) -> tuple[Document, list[str]]:
-    text = decode(reply.body, reply.charset, html=reply.kind == "html")
+async def _reply_to_document(
+    reply: Reply, spec: str, parsing: ParsePool
+) -> tuple[Document, list[str]]:
+    """A page and its links. Off the event loop, so other fetches keep going: HTML in a worker
+    process (under the CPU budget), the rest in a thread."""
+    if reply.kind != "html":
+        return await asyncio.to_thread(_text_reply_to_document, reply, spec), []
+    text = await asyncio.to_thread(decode, reply.body, reply.charset, html=True)
+    page = await parsing.run(html_to_page, text, reply.url)
+    title = page.title or _title_from_url(reply.url)
+    doc = Document(reply.url, reply.url, title, page.text, "markdown", spec, page.anchors)
+    return non_empty(doc), page.links
+
+
+def _text_reply_to_document(reply: Reply, spec: str) -> Document:
+    text = decode(reply.body, reply.charset)
     url = reply.url
     fallback_title = _title_from_url(url)
-    links: list[str] = []
-    if reply.kind == "html":
-        page = html_to_page(text, url)
-        title = page.title or fallback_title
-        doc = Document(url, url, title, page.text, "markdown", spec, page.anchors)
-        links = page.links
-    elif reply.kind == "markdown":
+    if reply.kind == "markdown":
         md = parse_markdown(text)
         title = md.meta.get("title") or md.h1 or fallback_title
         doc = Document(url, url, title, md.body, "markdown", spec, md.anchors)
     else:
         doc = Document(url, url, fallback_title, text.strip(), "text", spec)
-    return non_empty(doc), links
+    return non_empty(doc)
 
 
 def _title_from_url(url: str) -> str:
