@@ -171,6 +171,7 @@ class AnswerPath:
         self.home = Home(settings)  # which verified answers may answer where
         self.queue = AnswerQueue(settings.max_concurrent_answers, settings.max_queued_answers)
         self.answering: set[asyncio.Task[object]] = set()
+        self.stopped = False  # set by stop(): no new work should start
         self._cooldowns: dict[int, app_commands.Cooldown] = {}
         self._told_to_wait: dict[int, float] = {}  # user -> end of the window they were told of
         self._told: set[int] = set()  # channels whose missing permission was logged
@@ -271,6 +272,7 @@ class AnswerPath:
     async def stop(self) -> None:
         """Shutdown: stop answers in flight (aborting their generation) while HTTP still works,
         so each user sees a clear message instead of a message stuck half-way."""
+        self.stopped = True
         tasks = [t for t in self.answering if not t.done()]
         for task in tasks:
             task.cancel()

@@ -61,7 +61,12 @@ class ForumQueue:
     async def start(self, ready: Callable[[], Awaitable[object]]) -> None:
         """Take up the posts queued before a restart; answer them, and new ones, once `ready()`
         returns (the bot's `wait_until_ready`)."""
-        for post in await self.store.queued_forum_posts():
+        try:
+            queued = await self.store.queued_forum_posts()
+        except Exception:  # conversations still work; those posts wait for the next start
+            log.exception("could not read the forum queue: its posts are not resumed")
+            queued = []
+        for post in queued:
             self._waiting.setdefault(post.post_id, post)
         if self._waiting:
             log.info("%d forum posts still wait for an answer: resumed", len(self._waiting))
@@ -123,6 +128,8 @@ class ForumQueue:
 
     def _slot_free(self) -> bool:
         queue = self.path.queue
+        if self.path.stopped:  # shutting down: what waits, waits for the next start
+            return False
         return len(self._answering) < queue.slots and not queue.full()
 
     async def _answer(self, post: QueuedPost) -> None:
