@@ -568,6 +568,43 @@ async def test_an_admin_cancels_a_running_reindex(indexed: Indexed, tmp_path: Pa
     w.fake.assert_clean()
 
 
+async def test_cancel_stops_converting_hostile_pages_while_ask_answers(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    """Pages built to take minutes to convert use CPU in worker processes, not in the bot:
+    /ask is answered meanwhile, and `/reindex cancel:True` kills the workers within seconds."""
+    import psutil
+
+    from tests.test_html_bounds import converting, parse_workers, tag_soup
+    from tests.web_fixtures import LocalSite, Reply
+
+    rag = indexed.with_settings(ShapedGenerator(indexed.rag.generator, max_tokens=8))
+    hostile = Reply.html(tag_soup(4_900_000))  # under FETCH_MAX_BYTES; 20 s of CPU each
+    async with (
+        LocalSite({"/robots.txt": Reply(status=404)}) as site,
+        running_bot(rag, tmp_path, reindex_allowed_hosts=["127.0.0.1"]) as w,
+    ):
+        pages = [f"/hostile{i}" for i in range(4)]
+        site.routes.update({path: hostile for path in pages})
+        urls = "".join(f"<url><loc>{site.url(path)}</loc></url>" for path in pages)
+        site.routes["/sitemap.xml"] = Reply.xml(f"<urlset>{urls}</urlset>")
+        run = await w.fake.invoke("reindex", {"source": site.url("/sitemap.xml")}, user=w.admin)
+        await run.wait_for(lambda i: "Reindexing" in (i.content or ""), timeout=10)
+        await converting()
+        ask = await w.fake.invoke("ask", {"question": QUESTION}, user=w.alice)
+        await wait_answered(ask)
+        assert "**Sources**" in (ask.content or "")
+        busy = await converting()  # still at it: the pages take far longer than the answer
+        stop = await w.fake.invoke("reindex", {"cancel": True}, user=w.admin)
+        cancelled = time.monotonic()
+        _, alive = await asyncio.to_thread(psutil.wait_procs, busy, timeout=5)
+        assert not alive and time.monotonic() - cancelled < 5
+        await stop.wait_done()
+        await run.wait_for(lambda i: "cancelled by an admin" in (i.content or ""), timeout=10)
+        assert not parse_workers()
+    w.fake.assert_clean()
+
+
 # --------------------------------------------------------------------------- abuse control, load
 
 
