@@ -52,7 +52,7 @@ class ParsePool:
         self.cpu_s = cpu_s
         self._slots = asyncio.Semaphore(workers)
         self._idle: list[_Worker] = []
-        self._workers: set[_Worker] = set()
+        self._workers: list[_Worker] = []  # every worker started, killed ones included
         self._closed = False
 
     async def __aenter__(self) -> ParsePool:
@@ -74,7 +74,7 @@ class ParsePool:
             try:
                 ok, value = await worker.call(fn, args, self.cpu_s)
             except BaseException:  # out of budget, dead, or the caller was cancelled mid-job
-                self._discard(worker)
+                self._kill(worker)
                 raise
             self._idle.append(worker)
         if not ok:
@@ -86,10 +86,9 @@ class ParsePool:
     async def close(self) -> None:
         """Kill every worker, busy or idle, and wait for them to be gone."""
         self._closed = True
-        workers = list(self._workers)
-        for worker in workers:
-            self._discard(worker)
-        await asyncio.gather(*(worker.process.wait() for worker in workers))
+        for worker in self._workers:
+            self._kill(worker)
+        await asyncio.gather(*(worker.process.wait() for worker in self._workers))
 
     async def _start(self) -> _Worker:
         env = dict(os.environ)
@@ -103,18 +102,18 @@ class ParsePool:
             env=env,
         )
         worker = _Worker(process)
-        self._workers.add(worker)
+        self._workers.append(worker)
         try:
             # The parent's import path: a job's function is found where the parent found it.
             await worker.send(pickle.dumps(sys.path))
         except BaseException:
-            self._discard(worker)
+            self._kill(worker)
             raise
         log.debug("parse worker %d started", process.pid)
         return worker
 
-    def _discard(self, worker: _Worker) -> None:
-        self._workers.discard(worker)
+    def _kill(self, worker: _Worker) -> None:
+        """Stop a worker now; it is never reused (close() waits for it to be gone)."""
         if worker in self._idle:
             self._idle.remove(worker)
         if worker.process.returncode is None:

@@ -19,6 +19,7 @@ import signal
 import struct
 import sys
 import traceback
+from contextlib import suppress
 from typing import IO, Any
 
 HEADER = struct.Struct("!Q")
@@ -30,10 +31,14 @@ def main() -> None:
     # Kill at the end of the budget, even if the parent ignored or blocked SIGPROF.
     signal.signal(signal.SIGPROF, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPROF})
-    try:
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with suppress(OSError):
         os.nice(10)  # parsing is background work: questions asked meanwhile go first
-    except OSError:
-        pass
+    # A page's tree takes hundreds of bytes per element: if memory runs out, the kernel ends
+    # this worker (its page fails) rather than the bot (Linux only).
+    with suppress(OSError), open("/proc/self/oom_score_adj", "w") as adj:
+        adj.write("1000")
     paths = read_frame(requests)
     if paths is None:
         return
@@ -76,7 +81,10 @@ def _picklable(reply: tuple[bool, Any]) -> bytes:
     """The pickled reply; an error carries its traceback as text (its frames do not pickle)."""
     ok, value = reply
     if not ok:
-        value.remote_traceback = "".join(traceback.format_exception(value))
+        try:
+            value.remote_traceback = "".join(traceback.format_exception(value))
+        except Exception:  # an exception that takes no attributes keeps its message only
+            pass
     try:
         return pickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
