@@ -70,8 +70,8 @@ class Settings(BaseSettings):
     fetch_page_deadline_s: float = Field(
         60.0, gt=0, description="Total time for one page over all its tries and redirects, seconds"
     )
-    # A 5 MB page of real docs takes 2 to 4 s; nested markup built to be slow takes longer and
-    # fails alone (docs/indexing.md).
+    # Real 8.5 MB docs pages (rustdoc source, Node's all.html) take 6 to 7 s on a busy 2-core
+    # host; 5 MB of nested tags built to be slow take longer and fail alone (docs/indexing.md).
     page_parse_cpu_s: float = Field(
         20.0,
         gt=0,
