@@ -104,7 +104,7 @@ def parse_workers() -> list[psutil.Process]:
         try:
             if WORKER in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
                 found.append(child)
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # gone meanwhile
             pass
     return found
 
@@ -168,6 +168,6 @@ async def converting(timeout: float = 30) -> list[psutil.Process]:
             try:
                 if any(sum(w.cpu_times()[:2]) > 0.5 for w in workers):
                     return workers
-            except psutil.NoSuchProcess:
+            except psutil.Error:
                 pass
             await asyncio.sleep(0.05)
