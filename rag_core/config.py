@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         "BAAI/bge-base-en-v1.5", description="sentence-transformers model name or local path"
     )
     embedding_device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:1")
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="torch; on CPU hosts onnx = ONNX Runtime, exported once into "
+        "data_dir/models/onnx (same vectors, faster: docs/benchmarks.md); onnx-int8 = int8 "
+        "weights, faster still, slightly different vectors (measured recall in docs/models.md)",
+    )
     embedding_batch_size: int = Field(
         0, ge=0, description="Texts per encoder batch (0 = 128 on GPU, 8 on CPU)"
     )

@@ -102,6 +102,8 @@ async def open_rag(
                 settings.embedding_model,
                 device=settings.embedding_device,
                 batch_size=settings.embedding_batch_size,
+                backend=settings.embedding_backend,
+                onnx_cache=settings.data_dir / "models" / "onnx",
             )
         chunker = Chunker(
             embedder.count_tokens,

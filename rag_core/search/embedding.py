@@ -1,5 +1,7 @@
 """Embedder: sentence-transformers (BGE by default), normalized vectors, batched, GPU if any.
 
+On CPU hosts EMBEDDING_BACKEND=onnx runs the same model in ONNX Runtime (onnx_encoder.py).
+
 One worker thread owns the model and serves two queues. Queries go first and all the queries
 waiting are encoded in one call (concurrent questions share a forward pass); passages are encoded
 one batch at a time, so a question asked during a reindex waits for one batch, not the whole job.
@@ -10,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import EmbeddingError
 from ..model_source import check_model_available
+from .onnx_encoder import BACKENDS, OnnxEncoder
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +98,26 @@ def resolve_device(device: str) -> str:
 class Embedder:
     """Turns passages and queries into unit-length vectors (cosine = inner product)."""
 
-    def __init__(self, model_name: str, *, device: str = "auto", batch_size: int = 0) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        device: str = "auto",
+        batch_size: int = 0,
+        backend: str = "torch",
+        onnx_cache: Path | None = None,
+    ) -> None:
+        """`backend` onnx or onnx-int8 runs the model in ONNX Runtime on CPU (onnx_encoder.py),
+        exported once into `onnx_cache` (DATA_DIR/models/onnx)."""
         check_model_available(model_name, setting="EMBEDDING_MODEL", what="embedding model")
         from sentence_transformers import SentenceTransformer
 
+        if backend not in BACKENDS:
+            raise EmbeddingError(detail=f"unknown embedding backend {backend!r}: {BACKENDS}")
         self.model_name = model_name
-        self.device = resolve_device(device)
+        self.backend = backend
+        # ONNX Runtime runs here on CPU only (the GPU path stays torch, fp16).
+        self.device = "cpu" if backend != "torch" else resolve_device(device)
         # Measured (docs/benchmarks.md): on an H100 batches of 128 are 1.5-2.6x faster than 32;
         # on CPU batches of 8 are 1.15x faster than 32 (less padding) and keep queries' wait short.
         self.batch_size = batch_size or (128 if self.device.startswith("cuda") else 8)
@@ -110,6 +129,10 @@ class Embedder:
             ) from exc
         if self.device.startswith("cuda"):
             self._model.half()  # fp16 on GPU: ~2x throughput, same rankings for BGE
+        self._onnx: OnnxEncoder | None = None
+        if backend != "torch":
+            cache = onnx_cache or Path(tempfile.gettempdir()) / "rag-core-onnx"
+            self._onnx = OnnxEncoder(self._model, model_name, backend, cache)
         self.dim = int(self._model.get_embedding_dimension() or 0)
         # The encoder truncates past this many tokens: chunks are sized to stay under it.
         self.max_tokens = int(self._model.max_seq_length or 512)
@@ -118,10 +141,10 @@ class Embedder:
         self.passage_prefix = self.family.passage_prefix
         # Counting tokens runs tens of thousands of times per reindex: go straight to the Rust
         # tokenizer (same ids as the transformers wrapper, ~1/3 of the cost per call).
-        backend = getattr(self._model.tokenizer, "backend_tokenizer", None)
+        rust = getattr(self._model.tokenizer, "backend_tokenizer", None)
         self._counter = None
-        if backend is not None:
-            self._counter = copy.deepcopy(backend)
+        if rust is not None:
+            self._counter = copy.deepcopy(rust)
             self._counter.no_truncation()
             self._counter.no_padding()
         self._cond = threading.Condition()
@@ -131,11 +154,12 @@ class Embedder:
         self._worker = threading.Thread(target=self._serve, name="embedder", daemon=True)
         self._worker.start()
         log.info(
-            "embedding model %s (%s%s) on %s: dim=%d max_tokens=%d",
+            "embedding model %s (%s%s) on %s%s: dim=%d max_tokens=%d",
             model_name,
             self.family.name,
             ", multilingual" if self.family.multilingual else "",
             self.device,
+            f" ({backend})" if backend != "torch" else "",
             self.dim,
             self.max_tokens,
         )
@@ -252,6 +276,8 @@ class Embedder:
 
     def _encode(self, texts: list[str], *, batch_size: int) -> np.ndarray:
         try:
+            if self._onnx is not None:  # callers pass one batch: one padded run
+                return self._onnx.encode(texts)
             vectors = self._model.encode(
                 texts,
                 batch_size=batch_size,

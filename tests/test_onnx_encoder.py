@@ -1,0 +1,88 @@
+"""EMBEDDING_BACKEND=onnx: the real MiniLM exported to ONNX, run by the real onnxruntime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_core.search.embedding import Embedder
+from rag_core.search.onnx_encoder import export_key
+
+from .conftest import offline_model_path
+
+TEXTS = [
+    "How do I create an HNSW index?",
+    "hi",
+    "Milvus is a vector database built for scalable similarity search. " * 12,
+    "What does nlist control in IVF_FLAT, and how do I pick it for a million vectors?",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(onnx_cache: Path):
+    stale = onnx_cache / "model-onnx" / "0123456789abcdef.onnx"  # an export of older files
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    embedder = Embedder(offline_model_path(), backend="onnx", onnx_cache=onnx_cache)
+    assert not stale.exists()
+    yield embedder
+    embedder.close()
+
+
+def test_onnx_vectors_match_torch_padded_or_alone(embedder, onnx_embedder) -> None:
+    torch_vectors = embedder.embed_passages(TEXTS)
+    batch = onnx_embedder.embed_passages(TEXTS)  # one padded batch: short texts carry padding
+    alone = np.stack([onnx_embedder.embed_query(t) for t in TEXTS])
+    assert batch.dtype == np.float32 and batch.shape == (len(TEXTS), embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    assert (batch * torch_vectors).sum(axis=1).min() > 0.9999
+    assert (alone * torch_vectors).sum(axis=1).min() > 0.9999
+    assert onnx_embedder.count_tokens(TEXTS[0]) == embedder.count_tokens(TEXTS[0])
+    assert onnx_embedder.max_tokens == embedder.max_tokens
+
+
+async def test_concurrent_onnx_queries_share_a_run(onnx_embedder) -> None:
+    import asyncio
+
+    vectors = await asyncio.gather(*(onnx_embedder.aembed_query(t) for t in TEXTS))
+    alone = [onnx_embedder.embed_query(t) for t in TEXTS]
+    for got, want in zip(vectors, alone, strict=True):
+        assert float(got @ want) > 0.9999
+
+
+def test_export_is_cached_and_stale_ones_removed(onnx_cache: Path, onnx_embedder) -> None:
+    """The fixture's export replaced a stale file; the same folder and options reuse it."""
+    (path,) = (onnx_cache / "model-onnx").glob("*.onnx")
+    made = path.stat().st_mtime_ns
+    again = Embedder(offline_model_path(), backend="onnx", onnx_cache=onnx_cache)
+    again.close()
+    assert path.stat().st_mtime_ns == made  # reused, not exported again
+
+
+def test_export_key_follows_the_model_files_and_options(onnx_embedder, tmp_path: Path) -> None:
+    folder = tmp_path / "all-MiniLM-L6-v2"
+    shutil.copytree(offline_model_path(), folder, copy_function=_link_or_copy)
+    model = onnx_embedder._model
+    key = export_key(model, str(folder), "onnx")
+    assert export_key(model, str(folder), "onnx") == key
+    assert export_key(model, str(folder), "onnx-int8") != key
+    config = folder / "config.json"
+    text = config.read_text()
+    config.unlink()  # a new file (the copy is a hard link to the package's)
+    config.write_text(text + "\n")
+    assert export_key(model, str(folder), "onnx") != key
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
