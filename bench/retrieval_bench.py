@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/retrieval_bench.py                  # every engine, whole Milvus docs
     .venv/bin/python bench/retrieval_bench.py --engines lite,lite-nobatch --levels 1,32
+    .venv/bin/python bench/retrieval_bench.py --engines lite --backends torch,onnx,onnx-int8
 
 The corpus is the rows of a real index of the whole Milvus docs (chunks, stored vectors: every
 engine searches the same data), cached in bench/.cache/milvus-docs-rows.pkl. Without the cache:
@@ -11,7 +12,8 @@ with EMBEDDING_MODEL set to the offline MiniLM and DATA_DIR=/tmp/idx, then
 3.x: run `export` with .venv-milvus-server/bin/python, which needs only pymilvus).
 
 Engines, each in a process of its own (the embedder, MiniLM on CPU, runs in that process, as in
-the bot):
+the bot; `--backends` runs each engine once per EMBEDDING_BACKEND, the ONNX exports cached in
+bench/.cache/onnx; the stored vectors are the index's, whatever the backend):
 - lite: milvus-lite 2.5 (the project's), a native engine in a child process;
 - lite-nobatch: the same, every search sent alone (no nq > 1 batching);
 - lite3: milvus-lite 3.x inside the bot's process (how the bot ran before), from
@@ -103,6 +105,7 @@ async def child(args: argparse.Namespace) -> None:
     """One engine: index the cached rows, then measure; prints one JSON line."""
     from rag_core.config import Settings
     from rag_core.documents import Chunk
+    from rag_core.search import embedding as embedding_module
     from rag_core.search import store as store_module
     from rag_core.search.embedding import Embedder
     from rag_core.search.retrieval import Retriever
@@ -110,9 +113,11 @@ async def child(args: argparse.Namespace) -> None:
 
     if args.engine == "lite-nobatch":
         store_module._MAX_SEARCH_BATCH = 1  # type: ignore[attr-defined]
+    if args.queries_per_call:  # 1: every question encoded in a call of its own
+        embedding_module._MAX_QUERIES_PER_CALL = args.queries_per_call  # type: ignore[attr-defined]
     with open(ROWS, "rb") as f:
         rows = pickle.load(f)
-    embedder = Embedder(model_path(), device="cpu")
+    embedder = Embedder(model_path(), device="cpu", backend=args.backend, onnx_cache=CACHE / "onnx")
     tmp = tempfile.TemporaryDirectory()
     uri = args.uri or str(Path(tmp.name) / "kb.db")
     store = KnowledgeStore(uri, alias="bench")
@@ -213,10 +218,11 @@ def server_site_packages() -> Path:
     return next((SERVER_VENV / "lib").glob("python3*/site-packages"))
 
 
-def run_engine(engine: str, args: argparse.Namespace) -> dict:
+def run_engine(engine: str, backend: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ)
-    cmd = [sys.executable, __file__, "child", "--engine", engine]
+    cmd = [sys.executable, __file__, "child", "--engine", engine, "--backend", backend]
     cmd += ["--levels", args.levels, "--requests", str(args.requests), "--top-k", str(args.top_k)]
+    cmd += ["--queries-per-call", str(args.queries_per_call)]
     server = None
     tmp = tempfile.TemporaryDirectory()
     if engine == "lite3":
@@ -258,6 +264,10 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict:
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{engine} failed:\n{done.stderr[-3000:]}")
     result = json.loads(lines[-1])
+    if backend != "torch":
+        result["engine"] = f"{engine}, {backend}"
+    if args.queries_per_call:
+        result["engine"] += f", {args.queries_per_call} question(s) per encoder call"
     if engine in ("lite3", "server3"):  # .venv's metadata names its own milvus-lite
         result["milvus_lite"] = subprocess.run(
             [str(SERVER_VENV / "bin" / "python"), "-c",
@@ -310,7 +320,12 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--uri", help=argparse.SUPPRESS)
+    ap.add_argument("--backends", default="torch", help="EMBEDDING_BACKENDs, e.g. torch,onnx")
+    ap.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument(
+        "--queries-per-call", type=int, default=0, help="questions per encoder call (0: as shipped)"
+    )
     ap.add_argument("--requests", type=int, default=64, help="questions per level")
     ap.add_argument("--top-k", type=int, default=8)
     args = ap.parse_args()
@@ -323,8 +338,9 @@ def main() -> None:
             sys.exit(f"no corpus rows at {ROWS}: see the docstring (export)")
         results = []
         for engine in args.engines.split(","):
-            print(f"running {engine}...", file=sys.stderr, flush=True)
-            results.append(run_engine(engine, args))
+            for backend in args.backends.split(","):
+                print(f"running {engine} ({backend})...", file=sys.stderr, flush=True)
+                results.append(run_engine(engine, backend, args))
         report(results, [int(x) for x in args.levels.split(",")])
 
 

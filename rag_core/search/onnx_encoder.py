@@ -173,6 +173,10 @@ class OnnxEncoder:
         self.path = cached_export(model, model_name, backend, cache_dir)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: the cores are shared with Milvus Lite's engine, the
+        # event loop and the chunker. Measured on the loaded 2-core host (load 6): 32 questions
+        # in one run 379 ms without spinning, 517 ms with it; one question 6 vs 22 ms.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(self.path), options, providers=["CPUExecutionProvider"]
