@@ -135,7 +135,7 @@ def check_llm_settings(settings: Settings) -> CheckResult:
         return _fail(
             name,
             "LLM_BACKEND=remote but LLM_REMOTE_URL is empty",
-            "Set LLM_REMOTE_URL to the vLLM server's OpenAI base URL, e.g. http://vllm:8000/v1.",
+            "Set LLM_REMOTE_URL to the server's OpenAI base URL, e.g. http://vllm:8000/v1.",
         )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -148,9 +148,14 @@ def check_llm_settings(settings: Settings) -> CheckResult:
         return _warn(
             name,
             f"LLM_REMOTE_URL={_safe_url(url)} does not end in /v1",
-            f"vLLM serves its OpenAI API under /v1: try {url.rstrip('/')}/v1.",
+            f"vLLM, llama.cpp and Ollama serve their OpenAI API under /v1: try "
+            f"{url.rstrip('/')}/v1.",
         )
-    return _ok(name, f"remote vLLM server at {_safe_url(url)}")
+    return _ok(
+        name,
+        f"remote OpenAI-compatible server at {_safe_url(url)} "
+        f"(LLM_REMOTE_API={settings.llm_remote_api})",
+    )
 
 
 # Gate thresholds measured per embedding family (docs/evaluation.md): a cosine that means
@@ -455,7 +460,8 @@ def check_embedding_model(settings: Settings) -> tuple[CheckResult, int | None]:
 def check_llm_model(settings: Settings) -> CheckResult:
     """The LLM is reachable (local folder, cache or hub) and its tokenizer has a chat template.
 
-    Both backends need this: the bot renders prompts with the model's own tokenizer.
+    The local backend and /v1/completions render prompts with the model's own tokenizer; a
+    chat API (LLM_REMOTE_API=chat or auto) only counts tokens better with it.
     """
     name = "llm model"
     model = settings.llm_model
@@ -463,6 +469,14 @@ def check_llm_model(settings: Settings) -> CheckResult:
     try:
         located = locate_model(model, setting="LLM_MODEL", token=token)
     except _ModelProblem as p:
+        if settings.llm_backend == "remote" and settings.llm_remote_api != "completions":
+            return _warn(
+                name,
+                f"no tokenizer for {model} here: the chat API counts prompt tokens with the "
+                "server's tokenize endpoint, or estimates them (fewer passages fit)",
+                "Nothing needed. For exact budgets, make the model's tokenizer available here "
+                "(a Hugging Face name or a folder in LLM_MODEL).",
+            )
         return _fail(name, p.message, p.fix)
     if located.where == "hub":
         return _ok(name, f"{model}: {located.note}")
@@ -532,22 +546,31 @@ def check_local_engine(settings: Settings) -> CheckResult:
 
 
 async def check_remote_engine(settings: Settings) -> CheckResult:
-    """The remote server answers GET /models and serves LLM_MODEL."""
+    """The remote server answers GET /models and serves LLM_MODEL; which endpoint the bot will
+    use, the context, and the features that need vLLM."""
     import aiohttp
 
+    from rag_core.answer.llm import choose_api, find_tokenize, read_models
+
     name = "llm server"
-    url = settings.llm_remote_url.rstrip("/") + "/models"
+    base = settings.llm_remote_url.rstrip("/")
+    url = base + "/models"
     key = settings.llm_api_key.get_secret_value()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     shown = _safe_url(url)
+    tokenize: str | None = None
     try:
         timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S * 2)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, headers=headers) as resp,
-        ):
-            status = resp.status
-            body = await resp.text() if status == 200 else ""
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+            async with session.get(url) as resp:
+                status = resp.status
+                body = await resp.text() if status == 200 else ""
+            if status == 200:
+                with contextlib.suppress(ValueError):
+                    vllm = read_models(json.loads(body)).vllm
+                    model = settings.llm_model
+                    root = base.removesuffix("/v1")
+                    tokenize = await find_tokenize(session, root, model, vllm=vllm)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return _fail(
             name,
@@ -566,18 +589,57 @@ async def check_remote_engine(settings: Settings) -> CheckResult:
             "LLM_REMOTE_URL must be the server's OpenAI base URL, e.g. http://vllm:8000/v1.",
         )
     try:
-        served = [str(m["id"]) for m in json.loads(body)["data"]]
-    except (ValueError, KeyError, TypeError):
-        return _fail(name, f"{shown} did not answer an OpenAI model list", "Is it a vLLM server?")
+        info = read_models(json.loads(body))
+    except ValueError:
+        return _fail(
+            name,
+            f"{shown} did not answer an OpenAI model list",
+            "Is it an OpenAI-compatible server? LLM_REMOTE_URL ends in its /v1.",
+        )
+    served = info.served
     if settings.llm_model not in served:
         return _fail(
             name,
             f"the server serves {', '.join(served) or 'nothing'}, not LLM_MODEL="
             f"{settings.llm_model}",
-            f"Start vLLM with `--model {settings.llm_model}` (or `--served-model-name "
+            f"Serve the model under that name (vLLM: `--served-model-name "
             f"{settings.llm_model}`), or set LLM_MODEL to the served model.",
         )
-    return _ok(name, f"{shown} serves {settings.llm_model}")
+    has_tokenizer = _tokenizer_here(settings)
+    api = choose_api(settings.llm_remote_api, vllm=info.vllm, tokenizer=has_tokenizer)
+    endpoint = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+    context = (
+        f"context {info.max_model_len} tokens"
+        if info.max_model_len
+        else f"context not reported (LLM_MAX_MODEL_LEN={settings.llm_max_model_len} assumed: "
+        "set it to the server's)"
+    )
+    counting = (
+        "the model's tokenizer"
+        if has_tokenizer
+        else f"its {tokenize} tokenize endpoint"
+        if tokenize
+        else "an estimate"
+    )
+    kind = "vLLM" if info.vllm else "OpenAI-compatible"
+    message = f"{shown} ({kind}) serves {settings.llm_model} on {endpoint}, {context}, "
+    message += f"prompts counted with {counting}"
+    if settings.rerank == "llm" and not (info.vllm and has_tokenizer):
+        return _warn(
+            name,
+            message + "; RERANK=llm needs prompt log-probabilities (vLLM with the model's "
+            "tokenizer here): answers keep the retrieval order",
+            "Use a vLLM server with LLM_MODEL's tokenizer available here, or set RERANK=off.",
+        )
+    return _ok(name, message)
+
+
+def _tokenizer_here(settings: Settings) -> bool:
+    """The LLM's tokenizer is on this machine (a folder or the Hugging Face cache)."""
+    from rag_core.model_source import is_cached, looks_like_path
+
+    model = settings.llm_model
+    return Path(model).expanduser().is_dir() if looks_like_path(model) else is_cached(model)
 
 
 # -- storage --------------------------------------------------------------------------------------

@@ -177,14 +177,31 @@ class Settings(BaseSettings):
     )
     llm_model: str = Field("Qwen/Qwen2.5-7B-Instruct", description="HF model name or local path")
     llm_remote_url: str = Field(
-        "", description="Base URL of a vLLM OpenAI-compatible server, e.g. http://gpu1:8000/v1"
+        "",
+        description="Base URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama, "
+        "LM Studio, a hosted API), e.g. http://gpu1:8000/v1",
     )
-    llm_api_key: SecretStr = Field(SecretStr(""), description="API key for the remote server")
+    # docs/models.md: the settings for each kind of server.
+    llm_remote_api: Literal["auto", "chat", "completions"] = Field(
+        "auto",
+        description="Endpoint of the remote server: chat = /v1/chat/completions (the server "
+        "applies its chat template; any OpenAI-compatible server), completions = "
+        "/v1/completions with the prompt rendered here (needs the model's tokenizer), auto = "
+        "completions on a vLLM server whose model's tokenizer is here, else chat",
+    )
+    llm_api_key: SecretStr = Field(
+        SecretStr(""), description="API key for the remote server (sent as a Bearer token)"
+    )
     llm_dtype: str = Field(
         "auto",
         description="auto (float32 on CPUs without bf16 instructions), bfloat16, float16, float32",
     )
-    llm_max_model_len: int = Field(8192, ge=256, description="Context window given to the engine")
+    llm_max_model_len: int = Field(
+        8192,
+        ge=256,
+        description="Context window given to the engine (remote: the server's context, where "
+        "the server does not report it; vLLM does)",
+    )
     llm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU memory share")
     llm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
     llm_kv_cache_bytes: int = Field(

@@ -71,6 +71,14 @@ class GenerationTimeout(GenerationError):
     user_message = "The answer took too long and was stopped. Please try a shorter question."
 
 
+class ContextLengthError(GenerationError):
+    """The prompt does not fit the model's context (counted here, or refused by the server)."""
+
+    user_message = (
+        "The question and its context are too long for the model. Please ask a shorter question."
+    )
+
+
 class EngineDeadError(GenerationError):
     user_message = (
         "The answer engine stopped unexpectedly; it is being restarted. Please ask again."

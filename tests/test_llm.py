@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import math
 import time
 from collections.abc import Callable
@@ -162,7 +163,12 @@ async def scripted_server():
 async def test_http_errors_are_mapped(llm_settings, scripted_server):
     url, replies, seen = scripted_server
     settings = llm_settings.model_copy(
-        update={"llm_backend": "remote", "llm_remote_url": url, "llm_api_key": SecretStr("s3cret")}
+        update={
+            "llm_backend": "remote",
+            "llm_remote_url": url,
+            "llm_api_key": SecretStr("s3cret"),
+            "llm_remote_api": "completions",
+        }
     )
     gen = await create_generator(settings)
     try:
@@ -427,3 +433,179 @@ async def test_scoring_a_continuation_is_the_same_locally_and_on_a_server(
     assert math.isfinite(await local_generator.continuation_logprob(long_prefix, continuation))
     with pytest.raises(errors.GenerationError):
         await local_generator.continuation_logprob(prefix, "")
+
+
+# --- any OpenAI-compatible server: /v1/chat/completions, no local tokenizer ---------------------
+
+
+def remote_settings(llm_settings, url: str, **update: object):
+    return llm_settings.model_copy(
+        update={
+            "llm_backend": "remote",
+            "llm_remote_url": url,
+            "llm_api_key": SecretStr(SERVER_API_KEY),
+            **update,
+        }
+    )
+
+
+@pytest.mark.slow
+async def test_auto_picks_completions_on_vllm_and_chat_streams_the_same_prompt(
+    remote_generator, llm_settings, vllm_server
+):
+    """On vLLM with the tokenizer here `auto` keeps /completions; /chat/completions sends the
+    messages and the server's template counts them as the local one does."""
+    assert remote_generator.api == "completions" and remote_generator.can_score
+    gen = await create_generator(remote_settings(llm_settings, vllm_server, llm_remote_api="chat"))
+    try:
+        assert isinstance(gen, RemoteGenerator) and gen.api == "chat" and gen.server.vllm
+        prompt = gen.render(MESSAGES)
+        chunks, _ = await collect(gen, prompt, max_tokens=24)
+        assert len(chunks) >= 4 and chunks[-1].finished and chunks[-1].finish_reason == "length"
+        assert chunks[-1].completion_tokens == 24
+        assert chunks[-1].prompt_tokens == gen.count_tokens(prompt)
+    finally:
+        await gen.aclose()
+
+
+@pytest.mark.slow
+async def test_without_a_local_tokenizer_the_server_counts_and_scoring_is_off(
+    remote_generator, llm_settings, vllm_server, caplog
+):
+    """A model name with no tokenizer here (a hosted model's): chat API, the server's tokenize
+    endpoint counts the prompt exactly, RERANK=llm says it cannot score; the context the server
+    names in its "too long" error replaces a larger LLM_MAX_MODEL_LEN."""
+    from rag_core.search.rerank import make_reranker
+
+    settings = remote_settings(llm_settings, vllm_server, llm_model="hosted/not-here", rerank="llm")
+    gen = await create_generator(settings)
+    try:
+        assert isinstance(gen, RemoteGenerator) and gen._tokenizer is None
+        assert gen.api == "chat" and gen.server.tokenize == "vllm" and not gen.can_score
+        prompt = gen.render(MESSAGES)
+        chunks, _ = await collect(gen, prompt, max_tokens=8)
+        exact = remote_generator.count_tokens(remote_generator.render(MESSAGES))
+        assert chunks[-1].prompt_tokens == exact and chunks[-1].completion_tokens == 8
+        assert gen.chars_per_token <= len(prompt) / exact  # estimates learnt from the count
+        with pytest.raises(errors.GenerationError):
+            await gen.continuation_logprob("Milvus stores vectors.", " What?")
+        with caplog.at_level("WARNING"):
+            assert make_reranker(settings, gen) is not None
+        assert "RERANK=llm needs prompt log-probabilities" in caplog.text
+        # A server that does not report its context: LLM_MAX_MODEL_LEN set too high.
+        gen.max_model_len = 4096
+        long = gen.render([{"role": "user", "content": "index " * 1100}])
+        with pytest.raises(errors.ContextLengthError) as info:
+            await collect(gen, long, max_tokens=8)
+        assert "too long" in info.value.user_message and gen.max_model_len == 1024
+    finally:
+        await gen.aclose()
+
+
+@pytest.fixture
+async def openai_chat_server():
+    """A server like Ollama's or a hosted API's: /v1/models and /v1/chat/completions only (no
+    tokenize endpoint, usage in a last event after the finish), refusing long prompts with a
+    context-length 400. vLLM always has a tokenize endpoint and reports its context, so it
+    cannot show these; the replies follow the OpenAI API's shapes."""
+    seen: list[dict] = []
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "chat-model", "owned_by": "library"}]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        seen.append(body)
+        size = sum(len(m["content"]) for m in body["messages"])
+        if size > 3000:
+            return web.json_response(
+                {"error": {"message": "maximum context length is 1000 tokens", "code": 400}},
+                status=400,
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        events = [
+            {"choices": [{"delta": {"role": "assistant"}, "finish_reason": None}]},
+            {"choices": [{"delta": {"content": "HNSW builds"}, "finish_reason": None}]},
+            {"choices": [{"delta": {"content": " a graph [1]."}, "finish_reason": None}]},
+            {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": {"prompt_tokens": size // 4, "completion_tokens": 6}},
+        ]
+        for event in events:
+            await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/v1", seen
+    await runner.cleanup()
+
+
+async def test_a_plain_openai_server_gets_standard_fields_and_an_estimated_budget(
+    llm_settings, openai_chat_server
+):
+    url, seen = openai_chat_server
+    settings = remote_settings(
+        llm_settings,
+        url,
+        llm_model="chat-model",
+        llm_repetition_penalty=1.1,
+        llm_max_model_len=8192,
+    )
+    gen = await create_generator(settings)
+    try:
+        assert isinstance(gen, RemoteGenerator) and gen.api == "chat"
+        assert gen.server is not None and gen.server.tokenize is None and not gen.server.vllm
+        prompt = gen.render(MESSAGES)
+        chunks, _ = await collect(gen, prompt)
+        assert "".join(c.text for c in chunks) == "HNSW builds a graph [1]."
+        # The finish waits for the usage event after it: the server's own counts.
+        size = sum(len(m["content"]) for m in MESSAGES)
+        assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == ("stop", 6)
+        assert chunks[-1].prompt_tokens == size // 4
+        assert seen[0]["messages"] == MESSAGES and seen[0]["model"] == "chat-model"
+        # vLLM's extensions are not sent to other servers.
+        assert "repetition_penalty" not in seen[0] and "prompt" not in seen[0]
+        assert seen[0]["stream_options"] == {"include_usage": True}
+        # Budgets: a conservative estimate (fewer characters a token than English prose).
+        assert gen.count_tokens(prompt) >= len(prompt) / 3
+        with pytest.raises(errors.ContextLengthError):
+            await collect(gen, gen.render([{"role": "user", "content": "x " * 2000}]))
+        assert gen.max_model_len == 1000  # learnt from the error (LLM_MAX_MODEL_LEN was 8192)
+    finally:
+        await gen.aclose()
+
+
+async def test_the_answer_path_retries_a_prompt_the_server_finds_too_long(
+    indexed_settings, embedder, llm_settings, openai_chat_server
+):
+    """The answer path end to end on a chat server: passages packed by the estimate overflow
+    the server's real context; the answer is retried once with fewer passages."""
+    from rag_core.runtime import open_rag
+
+    url, seen = openai_chat_server
+    settings = remote_settings(
+        llm_settings, url, llm_model="chat-model", llm_max_model_len=8192
+    ).model_copy(
+        update={
+            "data_dir": indexed_settings.data_dir,
+            "embedding_model": indexed_settings.embedding_model,
+            "docs_base_url": indexed_settings.docs_base_url,
+            "relevance_threshold": 0.0,
+        }
+    )
+    async with open_rag(settings, embedder=embedder, with_llm=True) as rag:
+        assert rag.answerer is not None
+        prepared = await rag.answerer.prepare("What do the HNSW parameters mean?")
+        first = len(prepared.sources)
+        stream = rag.answerer.stream(prepared)
+        text = "".join([part async for part in stream])
+    assert text == "HNSW builds a graph [1]." and stream.result is not None
+    assert len(seen) == 2 and len(stream.result.sources) <= len(prepared.sources) < first
+    assert sum(len(m["content"]) for m in seen[1]["messages"]) <= 3000

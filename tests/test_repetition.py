@@ -249,7 +249,9 @@ class LoopingServer:
 
 
 async def remote(settings: Settings) -> RemoteGenerator:
+    """A generator on LoopingServer: vLLM's /completions only (no /models to learn it from)."""
     session = aiohttp.ClientSession()
+    settings = settings.model_copy(update={"llm_remote_api": "completions"})
     return RemoteGenerator(settings, WordTokenizer(), session)
 
 

@@ -17,18 +17,18 @@ import re
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
 from ..config import Settings
 from ..documents import Hit
-from ..errors import GenerationError, RagError
+from ..errors import ContextLengthError, GenerationError, RagError
 from ..search.retrieval import Retriever, fold_near_duplicates
 from ..search.verified import is_verified
 from .attribution import Attribution, attribute
 from .conversation import Rewrite, Rewriter, Turn, pack_history, render_history
-from .llm import Generator
+from .llm import GenerationChunk, Generator
 from .text_fragments import passage_url, source_key
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class Prepared:
     # The answerability check's verdict: "yes", "no", "unclear" (answered), None (not asked).
     answerable: str | None = None
     unknown_terms: tuple[str, ...] = ()  # refused: the docs name none of these (named_terms.py)
+    hits: list[Hit] = field(default_factory=list)  # the passages the prompt was built from
 
     @property
     def standalone(self) -> str:
@@ -268,6 +269,7 @@ class Answerer:
             rewrite,
             turns,
             answerable=verdict,
+            hits=list(hits),
         )
 
     async def check_answerable(self, question: str, hits: Sequence[Hit]) -> str:
@@ -312,10 +314,16 @@ class Answerer:
         return self.generator.max_model_len - self.settings.llm_max_tokens
 
     def build_prompt(
-        self, question: str, hits: Sequence[Hit], history: Sequence[Turn] = ()
+        self,
+        question: str,
+        hits: Sequence[Hit],
+        history: Sequence[Turn] = (),
+        *,
+        budget: int | None = None,
     ) -> tuple[str, list[Source], int]:
-        """Number passages best-first and keep as many as fit the LLM's token budget."""
-        budget = self.context_budget()
+        """Number passages best-first and keep as many as fit the LLM's token budget
+        (`budget`: fewer prompt tokens than the context allows)."""
+        budget = self.context_budget() if budget is None else min(budget, self.context_budget())
         sources: list[Source] = []
         blocks: list[str] = []
         prompt = self._render(question, blocks, history)
@@ -403,7 +411,24 @@ class AnswerStream:
         request_id = f"ask-{uuid.uuid4().hex[:12]}"
         generator = self.answerer.generator
         max_tokens = self.answerer.settings.llm_max_tokens
-        async for chunk in generator.stream(p.prompt, max_tokens=max_tokens, request_id=request_id):
+        try:
+            chunks = await _first_chunk(
+                generator.stream(p.prompt, max_tokens=max_tokens, request_id=request_id)
+            )
+        except ContextLengthError as exc:
+            # The server counts the prompt longer than it was counted here (no tokenizer of the
+            # model here): fewer passages, once.
+            if not p.hits:
+                raise
+            budget = max(_MIN_RETRY_TOKENS, p.prompt_tokens * 2 // 3)
+            log.info("prompt too long for the server (%s): retrying in %d tokens", exc, budget)
+            p.prompt, p.sources, p.prompt_tokens = self.answerer.build_prompt(
+                p.question, p.hits, p.history, budget=budget
+            )
+            chunks = await _first_chunk(
+                generator.stream(p.prompt, max_tokens=max_tokens, request_id=request_id + "-r")
+            )
+        async for chunk in chunks:
             if chunk.retract:
                 # The answer started repeating itself: the repeats already shown are dropped
                 # from the final text (the stream ends with finish_reason "repetition").
@@ -446,6 +471,34 @@ class AnswerStream:
 
 
 _CHECK_TOKENS = 4  # "yes" / "no" and a stray token or two
+_MIN_RETRY_TOKENS = 256  # a prompt retried shorter keeps at least this budget
+
+
+async def _first_chunk(stream: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+    """`stream` with its first chunk received: a request the backend refuses raises here,
+    before any text is shown."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return _resumed(None, stream)
+    except BaseException:
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()
+        raise
+    return _resumed(first, stream)
+
+
+async def _resumed(
+    first: GenerationChunk | None, stream: AsyncIterator[GenerationChunk]
+) -> AsyncIterator[GenerationChunk]:
+    try:
+        if first is not None:
+            yield first
+            async for chunk in stream:
+                yield chunk
+    finally:
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()
 
 
 def parse_verdict(reply: str) -> str:

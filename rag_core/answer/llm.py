@@ -1,12 +1,17 @@
-"""Generator: streams an answer from an in-process vLLM engine or a remote vLLM server.
+"""Generator: streams an answer from an in-process vLLM engine or an OpenAI-compatible server.
 
 One Generator is shared by every request. `stream()` yields `GenerationChunk` deltas; stopping
 early (break + `aclose()`, task cancellation, the per-request timeout) aborts the request in the
 engine, so an abandoned Discord answer frees its slot at once. Iterate it inside
 `contextlib.aclosing(...)` so an early `break` closes it (and aborts) immediately, not at GC.
 
-Both backends tokenize and render chat templates locally with the model's own tokenizer, so
-token budgets are identical whichever backend answers.
+The local backend, and the remote one on `/v1/completions`, render chat templates and count
+tokens locally with the model's own tokenizer, so token budgets are identical whichever of them
+answers. On `/v1/chat/completions` (llama.cpp's server, Ollama, LM Studio, hosted APIs) the server
+applies its own template to the messages: prompts are counted with the local tokenizer when one
+loads offline, else by the server's tokenize endpoint where it has one (vLLM, llama.cpp), else by
+a conservative estimate; a prompt the server still refuses as too long raises ContextLengthError,
+and the answer path retries once with fewer passages. See RemoteGenerator.
 
 Local backend and processes: vLLM's AsyncLLM always runs its EngineCore in a child process, so the
 model never runs on the bot's event loop. The product leaves VLLM_ENABLE_V1_MULTIPROCESSING at
@@ -31,8 +36,10 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
@@ -42,10 +49,16 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import ConfigError, EngineDeadError, GenerationError, GenerationTimeout
-from ..model_source import check_model_available
+from ..errors import (
+    ConfigError,
+    ContextLengthError,
+    EngineDeadError,
+    GenerationError,
+    GenerationTimeout,
+)
+from ..model_source import check_model_available, is_cached, looks_like_path
 from .repetition import RepetitionGuard
 
 if TYPE_CHECKING:
@@ -56,9 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_TOO_LONG = (
-    "The question and its context are too long for the model. Please ask a shorter question."
-)
 _UNREACHABLE = "The answer engine is unreachable right now. Please try again later."
 _BUSY = "The answer engine is busy right now. Please try again in a moment."
 
@@ -80,9 +90,56 @@ class GenerationChunk:
     retract: int = 0  # characters of earlier chunks that are repeats (only on "repetition")
 
 
+# Without the model's tokenizer, a token is taken to be this many characters: fewer than the ~4 of
+# English prose in BPE vocabularies, so code, logs and other scripts rarely go over the budget.
+CHARS_PER_TOKEN_ESTIMATE = 3.0
+# Role markers and separators a chat template adds around each message, estimated.
+MESSAGE_OVERHEAD_TOKENS = 8
+
+
+def estimate_tokens(text: str, chars_per_token: float = CHARS_PER_TOKEN_ESTIMATE) -> int:
+    """A conservative token count of `text` for a model whose tokenizer is not here."""
+    return math.ceil(len(text) / chars_per_token)
+
+
+def context_limit(message: str) -> int | None:
+    """The context size a server's "too long" error names, if it names one."""
+    found = re.search(r"context (?:length|window|size)\D{0,20}(\d+)|\bn_ctx\D{0,5}(\d+)", message)
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+class ChatPrompt(str):
+    """A rendered prompt that keeps its messages: a chat API is sent the messages (the server
+    applies its own template), a completions API the text. The text is the model's chat template
+    applied locally, or, with no local tokenizer, the messages joined (for counting)."""
+
+    messages: tuple[dict[str, str], ...]
+
+    def __new__(cls, text: str, messages: list[dict[str, str]]) -> ChatPrompt:
+        prompt = super().__new__(cls, text)
+        prompt.messages = tuple(dict(m) for m in messages)
+        return prompt
+
+
+def _load_local_tokenizer(settings: Settings) -> Any | None:
+    """The model's tokenizer when it is on this machine (a folder or the cache); never downloads.
+
+    A chat API needs no tokenizer here: it only makes token counts exact."""
+    name = settings.llm_model
+    if not (looks_like_path(name) or is_cached(name)):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception as exc:  # a folder without tokenizer files, a partial cache
+        log.info("no local tokenizer for %r (%s): counting tokens another way", name, exc)
+        return None
+
+
 def _load_tokenizer(settings: Settings) -> Any:
-    # Both backends load the model's tokenizer first: a model that is neither a folder nor
-    # cached, with no hub in reach, is reported here in seconds with the ways out.
+    # The local backend and /v1/completions load the model's tokenizer first: a model that is
+    # neither a folder nor cached, with no hub in reach, is reported here in seconds.
     check_model_available(settings.llm_model, setting="LLM_MODEL", what="answer model")
     from transformers import AutoTokenizer
 
@@ -102,23 +159,48 @@ class Generator(ABC):
     model_name: str
     max_model_len: int
 
-    def __init__(self, settings: Settings, tokenizer: Any, *, max_model_len: int) -> None:
+    def __init__(self, settings: Settings, tokenizer: Any | None, *, max_model_len: int) -> None:
         self.settings = settings  # read per request: llm_timeout_s, llm_max_tokens, sampling
-        self._tokenizer = tokenizer
+        self._tokenizer = tokenizer  # None: a chat API whose model's tokenizer is not here
         self.model_name = settings.llm_model
         self.max_model_len = max_model_len
+        # Without the tokenizer: characters a token, for estimates; lowered by exact counts.
+        self.chars_per_token = CHARS_PER_TOKEN_ESTIMATE
         self._closed = False
+
+    @property
+    def can_score(self) -> bool:
+        """Whether continuation_logprob works (RERANK=llm needs it)."""
+        return self._tokenizer is not None
 
     def _encode(self, text: str) -> list[int]:
         # Rendered prompts already hold BOS and role markers: add nothing.
+        if self._tokenizer is None:
+            raise GenerationError(detail=f"no local tokenizer for {self.model_name!r}")
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def count_tokens(self, text: str) -> int:
-        """Tokens `text` takes in the LLM's own tokenizer (no special tokens added)."""
+        """Tokens `text` takes in the LLM's own tokenizer (no special tokens added); without
+        that tokenizer, a conservative estimate (see estimate_tokens)."""
+        if self._tokenizer is None:
+            messages = getattr(text, "messages", ())
+            overhead = MESSAGE_OVERHEAD_TOKENS * (len(messages) + 1)
+            return estimate_tokens(text, self.chars_per_token) + overhead
         return len(self._encode(text))
 
+    async def _count_prompt(self, prompt: str) -> tuple[list[int], int]:
+        """The prompt's token ids (empty when they are not known here) and its token count."""
+        ids = self._encode(prompt)
+        return ids, len(ids)
+
     def render(self, messages: list[dict[str, str]]) -> str:
-        """The model's chat template applied to `messages`, ending with the assistant's turn."""
+        """The model's chat template applied to `messages`, ending with the assistant's turn.
+
+        The result is a ChatPrompt (a str that keeps `messages` for chat APIs); without a local
+        tokenizer its text is the messages joined, for counting only."""
+        if self._tokenizer is None:
+            text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+            return ChatPrompt(text, messages)
         try:
             prompt = self._tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=False
@@ -128,7 +210,7 @@ class Generator(ABC):
                 "The answer model has no usable chat template: use an instruct model.",
                 detail=f"chat template of {self.model_name!r} failed: {exc}",
             ) from exc
-        return str(prompt)
+        return ChatPrompt(str(prompt), messages)
 
     async def stream(
         self,
@@ -150,12 +232,11 @@ class Generator(ABC):
         """
         if self._closed:
             raise GenerationError(detail="generator is closed")
-        prompt_ids = self._encode(prompt)
-        room = self.max_model_len - len(prompt_ids)
+        prompt_ids, prompt_tokens = await self._count_prompt(prompt)
+        room = self.max_model_len - prompt_tokens
         if room < 1:
-            raise GenerationError(
-                _TOO_LONG,
-                detail=f"prompt has {len(prompt_ids)} tokens, context is {self.max_model_len}",
+            raise ContextLengthError(
+                detail=f"prompt has {prompt_tokens} tokens, context is {self.max_model_len}",
             )
         # The engine rejects prompt + max_tokens > context: shorten the answer instead.
         max_tokens = min(max_tokens or self.settings.llm_max_tokens, room)
@@ -163,7 +244,9 @@ class Generator(ABC):
         timeout_s = self.settings.llm_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s
         # Passed only when set: backends that take no override keep working for answers.
-        override = {} if temperature is None else {"temperature": temperature}
+        override: dict[str, Any] = {} if temperature is None else {"temperature": temperature}
+        if not prompt_ids:  # counted without token ids (a chat API): the backend takes the count
+            override["prompt_tokens"] = prompt_tokens
         chunks = self._generate(prompt, prompt_ids, max_tokens, request_id, **override)
         guard = RepetitionGuard() if self.settings.llm_stop_on_repetition else None
         sent = 0  # characters yielded so far
@@ -207,13 +290,15 @@ class Generator(ABC):
         """
         if self._closed:
             raise GenerationError(detail="generator is closed")
+        if not self.can_score:
+            raise GenerationError(detail=f"{type(self).__name__} cannot score text here")
         tail = self._encode(continuation)
         if not tail:
             raise GenerationError(detail="nothing to score")
         head = self._encode(prefix)[-max(1, self.max_model_len - len(tail) - 1) :]
         ids = head + tail
         if len(ids) >= self.max_model_len:
-            raise GenerationError(_TOO_LONG, detail=f"{len(ids)} tokens to score")
+            raise ContextLengthError(detail=f"{len(ids)} tokens to score")
         request_id = f"score-{uuid.uuid4().hex[:12]}"
         try:
             async with asyncio.timeout(self.settings.llm_timeout_s):
@@ -246,7 +331,10 @@ class Generator(ABC):
         *,
         temperature: float | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
-        """Backend stream; must abort the request when closed or cancelled before the end."""
+        """Backend stream; must abort the request when closed or cancelled before the end.
+
+        `prompt_ids` is empty when the prompt was counted without a local tokenizer; the count
+        then comes as the keyword `prompt_tokens` (only backends without a tokenizer get it)."""
 
     async def _prompt_logprobs(self, ids: list[int], request_id: str) -> list[float]:
         """Log-probability of each token of `ids` given the ones before (0.0 for the first)."""
@@ -596,17 +684,111 @@ class LocalGenerator(Generator):
             log.info("vLLM engine shut down")
 
 
-# --- remote: an OpenAI-compatible vLLM server -------------------------------------------------
+# --- remote: an OpenAI-compatible server (vLLM, llama.cpp, Ollama, LM Studio, hosted APIs) -----
+
+RemoteApi = Literal["chat", "completions"]
+# Tokenize endpoints, tried in this order: (kind, path under the server root, body for `text`).
+_TOKENIZERS: tuple[tuple[str, str], ...] = (
+    ("vllm", "/tokenize"),  # {"model", "prompt" | "messages"} -> {"count", "tokens", ...}
+    ("llama.cpp", "/tokenize"),  # llama.cpp's own server: {"content"} -> {"tokens"}
+    ("llama-cpp-python", "/extras/tokenize"),  # {"input"} -> {"tokens"}
+)
+
+
+@dataclass(slots=True)
+class ServerInfo:
+    """What an OpenAI-compatible server told about itself (GET /models, a tokenize probe)."""
+
+    served: list[str]
+    vllm: bool  # vLLM's server: prompt logprobs, repetition_penalty, token-id prompts
+    max_model_len: int | None  # the context it reports, if it reports one
+    tokenize: str | None = None  # the kind of tokenize endpoint it has (see _TOKENIZERS)
+
+
+def read_models(body: Any) -> ServerInfo:
+    """ServerInfo from the JSON of GET /models; ValueError when it is not an OpenAI model list."""
+    try:
+        models = [m for m in body["data"] if isinstance(m, dict)]
+        served = [str(m["id"]) for m in models]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not an OpenAI model list: {exc!r}") from exc
+    vllm = any(m.get("owned_by") == "vllm" or "max_model_len" in m for m in models)
+    lengths = [m.get("max_model_len") for m in models]
+    length = next((n for n in lengths if isinstance(n, int)), None)
+    return ServerInfo(served, vllm, length)
+
+
+def choose_api(setting: str, *, vllm: bool, tokenizer: bool) -> RemoteApi:
+    """The endpoint LLM_REMOTE_API picks: `auto` takes /completions only from a vLLM server
+    with the model's tokenizer here (exact budgets, prompt logprobs); chat everywhere else."""
+    if setting in ("chat", "completions"):
+        return "completions" if setting == "completions" else "chat"
+    return "completions" if vllm and tokenizer else "chat"
+
+
+async def find_tokenize(
+    session: aiohttp.ClientSession, root: str, model: str, *, vllm: bool
+) -> str | None:
+    """The kind of tokenize endpoint the server at `root` (no /v1) has, or None."""
+    import aiohttp
+
+    for kind, path in _TOKENIZERS:
+        if vllm != (kind == "vllm"):
+            continue
+        try:
+            async with session.post(
+                root + path,
+                json=_tokenize_body(kind, model, "Hello world"),
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as resp:
+                if resp.status != 200:
+                    continue
+                if _tokenize_count(kind, await resp.json()) > 0:
+                    return kind
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _tokenize_body(kind: str, model: str, text: str) -> dict[str, Any]:
+    if kind == "vllm":
+        return {"model": model, "prompt": text, "add_special_tokens": False}
+    if kind == "llama.cpp":
+        return {"content": text}
+    return {"model": model, "input": text}
+
+
+def _tokenize_count(kind: str, body: Any) -> int:
+    return int(body["count"]) if kind == "vllm" else len(body["tokens"])
 
 
 class RemoteGenerator(Generator):
-    """A vLLM OpenAI-compatible server: POST {llm_remote_url}/completions, streamed (SSE)."""
+    """An OpenAI-compatible server, streamed (SSE): POST {llm_remote_url}/chat/completions
+    (messages; the server applies its template) or /completions (a prompt rendered here).
 
-    def __init__(self, settings: Settings, tokenizer: Any, session: aiohttp.ClientSession) -> None:
+    LLM_REMOTE_API picks the endpoint (see choose_api). vLLM's extensions of the API
+    (repetition_penalty, prompt_logprobs, token-id prompts) are sent only to a vLLM server, so
+    RERANK=llm works only there. What the server offers is learnt when it first answers: at
+    start, or at the first request when it was down then.
+    """
+
+    def __init__(
+        self, settings: Settings, tokenizer: Any | None, session: aiohttp.ClientSession
+    ) -> None:
         super().__init__(settings, tokenizer, max_model_len=settings.llm_max_model_len)
         self._base = settings.llm_remote_url.rstrip("/")
+        self._root = self._base.removesuffix("/v1")
         self._session = session
         self._served_model = settings.llm_model
+        self.server: ServerInfo | None = None  # None until the server has answered
+        self.api: RemoteApi | None = None
+
+    @property
+    def can_score(self) -> bool:
+        # Prompt logprobs are a vLLM extension; before the server answered, /completions was
+        # asked for by name and is taken to be vLLM (the backend this generator began with).
+        vllm = self.server.vllm if self.server else self.settings.llm_remote_api == "completions"
+        return self._tokenizer is not None and vllm
 
     @classmethod
     async def create(cls, settings: Settings) -> RemoteGenerator:
@@ -617,7 +799,10 @@ class RemoteGenerator(Generator):
                 "LLM_REMOTE_URL must be set (e.g. http://gpu1:8000/v1) when LLM_BACKEND=remote.",
                 detail=f"bad llm_remote_url {settings.llm_remote_url!r}",
             )
-        tokenizer = await asyncio.to_thread(_load_tokenizer, settings)
+        if settings.llm_remote_api == "completions":  # renders prompts here: needs the tokenizer
+            tokenizer = await asyncio.to_thread(_load_tokenizer, settings)
+        else:
+            tokenizer = await asyncio.to_thread(_optional_tokenizer, settings)
         key = settings.llm_api_key.get_secret_value()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         # No total timeout: answers stream for a long time; stream() enforces llm_timeout_s.
@@ -628,8 +813,8 @@ class RemoteGenerator(Generator):
         await generator._check_server()
         return generator
 
-    async def _check_server(self) -> None:
-        """Best effort: adopt the served model name and its context; a server down is fine."""
+    async def _check_server(self) -> bool:
+        """Learn the served model, its context, the endpoint to use; False while unreachable."""
         import aiohttp
 
         try:
@@ -637,39 +822,107 @@ class RemoteGenerator(Generator):
                 f"{self._base}/models", timeout=aiohttp.ClientTimeout(total=10)
             ) as resp:
                 resp.raise_for_status()
-                models = (await resp.json()).get("data") or []
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                info = read_models(await resp.json())
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             log.warning(
                 "LLM server %s not reachable yet (%s); will retry per request",
                 self._base,
                 type(exc).__name__,
             )
-            return
-        served = {m.get("id"): m for m in models if isinstance(m, dict)}
-        if self._served_model not in served and len(served) == 1:
+            return False
+        except (aiohttp.ClientError, ValueError) as exc:
+            # It answers, but lists no models (a key refused, a server without /models):
+            # requests go ahead and report their own errors.
+            log.warning("LLM server %s lists no models (%s)", self._base, exc)
+            info = ServerInfo([], self.settings.llm_remote_api == "completions", None)
+        if self._served_model not in info.served and len(info.served) == 1:
             # e.g. the server was started with a local path: same weights, another name.
-            (name,) = served
+            (name,) = info.served
             log.warning("LLM server serves %r, not %r: using it", name, self._served_model)
-            self._served_model = str(name)
-        server_len = (served.get(self._served_model) or {}).get("max_model_len")
-        if isinstance(server_len, int) and server_len < self.max_model_len:
+            self._served_model = name
+        if info.max_model_len is not None and info.max_model_len < self.max_model_len:
             log.warning(
                 "LLM server context is %d tokens (< LLM_MAX_MODEL_LEN %d): using it",
-                server_len,
+                info.max_model_len,
                 self.max_model_len,
             )
-            self.max_model_len = server_len
+            self.max_model_len = info.max_model_len
+        if self._tokenizer is None:
+            info.tokenize = await find_tokenize(
+                self._session, self._root, self._served_model, vllm=info.vllm
+            )
+        self.api = choose_api(
+            self.settings.llm_remote_api, vllm=info.vllm, tokenizer=self._tokenizer is not None
+        )
+        self.server = info
+        counting = (
+            "the model's tokenizer"
+            if self._tokenizer is not None
+            else f"the server's {info.tokenize} tokenize endpoint"
+            if info.tokenize
+            else f"an estimate ({CHARS_PER_TOKEN_ESTIMATE:g} characters a token)"
+        )
+        log.info(
+            "LLM server %s (%s): /v1/%s, context %d tokens, prompts counted with %s",
+            self._base,
+            "vLLM" if info.vllm else "OpenAI-compatible",
+            "chat/completions" if self.api == "chat" else "completions",
+            self.max_model_len,
+            counting,
+        )
+        return True
+
+    async def _ready(self) -> None:
+        if self.server is None and not await self._check_server():
+            raise GenerationError(_UNREACHABLE, detail=f"cannot reach LLM server {self._base}")
+
+    async def _count_prompt(self, prompt: str) -> tuple[list[int], int]:
+        if self._tokenizer is not None:
+            return await super()._count_prompt(prompt)
+        await self._ready()
+        counted = await self._server_count(prompt)
+        if counted is None:
+            return [], self.count_tokens(prompt)
+        if counted > 0:  # estimates from now on assume no more characters a token than this
+            self.chars_per_token = min(self.chars_per_token, len(prompt) / counted)
+        return [], counted
+
+    async def _server_count(self, prompt: str) -> int | None:
+        """The prompt's tokens by the server's tokenize endpoint; None without one or on error."""
+        import aiohttp
+
+        kind = self.server.tokenize if self.server else None
+        if kind is None:
+            return None
+        messages = list(getattr(prompt, "messages", ()))
+        body = _tokenize_body(kind, self._served_model, prompt)
+        overhead = 0
+        if kind == "vllm" and messages:  # vLLM applies the chat template it will answer with
+            body = {"model": self._served_model, "messages": messages}
+            body["add_generation_prompt"] = True
+        elif messages:  # the text only: role markers estimated
+            overhead = MESSAGE_OVERHEAD_TOKENS * (len(messages) + 1)
+        path = dict(_TOKENIZERS)[kind]
+        try:
+            async with self._session.post(
+                self._root + path, json=body, timeout=aiohttp.ClientTimeout(total=10)
+            ) as resp:
+                resp.raise_for_status()
+                return _tokenize_count(kind, await resp.json()) + overhead
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            log.info("LLM server could not count a prompt (%r): estimating", exc)
+            return None
 
     @contextlib.asynccontextmanager
-    async def _completions(
-        self, body: dict[str, Any], request_id: str
+    async def _post(
+        self, path: str, body: dict[str, Any], request_id: str
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST /completions: the response when it is a 200, else the mapped GenerationError."""
+        """POST {base}/{path}: the response when it is a 200, else the mapped GenerationError."""
         import aiohttp
 
         try:
             async with self._session.post(
-                f"{self._base}/completions", json=body, headers={"X-Request-Id": request_id}
+                f"{self._base}/{path}", json=body, headers={"X-Request-Id": request_id}
             ) as resp:
                 if resp.status != 200:
                     raise self._http_error(resp.status, await resp.text(), request_id)
@@ -683,16 +936,26 @@ class RemoteGenerator(Generator):
         detail = f"LLM server {self._base} answered HTTP {status} to {request_id}: {body[:500]}"
         if status in (429, 503):
             return GenerationError(_BUSY, detail=detail)
-        if status == 400 and "context" in body.lower():
-            return GenerationError(_TOO_LONG, detail=detail)
+        if status in (400, 413) and "context" in body.lower():
+            # vLLM: "maximum context length"; llama.cpp: "exceeds the available context size";
+            # OpenAI and llama-cpp-python: "context_length_exceeded".
+            limit = context_limit(body)
+            if limit is not None and 0 < limit < self.max_model_len:
+                log.warning(
+                    "LLM server context is %d tokens (< LLM_MAX_MODEL_LEN %d): using it",
+                    limit,
+                    self.max_model_len,
+                )
+                self.max_model_len = limit
+            return ContextLengthError(detail=detail)
         return GenerationError(detail=detail)  # 401/403 (key), 404 (model name), 5xx
 
     def _sampling_body(self, temperature: float | None = None) -> dict[str, Any]:
         """Sampling fields of the request body. `repetition_penalty` is a vLLM extension of the
-        OpenAI API: sent only when it does something, so plain OpenAI-style servers accept the
-        default request."""
+        OpenAI API: sent only to vLLM and only when it does something (hosted APIs refuse
+        unknown fields)."""
         body = self.sampling(temperature)
-        if body["repetition_penalty"] == 1.0:
+        if body["repetition_penalty"] == 1.0 or not (self.server and self.server.vllm):
             del body["repetition_penalty"]
         return body
 
@@ -704,21 +967,34 @@ class RemoteGenerator(Generator):
         request_id: str,
         *,
         temperature: float | None = None,
+        prompt_tokens: int | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         import aiohttp
 
-        body = {
+        await self._ready()
+        vllm = self.server is not None and self.server.vllm
+        chat = self.api == "chat"
+        body: dict[str, Any] = {
             "model": self._served_model,
-            "prompt": prompt,
             "max_tokens": max_tokens,
             **self._sampling_body(temperature),
             "stream": True,
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-            "add_special_tokens": False,  # the rendered prompt already starts with BOS
+            "stream_options": {"include_usage": True},
         }
-        prompt_tokens, done, finished = len(prompt_ids), 0, False
+        if chat:
+            messages = getattr(prompt, "messages", None)
+            body["messages"] = list(messages or [{"role": "user", "content": str(prompt)}])
+        else:
+            body["prompt"] = str(prompt)
+        if vllm:
+            body["stream_options"]["continuous_usage_stats"] = True
+            if not chat:
+                body["add_special_tokens"] = False  # the rendered prompt already starts with BOS
+        counted = len(prompt_ids) if prompt_tokens is None else prompt_tokens
+        done, last = 0, None  # `last`: the finishing chunk, held until the usage that follows it
+        path = "chat/completions" if chat else "completions"
         try:
-            async with self._completions(body, request_id) as resp:
+            async with self._post(path, body, request_id) as resp:
                 try:
                     async for raw in resp.content:  # one server-sent-event line at a time
                         line = raw.strip()
@@ -731,24 +1007,43 @@ class RemoteGenerator(Generator):
                         if "error" in event:
                             raise GenerationError(detail=f"LLM server error: {event['error']}")
                         usage = event.get("usage") or {}
-                        prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+                        counted = usage.get("prompt_tokens") or counted
+                        if last is not None:  # the usage after the end: exact final counts
+                            last.prompt_tokens = counted
+                            last.completion_tokens = usage.get("completion_tokens", done)
+                            continue
                         for choice in event.get("choices") or []:
-                            text = choice.get("text") or ""
-                            # Exact counts come with continuous_usage_stats; else count locally.
-                            done = usage.get("completion_tokens", done + self.count_tokens(text))
+                            delta = (choice.get("delta") or {}) if chat else choice
+                            text = delta.get("content" if chat else "text") or ""
                             reason = choice.get("finish_reason")
-                            finished = reason is not None
-                            yield GenerationChunk(text, finished, reason, prompt_tokens, done)
+                            if not text and reason is None:
+                                continue  # e.g. the chat stream's opening role delta
+                            # Exact counts come with continuous_usage_stats; else count here.
+                            done = usage.get("completion_tokens", done + self._tokens_in(text))
+                            chunk = GenerationChunk(text, reason is not None, reason, counted, done)
+                            if reason is not None:
+                                last = chunk
+                                break
+                            yield chunk
                 finally:
-                    if not finished:
+                    if last is None:
                         # Dropping the connection is how the server learns to abort.
                         resp.close()
         except (aiohttp.ClientError, ValueError) as exc:  # dropped stream, bad JSON
             raise GenerationError(
                 detail=f"LLM server {self._base} stream failed for {request_id}: {exc!r}"
             ) from exc
-        if not finished:
+        if last is None:
             raise GenerationError(detail=f"LLM server {self._base} ended {request_id} early")
+        yield last
+
+    def _tokens_in(self, text: str) -> int:
+        """Tokens of a streamed piece of text (exact with the tokenizer, else estimated)."""
+        if not text:
+            return 0
+        if self._tokenizer is None:
+            return estimate_tokens(text, self.chars_per_token)
+        return len(self._encode(text))
 
     async def _prompt_logprobs(self, ids: list[int], request_id: str) -> list[float]:
         import aiohttp
@@ -761,7 +1056,7 @@ class RemoteGenerator(Generator):
             "prompt_logprobs": 0,  # a vLLM extension of the OpenAI API
         }
         try:
-            async with self._completions(body, request_id) as resp:
+            async with self._post("completions", body, request_id) as resp:
                 entries = (await resp.json())["choices"][0]["prompt_logprobs"]
         except (aiohttp.ClientError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise GenerationError(
@@ -776,6 +1071,19 @@ class RemoteGenerator(Generator):
         self._closed = True
         if not self._session.closed:
             await self._session.close()
+
+
+def _optional_tokenizer(settings: Settings) -> Any | None:
+    """The model's tokenizer if it is here or downloadable; None for a model the hub does not
+    have (a hosted API's or Ollama's model name): a chat API counts tokens another way."""
+    tokenizer = _load_local_tokenizer(settings)
+    if tokenizer is not None or looks_like_path(settings.llm_model):
+        return tokenizer
+    try:
+        return _load_tokenizer(settings)
+    except ConfigError as exc:
+        log.info("no tokenizer for %r (%s): counting tokens another way", settings.llm_model, exc)
+        return None
 
 
 async def create_generator(settings: Settings) -> Generator:

@@ -58,7 +58,7 @@ class Reranker:
 
     async def rerank(self, question: str, hits: Sequence[Hit]) -> list[Hit]:
         """`hits` reordered; unchanged when fewer than two or when any passage fails to score."""
-        if len(hits) < 2:
+        if len(hits) < 2 or not getattr(self.generator, "can_score", True):
             return list(hits)
         asked = " " + question.strip()[:QUESTION_CHARS]
         try:
@@ -75,4 +75,12 @@ def make_reranker(settings: Settings, generator: LikelihoodScorer | None) -> Rer
     """The reranker RERANK asks for; None when it is off or no answer model is loaded."""
     if generator is None or settings.rerank != "llm":
         return None
+    if not getattr(generator, "can_score", True):
+        # Prompt log-probabilities are a vLLM extension, scored on token ids from the model's
+        # own tokenizer: other servers answer, in the retrieval order.
+        log.warning(
+            "RERANK=llm needs prompt log-probabilities: the in-process engine, or a vLLM server "
+            "with the model's tokenizer here. This server has none: passages keep the "
+            "retrieval order"
+        )
     return Reranker(generator, settings.rerank_weight)
