@@ -609,3 +609,29 @@ async def test_the_answer_path_retries_a_prompt_the_server_finds_too_long(
     assert text == "HNSW builds a graph [1]." and stream.result is not None
     assert len(seen) == 2 and len(stream.result.sources) <= len(prepared.sources) < first
     assert sum(len(m["content"]) for m in seen[1]["messages"]) <= 3000
+
+
+@pytest.mark.slow
+async def test_doctor_names_the_endpoint_the_context_and_what_needs_vllm(
+    llm_settings, vllm_server, openai_chat_server
+):
+    from bot.doctor import Status, check_remote_engine
+
+    vllm = await check_remote_engine(remote_settings(llm_settings, vllm_server))
+    assert vllm.status is Status.OK, vllm.message
+    assert "(vLLM)" in vllm.message and "/v1/completions" in vllm.message
+    assert "context 1024 tokens" in vllm.message and "the model's tokenizer" in vllm.message
+    assert SERVER_API_KEY not in vllm.message
+    hosted = remote_settings(llm_settings, vllm_server, llm_model="hosted/not-here")
+    wrong_name = await check_remote_engine(hosted)
+    assert (
+        wrong_name.status is Status.FAIL and "not LLM_MODEL=hosted/not-here" in wrong_name.message
+    )
+    url, _ = openai_chat_server
+    plain = remote_settings(llm_settings, url, llm_model="chat-model", rerank="llm")
+    other = await check_remote_engine(plain)
+    assert other.status is Status.WARN and "RERANK=llm needs prompt log-probabilities" in (
+        other.message
+    )
+    assert "/v1/chat/completions" in other.message and "an estimate" in other.message
+    assert f"LLM_MAX_MODEL_LEN={plain.llm_max_model_len} assumed" in other.message
