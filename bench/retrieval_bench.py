@@ -105,7 +105,6 @@ async def child(args: argparse.Namespace) -> None:
     """One engine: index the cached rows, then measure; prints one JSON line."""
     from rag_core.config import Settings
     from rag_core.documents import Chunk
-    from rag_core.search import embedding as embedding_module
     from rag_core.search import store as store_module
     from rag_core.search.embedding import Embedder
     from rag_core.search.retrieval import Retriever
@@ -113,11 +112,11 @@ async def child(args: argparse.Namespace) -> None:
 
     if args.engine == "lite-nobatch":
         store_module._MAX_SEARCH_BATCH = 1  # type: ignore[attr-defined]
-    if args.queries_per_call:  # 1: every question encoded in a call of its own
-        embedding_module._MAX_QUERIES_PER_CALL = args.queries_per_call  # type: ignore[attr-defined]
     with open(ROWS, "rb") as f:
         rows = pickle.load(f)
     embedder = Embedder(model_path(), device="cpu", backend=args.backend, onnx_cache=CACHE / "onnx")
+    if args.queries_per_call:  # 1: every question encoded in a call of its own
+        embedder.queries_per_call = args.queries_per_call
     tmp = tempfile.TemporaryDirectory()
     uri = args.uri or str(Path(tmp.name) / "kb.db")
     store = KnowledgeStore(uri, alias="bench")

@@ -133,6 +133,11 @@ class Embedder:
         if backend != "torch":
             cache = onnx_cache or Path(tempfile.gettempdir()) / "rag-core-onnx"
             self._onnx = OnnxEncoder(self._model, model_name, backend, cache)
+        # int8 quantizes activations per run: a question's vector would depend on the questions
+        # encoded beside it (cosine down to 0.976 to itself alone). Encoded alone, it is the
+        # same vector at any load; sharing calls measured no clear gain with int8
+        # (docs/benchmarks.md: 81 vs 76 q/s at 32 concurrent, within the run-to-run noise).
+        self.queries_per_call = 1 if backend == "onnx-int8" else _MAX_QUERIES_PER_CALL
         self.dim = int(self._model.get_embedding_dimension() or 0)
         # The encoder truncates past this many tokens: chunks are sized to stay under it.
         self.max_tokens = int(self._model.max_seq_length or 512)
@@ -234,7 +239,7 @@ class Embedder:
                 if self._closed:
                     return
                 if self._queries:
-                    while self._queries and len(jobs) < _MAX_QUERIES_PER_CALL:
+                    while self._queries and len(jobs) < self.queries_per_call:
                         job = self._queries.popleft()
                         if not job.future.cancelled():
                             jobs.append(job)
