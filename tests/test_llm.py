@@ -486,7 +486,7 @@ async def test_without_a_local_tokenizer_the_server_counts_and_scoring_is_off(
         chunks, _ = await collect(gen, prompt, max_tokens=8)
         exact = remote_generator.count_tokens(remote_generator.render(MESSAGES))
         assert chunks[-1].prompt_tokens == exact and chunks[-1].completion_tokens == 8
-        assert gen.chars_per_token <= len(prompt) / exact  # estimates learnt from the count
+        assert gen.chars_per_token == 3.0  # a short prompt teaches the estimate nothing
         with pytest.raises(errors.GenerationError):
             await gen.continuation_logprob("Milvus stores vectors.", " What?")
         with caplog.at_level("WARNING"):
@@ -494,10 +494,14 @@ async def test_without_a_local_tokenizer_the_server_counts_and_scoring_is_off(
         assert "RERANK=llm needs prompt log-probabilities" in caplog.text
         # A server that does not report its context: LLM_MAX_MODEL_LEN set too high.
         gen.max_model_len = 4096
-        long = gen.render([{"role": "user", "content": "index " * 1100}])
+        words = [{"role": "user", "content": "index " * 1100}]
+        long = gen.render(words)
         with pytest.raises(errors.ContextLengthError) as info:
             await collect(gen, long, max_tokens=8)
         assert "too long" in info.value.user_message and gen.max_model_len == 1024
+        # The long prompt, counted by the server, set the characters a token of estimates.
+        long_exact = remote_generator.count_tokens(remote_generator.render(words))
+        assert gen.chars_per_token == min(3.0, len(long) / long_exact)
     finally:
         await gen.aclose()
 

@@ -95,6 +95,8 @@ class GenerationChunk:
 CHARS_PER_TOKEN_ESTIMATE = 3.0
 # Role markers and separators a chat template adds around each message, estimated.
 MESSAGE_OVERHEAD_TOKENS = 8
+# A prompt counted by the server teaches the estimate its characters a token from this size up.
+_CALIBRATE_CHARS = 400
 
 
 def estimate_tokens(text: str, chars_per_token: float = CHARS_PER_TOKEN_ESTIMATE) -> int:
@@ -883,12 +885,16 @@ class RemoteGenerator(Generator):
         counted = await self._server_count(prompt)
         if counted is None:
             return [], self.count_tokens(prompt)
-        if counted > 0:  # estimates from now on assume no more characters a token than this
-            self.chars_per_token = min(self.chars_per_token, len(prompt) / counted)
-        return [], counted
+        tokens, overhead = counted
+        if len(prompt) >= _CALIBRATE_CHARS and tokens > 0:
+            # Estimates from now on assume no more characters a token than this text had.
+            self.chars_per_token = min(self.chars_per_token, len(prompt) / tokens)
+        return [], tokens + overhead
 
-    async def _server_count(self, prompt: str) -> int | None:
-        """The prompt's tokens by the server's tokenize endpoint; None without one or on error."""
+    async def _server_count(self, prompt: str) -> tuple[int, int] | None:
+        """The prompt's tokens by the server's tokenize endpoint, and the tokens its chat
+        template adds, estimated where the endpoint counts the text only; None without one or
+        on error."""
         import aiohttp
 
         kind = self.server.tokenize if self.server else None
@@ -908,7 +914,7 @@ class RemoteGenerator(Generator):
                 self._root + path, json=body, timeout=aiohttp.ClientTimeout(total=10)
             ) as resp:
                 resp.raise_for_status()
-                return _tokenize_count(kind, await resp.json()) + overhead
+                return _tokenize_count(kind, await resp.json()), overhead
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
             log.info("LLM server could not count a prompt (%r): estimating", exc)
             return None
@@ -920,9 +926,13 @@ class RemoteGenerator(Generator):
         """POST {base}/{path}: the response when it is a 200, else the mapped GenerationError."""
         import aiohttp
 
+        # vLLM logs the request under this id; llama-cpp-python refuses one that is not a UUID
+        # (HTTP 400, empty body), so other servers do without.
+        vllm = self.server.vllm if self.server else self.settings.llm_remote_api == "completions"
+        headers = {"X-Request-Id": request_id} if vllm else {}
         try:
             async with self._session.post(
-                f"{self._base}/{path}", json=body, headers={"X-Request-Id": request_id}
+                f"{self._base}/{path}", json=body, headers=headers
             ) as resp:
                 if resp.status != 200:
                     raise self._http_error(resp.status, await resp.text(), request_id)
@@ -992,6 +1002,7 @@ class RemoteGenerator(Generator):
                 body["add_special_tokens"] = False  # the rendered prompt already starts with BOS
         counted = len(prompt_ids) if prompt_tokens is None else prompt_tokens
         done, last = 0, None  # `last`: the finishing chunk, held until the usage that follows it
+        exact, texts = False, []  # whether the server gave the completion's tokens; the text
         path = "chat/completions" if chat else "completions"
         try:
             async with self._post(path, body, request_id) as resp:
@@ -1008,6 +1019,7 @@ class RemoteGenerator(Generator):
                             raise GenerationError(detail=f"LLM server error: {event['error']}")
                         usage = event.get("usage") or {}
                         counted = usage.get("prompt_tokens") or counted
+                        exact = exact or "completion_tokens" in usage
                         if last is not None:  # the usage after the end: exact final counts
                             last.prompt_tokens = counted
                             last.completion_tokens = usage.get("completion_tokens", done)
@@ -1020,6 +1032,7 @@ class RemoteGenerator(Generator):
                                 continue  # e.g. the chat stream's opening role delta
                             # Exact counts come with continuous_usage_stats; else count here.
                             done = usage.get("completion_tokens", done + self._tokens_in(text))
+                            texts.append(text)
                             chunk = GenerationChunk(text, reason is not None, reason, counted, done)
                             if reason is not None:
                                 last = chunk
@@ -1035,6 +1048,11 @@ class RemoteGenerator(Generator):
             ) from exc
         if last is None:
             raise GenerationError(detail=f"LLM server {self._base} ended {request_id} early")
+        if not exact:  # a server that reports no usage while streaming (llama-cpp-python)
+            if last.finish_reason == "length":
+                last.completion_tokens = max_tokens
+            elif (answered := await self._server_count("".join(texts))) is not None:
+                last.completion_tokens = answered[0]
         yield last
 
     def _tokens_in(self, text: str) -> int:
