@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # Bump when the export changes: every cached graph is then exported again.
-_EXPORT_VERSION = 1
+_EXPORT_VERSION = 2
 _OPSET = 17
 
 
@@ -63,6 +63,8 @@ def _graph(model: Any) -> Any:
     # texts come out wrong, cosine down to 0.91, without any error): export eager attention.
     transformer.set_attn_implementation("eager")
     rest = [copy.deepcopy(m).float().cpu().eval() for m in list(model)[1:]]
+    # Some models (MPNet, DistilBERT) take no token types: the input is then left unused.
+    types = "token_type_ids" in getattr(model.tokenizer, "model_input_names", ())
 
     class Graph(torch.nn.Module):
         def __init__(self) -> None:
@@ -72,9 +74,8 @@ def _graph(model: Any) -> Any:
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
             # Keywords: transformers 5's forward takes other arguments positionally.
-            out = self.transformer(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
+            extra = {"token_type_ids": token_type_ids} if types else {}
+            out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **extra)
             features = {"token_embeddings": out[0], "attention_mask": attention_mask}
             for module in self.rest:  # pooling, dense layers, normalisation
                 features = module(features)
