@@ -103,3 +103,30 @@ def test_int8_vectors_stay_close_to_torch(embedder, onnx_cache: Path) -> None:
     # neighbours, which is why int8 encodes each question alone.
     assert (batch * alone).sum(axis=1).min() > 0.97
     assert int8.queries_per_call == 1
+
+
+def test_an_xlm_roberta_model_with_cls_pooling_matches_torch(tmp_path: Path) -> None:
+    """bge-m3's architecture (XLM-R, pad id 1, CLS pooling), tiny and random, exports too."""
+    from .random_encoders import build_random_encoder, build_xlmr_tokenizer
+
+    path = build_random_encoder(
+        tmp_path / "bge-m3",
+        arch="xlm-roberta",
+        tokenizer=build_xlmr_tokenizer(max_length=512),
+        hidden=48,
+        layers=2,
+        heads=2,
+        intermediate=96,
+        max_seq_length=512,
+    )
+    torch_embedder = Embedder(str(path), device="cpu")
+    onnx_embedder = Embedder(str(path), backend="onnx", onnx_cache=tmp_path / "onnx")
+    try:
+        want = torch_embedder.embed_passages(TEXTS)
+        got = onnx_embedder.embed_passages(TEXTS)
+        alone = np.stack([onnx_embedder.embed_query(t) for t in TEXTS])
+    finally:
+        torch_embedder.close()
+        onnx_embedder.close()
+    assert (got * want).sum(axis=1).min() > 0.9999
+    assert (alone * want).sum(axis=1).min() > 0.9999

@@ -91,8 +91,11 @@ def export(model: Any, target: Path, *, int8: bool) -> None:
 
     graph = _graph(model)
     # A padded two-text example: the mask must be live in the traced graph.
-    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
-    mask = (ids != 0).long()
+    example = model.tokenizer(
+        ["an example of two texts, one padded", "two"], padding=True, return_tensors="pt"
+    )
+    ids, mask = example["input_ids"], example["attention_mask"]
+    assert int(mask.sum()) < mask.numel()
     config = model[0].auto_model.config
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
