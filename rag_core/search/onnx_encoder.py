@@ -1,8 +1,10 @@
-"""ONNX Runtime encoder: a sentence-transformers model exported once, run on CPU without torch.
+"""ONNX Runtime encoder: a sentence-transformers model exported once, run on CPU instead of torch.
 
 EMBEDDING_BACKEND=onnx (or onnx-int8) turns the loaded model into an ONNX graph (the transformer,
 its pooling and normalisation in one graph), optimised by ONNX Runtime's transformer optimizer
-(fused attention, layer norm, GELU) and, for onnx-int8, quantized to int8 weights. The files are
+(fused attention, layer norm, GELU) and, for onnx-int8, given int8 weights per channel
+(activations are quantized per run, which is why the Embedder then encodes questions one by
+one). Measured recall and speed: docs/benchmarks.md. The files are
 cached under DATA_DIR/models/onnx/, keyed by the model folder's files and the options, and
 exported again when missing or stale. Questions and passages are then tokenized by the Rust
 tokenizer and run by an onnxruntime session: the vectors match torch's (cosine 1.0000 fp32).
