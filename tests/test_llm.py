@@ -639,3 +639,34 @@ async def test_doctor_names_the_endpoint_the_context_and_what_needs_vllm(
     )
     assert "/v1/chat/completions" in other.message and "an estimate" in other.message
     assert f"LLM_MAX_MODEL_LEN={plain.llm_max_model_len} assumed" in other.message
+
+
+@pytest.mark.slow
+async def test_the_answer_path_on_vllms_chat_endpoint_without_a_tokenizer_here(
+    indexed_settings, embedder, llm_settings, vllm_server
+):
+    """An answer from retrieval to sources through /v1/chat/completions, with a model name that
+    has no tokenizer here: the server counts the prompt, the passages fit its context."""
+    from rag_core.runtime import open_rag
+
+    settings = remote_settings(
+        llm_settings, vllm_server, llm_model="hosted/not-here", llm_max_tokens=16
+    ).model_copy(
+        update={
+            "data_dir": indexed_settings.data_dir,
+            "embedding_model": indexed_settings.embedding_model,
+            "docs_base_url": indexed_settings.docs_base_url,
+            "relevance_threshold": 0.0,
+        }
+    )
+    async with open_rag(settings, embedder=embedder, with_llm=True) as rag:
+        assert rag.answerer is not None and isinstance(rag.generator, RemoteGenerator)
+        assert rag.generator.api == "chat"
+        prepared = await rag.answerer.prepare("What do the HNSW parameters mean?")
+        assert prepared.sources and prepared.prompt is not None
+        stream = rag.answerer.stream(prepared)
+        text = "".join([part async for part in stream])
+    answer = stream.result
+    assert answer is not None and text and answer.completion_tokens == 16
+    assert answer.finish_reason == "length"
+    assert answer.prompt_tokens <= 1024 - 16  # the server's own count, within its context
