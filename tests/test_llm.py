@@ -594,16 +594,8 @@ async def test_the_answer_path_retries_a_prompt_the_server_finds_too_long(
     from rag_core.runtime import open_rag
 
     url, seen = openai_chat_server
-    settings = remote_settings(
-        llm_settings, url, llm_model="chat-model", llm_max_model_len=8192
-    ).model_copy(
-        update={
-            "data_dir": indexed_settings.data_dir,
-            "embedding_model": indexed_settings.embedding_model,
-            "docs_base_url": indexed_settings.docs_base_url,
-            "relevance_threshold": 0.0,
-        }
-    )
+    remote = remote_settings(llm_settings, url, llm_model="chat-model", llm_max_model_len=8192)
+    settings = on_indexed_kb(remote, indexed_settings)
     async with open_rag(settings, embedder=embedder, with_llm=True) as rag:
         assert rag.answerer is not None
         prepared = await rag.answerer.prepare("What do the HNSW parameters mean?")
@@ -649,16 +641,10 @@ async def test_the_answer_path_on_vllms_chat_endpoint_without_a_tokenizer_here(
     has no tokenizer here: the server counts the prompt, the passages fit its context."""
     from rag_core.runtime import open_rag
 
-    settings = remote_settings(
+    remote = remote_settings(
         llm_settings, vllm_server, llm_model="hosted/not-here", llm_max_tokens=16
-    ).model_copy(
-        update={
-            "data_dir": indexed_settings.data_dir,
-            "embedding_model": indexed_settings.embedding_model,
-            "docs_base_url": indexed_settings.docs_base_url,
-            "relevance_threshold": 0.0,
-        }
     )
+    settings = on_indexed_kb(remote, indexed_settings)
     async with open_rag(settings, embedder=embedder, with_llm=True) as rag:
         assert rag.answerer is not None and isinstance(rag.generator, RemoteGenerator)
         assert rag.generator.api == "chat"
@@ -670,3 +656,15 @@ async def test_the_answer_path_on_vllms_chat_endpoint_without_a_tokenizer_here(
     assert answer is not None and text and answer.completion_tokens == 16
     assert answer.finish_reason == "length"
     assert answer.prompt_tokens <= 1024 - 16  # the server's own count, within its context
+
+
+def on_indexed_kb(settings, indexed_settings):
+    """`settings` answering over the session's indexed fixture docs, never refusing."""
+    return settings.model_copy(
+        update={
+            "data_dir": indexed_settings.data_dir,
+            "embedding_model": indexed_settings.embedding_model,
+            "docs_base_url": indexed_settings.docs_base_url,
+            "relevance_threshold": 0.0,
+        }
+    )
