@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rag_core.documents import Hit
-from rag_core.search.retrieval import diversify
+from rag_core.search.diversity import diversify
 
 
 def hit(chunk: str, page: str) -> Hit:

@@ -25,6 +25,7 @@ import pytest
 
 from rag_core.documents import Chunk, sha256
 from rag_core.errors import IndexMissingError, StoreError, StoreLockedError
+from rag_core.search.diversity import diversify
 from rag_core.search.store import Fusion, KnowledgeStore, VersionInfo, milvus_str
 
 from .conftest import FIXTURES
@@ -336,6 +337,71 @@ def test_searches_that_arrive_together_go_to_milvus_in_one_call(kb, corpus):
         del client.search
     assert [results[i] for i in range(len(probes))] == expected
     assert sum(calls) == 2 * len(probes) and len(calls) <= 6, calls
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense"])
+def test_hits_picked_from_a_pool_are_the_wide_search_spread_by_page(kb, corpus, mode):
+    """top_k picked from `pool` ranked candidates, one per page first, are what spreading the
+    first `pool` hits by page gives; only the picked rows are read back from Milvus."""
+    chunks, vectors = corpus
+    probes = [(vectors[i], chunks[i].text[:80]) for i in range(0, len(chunks), 9)]
+    client = kb.client
+    real = client.query
+    read: list[int] = []  # rows asked for per query call
+
+    def spy(name, *args, **kwargs):
+        read.append(kwargs["filter"].count(","))
+        return real(name, *args, **kwargs)
+
+    spread = 0
+    for vector, text in probes:
+        wide = kb.search(vector, text, top_k=20, mode=mode)
+        client.query = spy
+        try:
+            picked = kb.search(vector, text, top_k=5, mode=mode, pool=20, per_page=1)
+        finally:
+            del client.query
+        assert ids(picked) == ids(diversify(wide, 5, 1))
+        by_id = {h.chunk_id: h for h in wide}
+        assert [h.similarity for h in picked] == [by_id[h.chunk_id].similarity for h in picked]
+        spread += ids(picked) != ids(wide[:5])
+        assert read and read.pop() < 5, "more rows read than picked"
+    assert spread, "no probe had two passages of one page at the top: the test shows nothing"
+
+
+def test_held_rows_are_searched_in_memory_and_read_again_after_a_write(store, corpus):
+    """search_held finds what a Milvus search of the same filter finds, without a Milvus call
+    once read; a write to the version (insert, delete) is seen by the next search."""
+    chunks, vectors = corpus
+    version = store.create_version(model="m", dim=vectors.shape[1])
+    store.insert(version, chunks, vectors)
+    store.publish(version)
+    flt = 'source == "adminGuide"'
+    probe = vectors[5]
+    expected = store.search(probe, "", top_k=3, mode="dense", filter=flt)
+    held = store.search_held(probe, flt, top_k=3)
+    assert ids(held) == ids(expected)
+    assert [h.similarity for h in held] == pytest.approx([h.similarity for h in expected])
+    client = store.client
+    calls: list[str] = []
+    real_search, real_query = client.search, client.query
+    client.search = lambda *a, **k: calls.append("search") or real_search(*a, **k)
+    client.query = lambda *a, **k: calls.append("query") or real_query(*a, **k)
+    try:
+        assert ids(store.search_held(probe, flt, top_k=3)) == ids(expected)
+    finally:
+        del client.search, client.query
+    assert calls == []
+    # Only urls `keep` accepts.
+    other = expected[0].url
+    kept = store.search_held(probe, flt, top_k=3, keep=lambda url: url != other)
+    assert kept and other not in [h.url for h in kept]
+    # A write through the store: the deleted page is gone, an inserted row is found.
+    store.delete_documents(version, [expected[0].doc_id])
+    assert expected[0].chunk_id not in ids(store.search_held(probe, flt, top_k=3))
+    same = dataclasses.replace(chunks[5], chunk_id="copy-5", doc_id="copy", source="adminGuide")
+    store.insert(version, [same], vectors[5:6])
+    assert ids(store.search_held(probe, flt, top_k=1)) == ["copy-5"]
 
 
 def test_many_first_searches_at_once_on_a_reopened_database(tmp_path, corpus):

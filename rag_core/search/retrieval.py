@@ -13,17 +13,16 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..documents import Hit
 from ..errors import StoreError
+from . import verified
 from .embedding import Embedder
 from .named_terms import mentions, named_terms
 from .query_text import clean_query
 from .rerank import Reranker
 from .store import KnowledgeStore
-from .verified import FILTER as VERIFIED_FILTER
-from .verified import scoped_filters
 
 log = logging.getLogger(__name__)
 
-# Hits fetched per hit kept, so the top ones can come from several pages.
+# Candidates ranked per hit kept, so the top ones can come from several pages.
 _DIVERSITY_POOL = 4
 # BM25's first passages for a dotted config key: if the docs name it, these do.
 _TERM_PASSAGES = 10
@@ -65,23 +64,6 @@ def fold_near_duplicates(hits: Sequence[Hit], threshold: float = 0.8) -> list[Hi
     return [h for h, _ in kept]
 
 
-def diversify(hits: Sequence[Hit], top_k: int, per_page: int) -> list[Hit]:
-    """The best `top_k` hits, at most `per_page` from one page until every page had its turn.
-
-    Order is kept within each pass: a page's second passage ranks after every page's first.
-    """
-    kept: list[Hit] = []
-    later: list[Hit] = []
-    taken: dict[str, int] = {}
-    for hit in hits:
-        if taken.get(hit.doc_id, 0) < per_page:
-            taken[hit.doc_id] = taken.get(hit.doc_id, 0) + 1
-            kept.append(hit)
-        else:
-            later.append(hit)
-    return (kept + later)[:top_k]
-
-
 class Retriever:
     def __init__(
         self,
@@ -116,33 +98,33 @@ class Retriever:
         t0 = time.perf_counter()
         vector = await self.embedder.aembed_query(query)
         t1 = time.perf_counter()
-        docs_filter, verified_filter = filter, VERIFIED_FILTER if filter is None else ""
+        docs_filter, keep = filter, None
         if filter is None and verified_scope is not None:
-            docs_filter, verified_filter = scoped_filters(verified_scope)
-        search = asyncio.to_thread(
-            self.store.search,
-            vector,
-            query,
-            top_k=top_k * _DIVERSITY_POOL,
-            mode=self.settings.search_mode,
-            filter=docs_filter,
-            collection=collection,
-        )
-        if verified_filter:
-            # The closest verified answer, searched beside the docs (one batched Milvus call).
-            verified = asyncio.to_thread(
-                self.store.search,
-                vector,
-                "",
-                top_k=1,
-                mode="dense",
-                filter=verified_filter,
-                collection=collection,
+            docs_filter, keep = (
+                verified.docs_filter(verified_scope),
+                verified.given_in(verified_scope),
             )
-            found, best = await asyncio.gather(search, verified)
-        else:
-            found, best = await search, []
-        hits = diversify(found, top_k, self.settings.passages_per_page)
+
+        def search() -> tuple[list[Hit], list[Hit]]:
+            hits = self.store.search(
+                vector,
+                query,
+                top_k=top_k,
+                mode=self.settings.search_mode,
+                filter=docs_filter,
+                collection=collection,
+                pool=top_k * _DIVERSITY_POOL,
+                per_page=self.settings.passages_per_page,
+            )
+            if filter is not None or (verified_scope is not None and not verified_scope):
+                return hits, []
+            # The closest verified answer (few rows: searched in memory, no Milvus call).
+            best = self.store.search_held(
+                vector, verified.FILTER, top_k=1, collection=collection, keep=keep
+            )
+            return hits, best
+
+        hits, best = await asyncio.to_thread(search)
         t2 = time.perf_counter()
         rerank_s = 0.0
         if self.reranker is not None:

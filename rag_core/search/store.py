@@ -28,12 +28,13 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
 from ..documents import Chunk, Hit, in_context
 from ..errors import IndexMissingError, StoreError, StoreFullError
+from .diversity import diversify
 from .lite_engine import LiteEngine, LivePointer
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ _ITER_BATCH = 5000  # query_iterator page size (a plain query caps at 16384 rows
 # costs Lite a scan of the collection, so few large pages beat many small ones
 _HASH_BATCH = 500  # chunk hashes per `in [...]` filter when looking up stale answers
 _SEARCH_RETRIES = 3  # a search racing publish() may hit the version it just dropped
+# search_held: how long rows held in memory serve before they are read again (written by this
+# store: at once).
+_HELD_TTL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -175,13 +179,42 @@ class _Query:
     hybrid: bool
     filter: str
     collection: str = ""  # empty: the live version
+    pool: int = 0  # ranked candidates the top_k are picked from (0: top_k)
+    per_page: int = 0  # at most this many from one page before every page had one (0: no cap)
     done: bool = False
     hits: list[Hit] | None = None
     error: BaseException | None = None
 
     @property
-    def shape(self) -> tuple[bool, int, str, str]:
-        return (self.hybrid, self.top_k, self.filter, self.collection)
+    def shape(self) -> tuple[bool, int, str, str, int, int]:
+        return (self.hybrid, self.top_k, self.filter, self.collection, self.pool, self.per_page)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The rows a filter matches in one version, held for searching in memory."""
+
+    rows: list[dict[str, Any]]  # in chunk_id order
+    vectors: np.ndarray  # one unit-length row per row
+    read_at: float  # time.monotonic()
+
+
+class _Ranked(NamedTuple):
+    """A candidate before its row is read: enough to rank it and to spread pages."""
+
+    chunk_id: str
+    doc_id: str
+    score: float
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    query = np.asarray(vector, dtype=np.float32).ravel()
+    norm = float(np.linalg.norm(query))
+    return query / norm if norm > 0 else query
+
+
+def _pick(ranked: list[_Ranked], top_k: int, per_page: int) -> list[_Ranked]:
+    return diversify(ranked, top_k, per_page) if per_page else ranked[:top_k]
 
 
 class KnowledgeStore:
@@ -210,6 +243,9 @@ class KnowledgeStore:
         # Version metadata never changes after creation: cache it (live() runs per question).
         self._info_cache: dict[str, VersionInfo] = {}
         self._loaded: set[str] = set()
+        # search_held: rows per (version, filter), and a count of writes per version.
+        self._held_sets: dict[tuple[str, str], _Held] = {}
+        self._held_generation: dict[str, int] = {}
         self._state_lock = threading.Lock()
         # One load at a time: Lite fails searches that race a second load_collection() of the
         # same collection ("in state 'released'"), which is what many first questions at once do.
@@ -273,20 +309,25 @@ class KnowledgeStore:
         mode: Literal["hybrid", "dense"] = "hybrid",
         filter: str | None = None,
         collection: str | None = None,
+        pool: int | None = None,
+        per_page: int = 0,
     ) -> list[Hit]:
         """Top `top_k` chunks of the live version (or of `collection`, a version being built);
         `filter` is a Milvus boolean expression.
 
+        `pool` > top_k with `per_page`: the `top_k` are picked from the first `pool` ranked
+        candidates, at most `per_page` from one page until every page had its turn
+        (diversity.py). Only the picked rows are read back.
+
         Searches that arrive while another is running wait for it and then go to Milvus
         together, in one call (the same hits each would get alone).
         """
-        query = np.asarray(query_vector, dtype=np.float32).ravel()
-        norm = float(np.linalg.norm(query))
-        if norm > 0:
-            query = query / norm
         # BM25 of an empty text finds nothing and the dense side would be ranked alone anyway.
         hybrid = mode == "hybrid" and bool(query_text.strip())
-        job = _Query(query, query_text, top_k, hybrid, filter or "", collection or "")
+        job = _Query(
+            _unit(query_vector), query_text, top_k, hybrid, filter or "", collection or "",
+            pool=max(pool or top_k, top_k), per_page=per_page,
+        )  # fmt: skip
         cond = self._batch_cond
         with cond:
             self._waiting.append(job)
@@ -311,9 +352,72 @@ class KnowledgeStore:
         assert job.hits is not None
         return job.hits
 
+    def search_held(
+        self,
+        query_vector: np.ndarray,
+        filter: str,
+        *,
+        top_k: int,
+        collection: str | None = None,
+        keep: Callable[[str], bool] | None = None,
+    ) -> list[Hit]:
+        """Exact dense top `top_k` among the rows `filter` matches, searched in memory.
+
+        For a small set searched on every question (the verified answers), where a Milvus call
+        of its own would cost more than the search: read once per version, read again after
+        this store writes to that version, or after _HELD_TTL_S (another process may have).
+        `keep(url)`: only the rows whose url it accepts.
+        """
+        name = collection or self._live_name()
+        if name is None:
+            raise IndexMissingError(detail=f"alias {self.alias!r} does not exist yet")
+        held = self._held(name, filter)
+        if not held.rows:
+            return []
+        query = _unit(query_vector)
+        scores = held.vectors @ query
+        hits: list[Hit] = []
+        for i in np.argsort(-scores, kind="stable"):  # rows are in chunk_id order: ties too
+            row = held.rows[int(i)]
+            if keep is None or keep(row["url"]):
+                hits.append(_to_hit({**row, "_score": float(scores[i])}, query))
+                if len(hits) >= top_k:
+                    break
+        return hits
+
+    def _held(self, name: str, filter: str) -> _Held:
+        with self._state_lock:
+            held = self._held_sets.get((name, filter))
+            generation = self._held_generation.get(name, 0)
+        if held is not None and time.monotonic() - held.read_at < _HELD_TTL_S:
+            return held
+
+        def read() -> list[dict[str, Any]]:
+            self._ensure_loaded(name)
+            return sorted(self._iterate(name, filter, _HIT_FIELDS), key=lambda r: r["chunk_id"])
+
+        rows = self._call(read, f"query {name}")
+        vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(
+            len(rows), -1 if rows else 0
+        )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        held = _Held(rows, vectors / np.where(norms > 0, norms, 1.0), time.monotonic())
+        with self._state_lock:
+            # Not if a write landed while this read ran: it may have read the rows before it.
+            if self._held_generation.get(name, 0) == generation:
+                self._held_sets[(name, filter)] = held
+        return held
+
+    def _forget_held(self, name: str) -> None:
+        """After a write to version `name`: its held sets are read again on their next use."""
+        with self._state_lock:
+            self._held_generation[name] = self._held_generation.get(name, 0) + 1
+            for key in [k for k in self._held_sets if k[0] == name]:
+                del self._held_sets[key]
+
     def _run_batch(self, batch: list[_Query]) -> None:
-        """One Milvus call per shape (mode, top_k, filter) in `batch`; every job ends done."""
-        groups: dict[tuple[bool, int, str, str], list[_Query]] = {}
+        """One Milvus call per shape (mode, top_k, filter, ...) in `batch`; every job ends done."""
+        groups: dict[tuple[bool, int, str, str, int, int], list[_Query]] = {}
         for job in batch:
             groups.setdefault(job.shape, []).append(job)
         try:
@@ -341,9 +445,9 @@ class KnowledgeStore:
                 self._ensure_loaded(name)
                 if first.hybrid:
                     texts = [job.text for job in group]
-                    rows = self._hybrid(name, queries, texts, first.top_k, first.filter)
+                    rows = self._hybrid(name, queries, texts, first)
                 else:
-                    rows = self._dense(name, queries, first.top_k, first.filter)
+                    rows = self._dense(name, queries, first)
                 return [
                     [_to_hit(row, query) for row in found]
                     for query, found in zip(queries, rows, strict=True)
@@ -375,24 +479,34 @@ class KnowledgeStore:
         return getattr(state, "name", str(state)) != "Loaded"
 
     def _dense(
-        self, name: str, queries: list[np.ndarray], top_k: int, filter: str
+        self, name: str, queries: list[np.ndarray], shape: _Query
     ) -> list[list[dict[str, Any]]]:
+        # Picking among more than top_k: rank on ids alone, then read only the picked rows.
+        picking = shape.pool > shape.top_k
         result = self.client.search(
             name,
             data=[q.tolist() for q in queries],
             anns_field="vector",
-            limit=top_k + _TIE_SLACK,
-            filter=filter,
-            output_fields=_HIT_FIELDS,
+            limit=shape.pool + _TIE_SLACK,
+            filter=shape.filter,
+            output_fields=["chunk_id", "doc_id"] if picking else _HIT_FIELDS,
             search_params={"metric_type": "COSINE"},
         )
-        return [
-            _cut([{**hit["entity"], "_score": hit["distance"]} for hit in hits], top_k)
+        ranked = [
+            _cut([{**hit["entity"], "_score": hit["distance"]} for hit in hits], shape.pool)
             for hits in result
         ]
+        if not picking:
+            return ranked
+        picked = [
+            _pick([_Ranked(r["chunk_id"], r["doc_id"], r["_score"]) for r in rows], shape.top_k,
+                  shape.per_page)
+            for rows in ranked
+        ]  # fmt: skip
+        return self._read_rows(name, picked)
 
     def _hybrid(
-        self, name: str, queries: list[np.ndarray], texts: list[str], top_k: int, filter: str
+        self, name: str, queries: list[np.ndarray], texts: list[str], shape: _Query
     ) -> list[list[dict[str, Any]]]:
         """Dense and BM25 candidates, fused here by weighted reciprocal rank (`self.fusion`).
 
@@ -404,15 +518,15 @@ class KnowledgeStore:
         # Each side proposes more candidates than asked, so RRF can promote a chunk that ranks
         # well on both without being first on either.
         fusion = self.fusion
-        candidates = max(fusion.candidates, top_k)
+        candidates = max(fusion.candidates, shape.pool)
         sides = [
             self.client.search(
                 name,
                 data=data,
                 anns_field=field,
                 limit=candidates,
-                filter=filter,
-                output_fields=["chunk_id"],
+                filter=shape.filter,
+                output_fields=["chunk_id", "doc_id"],
                 search_params={"metric_type": metric},
             )
             for data, field, metric in (
@@ -420,13 +534,15 @@ class KnowledgeStore:
                 (texts, "sparse", "BM25"),
             )
         ]
-        fused: list[list[tuple[str, float]]] = []
+        picked: list[list[_Ranked]] = []
         for dense, sparse in zip(*sides, strict=True):
             scores: dict[str, float] = {}
             dense_rank: dict[str, int] = {}
+            pages: dict[str, str] = {}
             for ranking, weight in ((dense, fusion.dense_weight), (sparse, 1.0)):
                 for rank, hit in enumerate(ranking, 1):
                     chunk_id = hit["entity"]["chunk_id"]
+                    pages[chunk_id] = hit["entity"]["doc_id"]
                     scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (fusion.rrf_k + rank)
                     if ranking is dense:
                         dense_rank[chunk_id] = rank
@@ -436,16 +552,22 @@ class KnowledgeStore:
                 scores,
                 key=lambda c: (-scores[c], dense_rank.get(c, len(dense) + 1), c),
             )
-            fused.append([(c, scores[c]) for c in order[:top_k]])
-        wanted = sorted({chunk_id for best in fused for chunk_id, _ in best})
+            ranked = [_Ranked(c, pages[c], scores[c]) for c in order[: shape.pool]]
+            picked.append(_pick(ranked, shape.top_k, shape.per_page))
+        return self._read_rows(name, picked)
+
+    def _read_rows(self, name: str, picked: list[list[_Ranked]]) -> list[list[dict[str, Any]]]:
+        """The stored rows of the picked candidates (one query for a whole batch), in order."""
+        wanted = sorted({c.chunk_id for best in picked for c in best})
         rows: dict[str, dict[str, Any]] = {}
         if wanted:
             expr = f"chunk_id in [{', '.join(milvus_str(c) for c in wanted)}]"
             found = self.client.query(name, filter=expr, output_fields=_HIT_FIELDS)
             rows = {row["chunk_id"]: row for row in found}
+        # A row deleted between the search and this read is left out.
         return [
-            [{**rows[chunk_id], "_score": score} for chunk_id, score in best if chunk_id in rows]
-            for best in fused
+            [{**rows[c.chunk_id], "_score": c.score} for c in best if c.chunk_id in rows]
+            for best in picked
         ]
 
     def lexical_texts(
@@ -644,6 +766,7 @@ class KnowledgeStore:
         # Sealed now, not at publish: a version searched before it is flushed pays for its
         # unsealed rows on every search (Lite 3.x re-indexed them per query).
         self.client.flush(dst)
+        self._forget_held(dst)
         self._check_written(f"copy into {dst}")
         return copied
 
@@ -659,6 +782,7 @@ class KnowledgeStore:
     def _insert_rows(self, collection: str, rows: list[dict[str, Any]]) -> None:
         for start in range(0, len(rows), _INSERT_BATCH):
             self.client.insert(collection, rows[start : start + _INSERT_BATCH])
+        self._forget_held(collection)
         self._check_written(f"insert into {collection}")
 
     def delete_documents(self, collection: str, doc_ids: Collection[str]) -> None:
@@ -670,6 +794,7 @@ class KnowledgeStore:
         def run() -> None:
             self._ensure_loaded(collection)
             self.client.delete(collection, filter=expr)
+            self._forget_held(collection)
             self._check_written(f"delete from {collection}")
 
         self._call(run, f"delete from {collection}")
@@ -728,6 +853,7 @@ class KnowledgeStore:
         with self._state_lock:
             self._loaded.discard(collection)
             self._info_cache.pop(collection, None)
+        self._forget_held(collection)
 
     def drop_orphans(self) -> list[str]:
         """Drop versions the live pointer does not name (left by a failed or crashed reindex).

@@ -14,7 +14,7 @@ switches versions, so neither can miss the other.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,18 +31,22 @@ SOURCE = "verified"  # the `source` of every verified row: never a spec a reinde
 FILTER = f'doc_id like "{PREFIX}%"'
 
 
-def scoped_filters(scope: Sequence[str]) -> tuple[str, str]:
-    """Milvus filters for (the docs search, the verified search) when only the verified answers
-    given under one of the URL prefixes in `scope` may answer (a community's own: its Discord
-    server's message links). An empty scope keeps every verified answer out.
+def docs_filter(scope: Sequence[str]) -> str:
+    """The Milvus filter for the docs search when only the verified answers given under one of
+    the URL prefixes in `scope` may answer (a community's own: its Discord server's message
+    links). An empty scope keeps every verified answer out.
 
     Written with `source` and `like`: Milvus Lite cannot negate a `like`, nor escape its
     wildcards (`_` in a prefix matches any one character; Discord links hold only digits)."""
     docs = f"source != {milvus_str(SOURCE)}"
-    if not scope:
-        return docs, ""
     given = " or ".join(f"url like {milvus_str(prefix + '%')}" for prefix in scope)
-    return f"{docs} or {given}", f"{FILTER} and ({given})"
+    return f"{docs} or {given}" if scope else docs
+
+
+def given_in(scope: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a verified answer's link is under one of the prefixes in `scope`."""
+    prefixes = tuple(scope)
+    return lambda url: url.startswith(prefixes)
 
 
 def is_verified(doc_id: str) -> bool:
