@@ -434,25 +434,23 @@ def check_embedding_model(settings: Settings) -> tuple[CheckResult, int | None]:
         return _ok(name, f"{model}: {located.note}"), None
 
     from rag_core.errors import EmbeddingError
-    from rag_core.search.embedding import Embedder
+    from rag_core.runtime import open_embedder
 
     started = time.perf_counter()
     try:
-        embedder = Embedder(
-            model, device=settings.embedding_device, batch_size=settings.embedding_batch_size
-        )
+        embedder = open_embedder(settings)  # the backend the bot uses: an ONNX one is exported
     except EmbeddingError as exc:
         return _fail(
             name,
             f"{model} cannot be loaded: {exc.detail}",
-            "Check EMBEDDING_MODEL and EMBEDDING_DEVICE (cpu if no GPU); delete a half-"
-            "downloaded copy from the Hugging Face cache and retry.",
+            "Check EMBEDDING_MODEL, EMBEDDING_DEVICE (cpu if no GPU) and EMBEDDING_BACKEND; "
+            "delete a half-downloaded copy from the Hugging Face cache and retry.",
         ), None
     seconds = time.perf_counter() - started
     embedder.close()
     return _ok(
         name,
-        f"{model} loads on {embedder.device} in {seconds:.1f} s "
+        f"{model} loads on {embedder.device} ({settings.embedding_backend}) in {seconds:.1f} s "
         f"({embedder.dim}-d, {embedder.max_tokens} tokens max, {located.where})",
     ), embedder.dim
 

@@ -63,6 +63,17 @@ def _open_store(settings: Settings) -> KnowledgeStore:
     )
 
 
+def open_embedder(settings: Settings) -> Embedder:
+    """The embedding model as the settings name it (backend, device, ONNX cache under DATA_DIR)."""
+    return Embedder(
+        settings.embedding_model,
+        device=settings.embedding_device,
+        batch_size=settings.embedding_batch_size,
+        backend=settings.embedding_backend,
+        onnx_cache=settings.data_dir / "models" / "onnx",
+    )
+
+
 def live_rows(settings: Settings) -> list[dict[str, Any]]:
     """Every passage of the live index (no vectors), without loading any model; none when a
     Milvus Lite file does not exist yet (and none is created)."""
@@ -97,14 +108,7 @@ async def open_rag(
     owned_embedder: Embedder | None = None
     try:
         if embedder is None:
-            embedder = owned_embedder = await asyncio.to_thread(
-                Embedder,
-                settings.embedding_model,
-                device=settings.embedding_device,
-                batch_size=settings.embedding_batch_size,
-                backend=settings.embedding_backend,
-                onnx_cache=settings.data_dir / "models" / "onnx",
-            )
+            embedder = owned_embedder = await asyncio.to_thread(open_embedder, settings)
         chunker = Chunker(
             embedder.count_tokens,
             max_tokens=embedder.max_tokens,

@@ -181,6 +181,17 @@ def test_empty_lite_folder_and_feedback_db(tmp_path: Path) -> None:
     assert result.status is Status.WARN and "no knowledge base yet" in result.message
 
 
+def test_the_embedding_check_loads_the_backend_the_bot_uses(tmp_path: Path) -> None:
+    """EMBEDDING_BACKEND=onnx is exported under DATA_DIR like the bot does: a folder that
+    cannot hold the export fails the check (torch alone would have passed it)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").write_text("not a folder")
+    settings = make_settings(tmp_path, embedding_backend="onnx")
+    embedding, dim = doctor.check_embedding_model(settings)
+    assert embedding.status is Status.FAIL and dim is None, embedding
+    assert "ONNX" in embedding.message and "EMBEDDING_BACKEND" in embedding.fix
+
+
 async def test_good_offline_settings_pass(
     indexed_settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -155,9 +155,9 @@ def cached_export(model: Any, model_name: str, backend: str, cache_dir: Path) ->
     target = folder / f"{key}.onnx"
     if target.is_file():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX (%s) in %s: once, ~10-30 s", model_name, backend, folder)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         export(model, target, int8=backend == "onnx-int8")
     except Exception as exc:
         raise EmbeddingError(detail=f"cannot export {model_name!r} to ONNX: {exc}") from exc
