@@ -118,6 +118,48 @@ async def test_cancelled_reindex_leaves_live_index_identical(rag: Rag, corpus: P
     assert await asyncio.to_thread(rag.store.drop_orphans) == []
 
 
+async def test_a_cancel_during_a_write_drops_the_version_after_the_write(
+    rag: Rag, corpus: Path
+) -> None:
+    """A cancel arriving while a batch is being inserted (in a thread a cancel does not stop)
+    waits for that insert before dropping the version (an insert into a dropped collection
+    fails, or on a cached schema is lost without a word)."""
+    await rag.indexer.run([str(corpus / "reference" / "sys_config")])
+    store = rag.store
+    real_insert, real_drop = store.insert, store.drop
+    inserting = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    events: list[str] = []
+
+    def slow_insert(collection, chunks, vectors):
+        events.append("insert")
+        loop.call_soon_threadsafe(inserting.set)
+        time.sleep(0.5)  # the cancel lands meanwhile
+        try:
+            real_insert(collection, chunks, vectors)
+        finally:
+            events.append("inserted")
+
+    def drop(collection):
+        events.append("drop")
+        real_drop(collection)
+
+    (corpus / "reference" / "metric.md").write_text("# Changed\n\nCompletely different text.\n")
+    store.insert, store.drop = slow_insert, drop  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(rag.indexer.run([str(corpus)]))
+        await asyncio.wait_for(inserting.wait(), 120)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        del store.insert, store.drop
+    assert events == ["insert", "inserted", "drop"]
+    assert await asyncio.to_thread(store.drop_orphans) == []
+    again = await rag.indexer.run([str(corpus)])
+    assert again.published and not again.failed
+
+
 async def test_searchers_never_see_an_empty_index_during_reindex(rag: Rag, corpus: Path) -> None:
     await rag.indexer.run([str(corpus / "reference" / "index.md")])
     empty: list[str] = []

@@ -311,8 +311,7 @@ class _Run:
             # Closed now, not when collected: a run stopped while it embeds (cancelled, timed
             # out) stops its fetches, and kills the processes converting pages, at once.
             await items.aclose()
-            for task in self.writes:
-                task.cancel()
+            await self.settle_writes()
             if self.version is not None:  # failed midway: the live index was never touched
                 log.warning("reindex failed; dropping unfinished version %s", self.version)
                 try:
@@ -361,7 +360,22 @@ class _Run:
 
     async def drain_writes(self) -> None:
         while self.writes:
-            await self.writes.pop(0)
+            # Shielded: a cancel of the run leaves the write listed, for settle_writes.
+            await asyncio.shield(self.writes[0])
+            self.writes.pop(0)
+
+    async def settle_writes(self) -> None:
+        """Wait for the write in flight, its outcome unused: a cancel does not stop the thread
+        it runs in, and dropping the version under it fails that insert."""
+        writes, self.writes = self.writes, []
+        for task in writes:
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():  # this run is cancelled again: the write is left to end
+                    raise
+            except Exception as exc:  # the run's own error (or cancel) is the one to report
+                log.debug("a write of the stopped reindex failed: %s", exc)
 
     async def write(self, batch: list[Chunk], vectors: np.ndarray) -> None:
         assert self.version is not None
