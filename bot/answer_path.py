@@ -188,6 +188,13 @@ class AnswerPath:
         cooldown = self._cooldowns.setdefault(user_id, app_commands.Cooldown(1, per))
         return cooldown.update_rate_limit()
 
+    def give_back_cooldown(self, user_id: int) -> None:
+        """Undo `take_cooldown` for a question the bot kept silent on (a forum post left to
+        people): the poster's next question to the bot is not made to wait for it."""
+        cooldown = self._cooldowns.get(user_id)
+        if cooldown is not None:
+            cooldown.reset()
+
     def first_wait_notice(self, user_id: int, retry_after: float) -> bool:
         """Whether to tell `user_id` to wait `retry_after` s: once per cooldown window, so a
         flood of messages gets one notice, not one per message."""

@@ -443,6 +443,31 @@ async def test_a_forum_can_get_the_closest_pages_for_posts_the_docs_dont_cover(
     w.fake.assert_clean()
 
 
+async def test_a_post_the_bot_stays_silent_on_does_not_spend_the_posters_cooldown(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    """The forum queue takes the poster's cooldown to start an answer; when nothing is posted
+    (the docs don't cover it), the poster's next question to the bot is not made to wait."""
+    rag, _, _ = spied(indexed, **GATE, **TALK)
+    async with running_bot(rag, tmp_path, ask_cooldown_s=30, **TALK) as w:
+        me = w.fake.bot_user.id
+        uncovered, _ = await w.fake.forum_post(w.help, w.bob, *UNCOVERED)
+        while not await w.store.gap_questions(0):  # the silent outcome is recorded
+            await asyncio.sleep(0.05)
+        await w.fake.wait_quiet()
+        assert bot_messages(w, uncovered) == []
+        await w.fake.user_message(uncovered, w.bob, f"<@{me}> {UNCOVERED[1]}")
+        said = lambda: [m.content[:20] for m in bot_messages(w, uncovered)]  # noqa: E731
+        await w.fake.wait_for(lambda: said() == [REFUSAL[:20]], timeout=60)
+        # An answered post spends it as before: a mention right after is asked to wait.
+        post, _ = await w.fake.forum_post(w.help, w.alice, *COVERED)
+        await wait_answers(w, post)
+        await w.fake.user_message(post, w.alice, f"<@{me}> and for IVF_PQ?")
+        await w.fake.wait_for(lambda: len(bot_messages(w, post)) == 2, timeout=60)
+        assert bot_messages(w, post)[-1].content.startswith("Please wait")
+    w.fake.assert_clean()
+
+
 async def test_the_poster_marks_the_answer_solved_which_tags_the_post(
     indexed: Indexed, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -19,6 +19,7 @@ text of a message that mentions it), so follow-ups, replies and forum posts are 
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 from dataclasses import dataclass
@@ -252,34 +253,44 @@ class Conversations(commands.Cog):
     async def _answer_post(self, queued: QueuedPost) -> bool:
         """The first reply to a queued forum post, when the docs cover it; False when no answer
         slot was free after all (it waits again). Nobody asked the bot here, so it never posts
-        a status line, a "please wait" or an error into the post."""
+        a status line, a "please wait" or an error into the post; a post it stays silent on
+        gives the poster's cooldown back (the queue took it to start the answer)."""
+        outcome = _Post.SILENT
+        try:
+            outcome = await self._post_answer(queued)
+        finally:
+            if outcome is not _Post.ANSWERED:
+                self.bot.answers.give_back_cooldown(queued.user_id)
+        return outcome is not _Post.RETRY
+
+    async def _post_answer(self, queued: QueuedPost) -> _Post:
         path = self.bot.answers
         settings = self.bot.settings
         try:
             post = await self._post(queued.post_id)
         except discord.HTTPException:  # Discord did not answer: the post waits
             log.warning("could not look up forum post %s", queued.post_id, exc_info=True)
-            return False
+            return _Post.RETRY
         if post is None:
-            return True  # deleted or out of sight: nothing to answer
+            return _Post.SILENT  # deleted or out of sight: nothing to answer
         if await self.bot.feedback.conversation(thread_id=post.id) is not None:
-            return True  # answered before a restart, not yet out of the queue
+            return _Post.SILENT  # answered before a restart, not yet out of the queue
         if not _may(post, "send_messages_in_threads"):
             path.missing_permission(post.parent or post, "Send Messages in Threads")
-            return True
+            return _Post.SILENT
         writer = _PostWriter(post, interval=settings.edit_interval_s, quiet=True)
         asker = Asker(queued.user_id, queued.guild_id, post.id)
         refusals = settings.forum_uncovered == "closest"
         delivered = await path.deliver(queued.question, writer, asker, refusals=refusals)
         if delivered is None:
-            return not writer.busy
+            return _Post.RETRY if writer.busy else _Post.SILENT
         await path.remember(delivered, None, post)
         if delivered.messages and not delivered.answer.refused and _solved_tag(post, settings):
             try:
                 await delivered.messages[-1].add_reaction(settings.solved_emojis[0])
             except (discord.HTTPException, IndexError):
                 log.warning("could not offer the solved reaction in post %s", post.id)
-        return True
+        return _Post.ANSWERED if delivered.messages else _Post.SILENT
 
     async def _post(self, post_id: int) -> discord.Thread | None:
         """The forum post `post_id`, from the cache or (after a restart) from Discord; None when
@@ -332,6 +343,14 @@ class Conversations(commands.Cog):
             await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException:
             self.bot.answers.missing_permission(message.channel, "Send Messages")
+
+
+class _Post(enum.Enum):
+    """How a queued forum post ended."""
+
+    ANSWERED = "a reply was posted"
+    SILENT = "left to people (nothing posted)"
+    RETRY = "no answer slot after all: it waits again"
 
 
 class _PostWriter(MessageWriter):
