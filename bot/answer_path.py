@@ -35,6 +35,7 @@ from rag_core.errors import RagError
 
 from . import metrics
 from .feedback import SourceRecord
+from .handoff import handoff_view
 from .home import Home
 from .streaming import MESSAGE_LIMIT, plain_links, render_sources, safe_truncate, split_message
 from .utils import GENERIC_ERROR, AnswerQueue, QueueFull, queue_text
@@ -404,6 +405,9 @@ class AnswerPath:
             _log_question(asker, "error", prepared, _since(started), error="unexpected")
             await writer.fail(GENERIC_ERROR)
             return None
+        if not messages:  # held back by its writer: people answered first (step_back.py)
+            _log_question(asker, "skipped", prepared, seconds)
+            return None
         _log_question(
             asker,
             "refused" if answer.refused else "answered",
@@ -415,6 +419,8 @@ class AnswerPath:
         answer_id = await self._record(asker, answer, messages, seconds)
         if votes and messages:
             await self._add_vote_reactions(messages[-1])
+            if answer_id is not None and self.settings.helper_role_id and asker.guild_id:
+                await self._offer_helpers(messages[-1], answer_id)
         return Delivered(answer, messages, answer_id)
 
     async def _record(
@@ -460,6 +466,13 @@ class AnswerPath:
             )
         except Exception:
             log.exception("could not record the unanswered question of %s", asker.user_id)
+
+    async def _offer_helpers(self, message: discord.Message, answer_id: int) -> None:
+        """The "Ask a helper" button under a public answer (bot/handoff.py)."""
+        try:
+            await message.edit(view=handoff_view(answer_id))
+        except discord.HTTPException:
+            log.warning("could not offer 'Ask a helper' on answer %s", answer_id, exc_info=True)
 
     async def _add_vote_reactions(self, message: discord.Message) -> None:
         settings = self.settings

@@ -316,6 +316,44 @@ async def check_home_guilds(settings: Settings) -> CheckResult:
     return _ok(name, f"the bot is in its {len(home)} home server(s) and no other")
 
 
+async def check_helper_role(settings: Settings) -> CheckResult:
+    """HELPER_ROLE_ID names a role of a home server that Discord will notify when pinged."""
+    name = "helper role"
+    role_id = settings.helper_role_id
+    if not role_id:
+        return _ok(name, "HELPER_ROLE_ID is not set: no 'Ask a helper' button")
+    token = settings.discord_token.get_secret_value()
+    if not token:
+        return _skip(name, "no token to ask Discord about the role")
+    import discord
+
+    fix = "Set HELPER_ROLE_ID to the helpers' role id (right-click the role > Copy Role ID)."
+    client = discord.Client(intents=discord.Intents.none())
+    try:
+        async with asyncio.timeout(_DISCORD_TIMEOUT_S):
+            await client.login(token)
+            roles = []
+            for guild_id in settings.home_guild_ids:
+                guild = await client.fetch_guild(guild_id)
+                roles += [(guild.name, r) for r in guild.roles if r.id == role_id]
+    except (TimeoutError, OSError, discord.DiscordException) as exc:
+        return _warn(name, f"could not ask Discord about role {role_id} ({type(exc).__name__})")
+    finally:
+        await client.close()
+    if not roles:
+        return _fail(name, f"role {role_id} is in none of the home servers", fix)
+    guild_name, role = roles[0]
+    if not role.mentionable:
+        return _warn(
+            name,
+            f"{role.name!r} in {guild_name!r} is not mentionable: its members are not notified "
+            "unless the bot has Mention Everyone",
+            "Server Settings > Roles > the role > 'Allow anyone to @mention this role', or give "
+            "the bot Mention @everyone, @here and All Roles.",
+        )
+    return _ok(name, f"{role.name!r} in {guild_name!r}, mentionable")
+
+
 # -- models ---------------------------------------------------------------------------------------
 
 
@@ -813,6 +851,7 @@ async def run_checks(settings: Settings, *, quick: bool = False) -> list[CheckRe
         results.append(await asyncio.to_thread(check_liveness, settings))
         return results
     results.append(await check_home_guilds(settings))
+    results.append(await check_helper_role(settings))
     embedding, dim = await asyncio.to_thread(check_embedding_model, settings)
     results.append(embedding)
     results.append(await asyncio.to_thread(check_llm_model, settings))

@@ -122,6 +122,8 @@ class ForumQueue:
                 continue
             if now - post.queued_at >= self.settings.forum_max_wait_s:
                 await self._leave(post, now - post.queued_at)
+            elif now - post.queued_at < self.settings.forum_grace_s:
+                continue  # helpers have the first word
             elif self._slot_free() and self.path.take_cooldown(post.user_id) is None:
                 task = asyncio.create_task(self._answer(post), name=f"forum-post-{post.post_id}")
                 self._answering[post.post_id] = task

@@ -96,8 +96,9 @@ class Metrics:
         )
         self.forum_left = Counter(
             f"{PREFIX}_forum_posts_left",
-            "Forum posts left to people for want of an answer slot, by reason (waited: past "
-            "FORUM_MAX_WAIT_S; full: the forum queue was full)",
+            "Forum posts left to people without an answer, by reason (waited: no answer slot "
+            "within FORUM_MAX_WAIT_S; full: the forum queue was full; people: someone helping "
+            "replied first)",
             ["reason"],
             registry=r,
         )
@@ -105,6 +106,9 @@ class Metrics:
             f"{PREFIX}_votes", "Reactions on answers (flag, good, and their removals)", ["kind"],
             registry=r,
         )  # fmt: skip
+        self.handoffs = Counter(
+            f"{PREFIX}_handoffs", "Questions handed to helpers ('Ask a helper')", registry=r
+        )
         self.index_chunks = Gauge(
             f"{PREFIX}_index_chunks", "Chunks in the live knowledge base", registry=r
         )
@@ -138,7 +142,7 @@ class Metrics:
             self.reindexes.labels(outcome)
         for vote in ("flag", "good"):
             self.votes.labels(vote)
-        for reason in ("waited", "full"):
+        for reason in ("waited", "full", "people"):
             self.forum_left.labels(reason)
 
     # -- what the cogs call ---------------------------------------------------------------------
@@ -175,6 +179,9 @@ class Metrics:
         """A failure, by a short stable kind: e.g. the RagError class name, 'discord', 'busy'."""
         self.errors.labels(kind).inc()
 
+    def observe_handoff(self) -> None:
+        self.handoffs.inc()
+
     def observe_vote(self, kind: VoteKind | str) -> None:
         self.votes.labels(kind).inc()
 
@@ -184,9 +191,9 @@ class Metrics:
     def set_forum_queue_depth(self, n: int) -> None:
         self.forum_queue_depth.set(n)
 
-    def observe_forum_left(self, reason: Literal["waited", "full"]) -> None:
-        """A forum post left to people without an answer: it waited too long, or found the
-        forum queue full."""
+    def observe_forum_left(self, reason: Literal["waited", "full", "people"]) -> None:
+        """A forum post left to people without an answer: it waited too long, found the forum
+        queue full, or someone helping replied before the answer was ready."""
         self.forum_left.labels(reason).inc()
 
     def set_index_size(self, n: int) -> None:
@@ -340,6 +347,7 @@ observe_vote = METRICS.observe_vote
 set_queue_depth = METRICS.set_queue_depth
 set_forum_queue_depth = METRICS.set_forum_queue_depth
 observe_forum_left = METRICS.observe_forum_left
+observe_handoff = METRICS.observe_handoff
 set_index_size = METRICS.set_index_size
 set_connected = METRICS.set_connected
 observe_reindex = METRICS.observe_reindex

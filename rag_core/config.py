@@ -354,6 +354,40 @@ class Settings(BaseSettings):
         description="A forum post that waited this long without an answer slot is left to "
         "people (counted in /gaps)",
     )
+    forum_grace_s: float = Field(
+        0,
+        ge=0,
+        description="Seconds a new forum post waits before the bot answers it, so helpers "
+        "have the first word (a post a person replied to meanwhile is left to them)",
+    )
+    helper_role_id: int = Field(
+        0,
+        ge=0,
+        description="The helpers' role: 'Ask a helper' under answers pings it (the only ping "
+        "the bot makes); 0 = no button",
+    )
+    handoff_window_s: float = Field(
+        3600, gt=0, description="The window HANDOFF_PER_USER and HANDOFF_PER_THREAD count in"
+    )
+    handoff_per_user: int = Field(
+        3, ge=1, description="'Ask a helper' presses one member may make per HANDOFF_WINDOW_S"
+    )
+    handoff_per_thread: int = Field(
+        1,
+        ge=1,
+        description="Helper pings per thread, forum post or channel per HANDOFF_WINDOW_S",
+    )
+    step_back_for: Literal["anyone", "helpers", "off"] = Field(
+        "anyone",
+        description="Whose replies make the bot step back in forum posts and its threads: "
+        "anyone but the asker, members with HELPER_ROLE_ID, or nobody (off)",
+    )
+    step_back_s: float = Field(
+        900,
+        ge=0,
+        description="After such a reply, seconds the bot leaves messages not addressed to it "
+        "(no mention, no reply to it) in that thread to people",
+    )
     verified_shared: bool = Field(
         False,
         description="Verified answers answer in every home server (default: only in the "

@@ -160,7 +160,8 @@ async def test_a_follow_up_in_the_answers_thread_is_answered_with_the_first_turn
         assert thread.owner_id == w.fake.bot_user.id
         first_prompt = len(engine.prompts)
 
-        follow_up = await w.fake.user_message(thread, w.bob, FOLLOW_UP)
+        # The asker's follow-up (another person's is left to people: test_bot_helpers.py).
+        follow_up = await w.fake.user_message(thread, w.alice, FOLLOW_UP)
         await wait_answers(w, thread)
         [answer] = answers_in(w, thread)
         assert answer.message_reference is not None
@@ -322,7 +323,7 @@ async def test_a_long_thread_asks_for_a_new_question_and_the_cooldown_is_shared(
         await ask(w, w.store, w.alice)
         thread = await wait_thread(w, w.general)
         prompts = len(engine.prompts)
-        await w.fake.user_message(thread, w.bob, FOLLOW_UP)
+        await w.fake.user_message(thread, w.alice, FOLLOW_UP)
         await w.fake.wait_for(lambda: bool(bot_messages(w, thread)))
         assert bot_messages(w, thread)[0].content == TOO_LONG
         # One cooldown per person, whichever way the question arrives.
@@ -505,7 +506,8 @@ async def test_a_flood_from_one_person_gets_one_answer_and_one_wait_notice(
     indexed: Indexed, tmp_path: Path
 ) -> None:
     rag, _, _ = spied(indexed, **TALK)
-    async with running_bot(rag, tmp_path, ask_cooldown_s=20, **TALK) as w:
+    # Bob floods Alice's thread (asking the bot: no stepping back for him).
+    async with running_bot(rag, tmp_path, ask_cooldown_s=20, step_back_for="off", **TALK) as w:
         await ask(w, w.store, w.alice)
         thread = await wait_thread(w, w.general)
         for n in range(30):  # 30 messages in a second or two
@@ -523,7 +525,10 @@ async def test_concurrent_posters_cannot_pass_the_turn_limit(
     indexed: Indexed, tmp_path: Path
 ) -> None:
     rag, _, _ = spied(indexed, **TALK)
-    async with running_bot(rag, tmp_path, conversation_max_turns=4, **TALK) as w:
+    # Everyone in the thread asks the bot (no stepping back for the others' messages).
+    async with running_bot(
+        rag, tmp_path, conversation_max_turns=4, step_back_for="off", **TALK
+    ) as w:
         await ask(w, w.store, w.alice)
         thread = await wait_thread(w, w.general)
         posters = [w.member(f"poster{n}") for n in range(30)]
@@ -611,7 +616,7 @@ async def test_a_restart_between_two_turns_keeps_the_history(
         with FeedbackStore.open(db) as store:
             bot = RagBot(settings, rag, store, guild_ready_timeout=0.05)
             async with fake.running(bot):
-                await fake.user_message(thread, people["bob"], FOLLOW_UP)
+                await fake.user_message(thread, people["alice"], FOLLOW_UP)
                 await wait_answers(fake, thread)
                 assert f"User: {FIRST}" in engine.prompts[-1]
                 await wait_turns(store, 2, thread_id=thread.id)

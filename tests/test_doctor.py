@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import discord
 import pytest
 
 from bot import doctor
@@ -197,7 +198,9 @@ async def test_good_offline_settings_pass(
 ) -> None:
     async with FakeDiscord() as fake:  # the doctor asks Discord which servers the bot is in
         home = fake.add_guild("Docs")
+        helpers = home.add_role("Helpers", discord.Permissions.none(), mentionable=True)
         settings = Settings(
+            helper_role_id=helpers.id,
             _env_file=None,  # type: ignore[call-arg]
             data_dir=indexed_settings.data_dir,
             embedding_model=offline_model_path(),
@@ -214,8 +217,30 @@ async def test_good_offline_settings_pass(
     assert all(r.status is Status.OK for r in results), report
     checks = by_name(results)
     assert "384-d" in checks["embedding model"].message
+    assert "'Helpers' in 'Docs', mentionable" in checks["helper role"].message
     assert "chunks" in checks["knowledge base"].message
     assert GOOD_TOKEN not in report
+
+
+async def test_a_helper_role_that_is_missing_or_silent_is_reported() -> None:
+    async with FakeDiscord() as fake:
+        home = fake.add_guild("Docs")
+        quiet = home.add_role("Helpers", discord.Permissions.none(), mentionable=False)
+        elsewhere = fake.add_guild("Other").add_role("Helpers", discord.Permissions.none())
+        results = {}
+        for role in (quiet, elsewhere):
+            settings = Settings(
+                _env_file=None,  # type: ignore[call-arg]
+                discord_token=GOOD_TOKEN,  # type: ignore[arg-type]
+                discord_home_guild_ids=[home.id],
+                helper_role_id=role.id,
+            )
+            results[role.id] = await doctor.check_helper_role(settings)
+    assert (
+        results[quiet.id].status is Status.WARN and "not mentionable" in results[quiet.id].message
+    )
+    missing = results[elsewhere.id]
+    assert missing.status is Status.FAIL and "none of the home servers" in missing.message
 
 
 async def test_index_built_with_another_model_fails(

@@ -7,4 +7,5 @@ EXTENSIONS = (
     "bot.cogs.feedback",
     "bot.cogs.admin",
     "bot.cogs.review",
+    "bot.cogs.helpers",
 )

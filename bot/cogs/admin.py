@@ -586,14 +586,15 @@ def stats_embed(snap: Mapping[str, Any], feedback: Mapping[str, int]) -> discord
             f" ({lat.get('count', 0)} observed)"
         )
     field("Latency (ms)", "\n".join(lines), inline=False)
-    keys = ("answers", "refused", "good", "flags", "flagged_answers", "stale")
+    keys = ("answers", "refused", "good", "flags", "flagged_answers", "stale", "handoffs")
     fb = {k: feedback.get(k, 0) for k in keys}
     field(
         "Feedback (this server)",
         f"answers **{fb['answers']}** · not in the docs **{fb['refused']}**"
         f" · 👍 **{fb['good']}** · 👎 **{fb['flags']}**"
         f" · flagged answers **{fb['flagged_answers']}**"
-        f" · stale (docs changed since) **{fb['stale']}**",
+        f" · stale (docs changed since) **{fb['stale']}**"
+        f" · handed to helpers **{fb['handoffs']}**",
         inline=False,
     )
     return embed

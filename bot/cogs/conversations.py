@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,10 +33,12 @@ from rag_core.answer.answering import clean_question
 from rag_core.answer.conversation import Turn
 from rag_core.config import Settings
 
+from .. import metrics
 from ..answer_path import Asker
 from ..feedback import Conversation
 from ..feedback.records import QueuedPost
 from ..forum_queue import ForumQueue
+from ..step_back import PERSON_MESSAGES, StepBack
 from ..utils import NO_MENTIONS
 from ..writers import MessageWriter
 
@@ -48,8 +51,6 @@ TOO_LONG = (
     "This conversation is getting long, so my answers would lose track of it. "
     "Please start a new question with /ask or by mentioning me."
 )
-# Messages a person writes; everything else (joins, pins, thread notices, ...) is a system one.
-_PERSON_MESSAGES = (discord.MessageType.default, discord.MessageType.reply)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Conversations(commands.Cog):
         self.bot = bot
         self.follow_ups = bot.settings.discord_message_content
         self.forum: ForumQueue | None = None
+        self.step_back = StepBack(bot.settings)
 
     async def cog_load(self) -> None:
         if not self.bot.serving:
@@ -99,7 +101,7 @@ class Conversations(commands.Cog):
             me is None
             or message.author.bot
             or message.webhook_id is not None
-            or message.type not in _PERSON_MESSAGES
+            or message.type not in PERSON_MESSAGES
             or message.guild is None
         ):
             return None
@@ -127,6 +129,9 @@ class Conversations(commands.Cog):
             # In a thread someone else started (a forum post) people talk among themselves.
             owner = getattr(channel, "owner_id", me.id)
             if conversation is not None and (mentioned or owner == me.id):
+                to_me = mentioned or (replied is not None and replied.author.id == me.id)
+                if not to_me and self.step_back.leave_to_people(message, conversation.user_id):
+                    return None  # a helper is answering in this thread
                 return _Request(question, conversation, new_thread=False)
         if replied is not None and replied.author.id == me.id:
             conversation = await store.conversation(message_id=replied.id)
@@ -278,10 +283,15 @@ class Conversations(commands.Cog):
         if not _may(post, "send_messages_in_threads"):
             path.missing_permission(post.parent or post, "Send Messages in Threads")
             return _Post.SILENT
-        writer = _PostWriter(post, interval=settings.edit_interval_s, quiet=True)
+        if await self.step_back.people_answered(post, queued.user_id):
+            return self._left_to_people(post)
+        people_first = lambda: self.step_back.people_answered(post, queued.user_id)  # noqa: E731
+        writer = _PostWriter(post, interval=settings.edit_interval_s, people_first=people_first)
         asker = Asker(queued.user_id, queued.guild_id, post.id)
         refusals = settings.forum_uncovered == "closest"
         delivered = await path.deliver(queued.question, writer, asker, refusals=refusals)
+        if writer.stepped_back:
+            return self._left_to_people(post)
         if delivered is None:
             return _Post.RETRY if writer.busy else _Post.SILENT
         await path.remember(delivered, None, post)
@@ -291,6 +301,11 @@ class Conversations(commands.Cog):
             except (discord.HTTPException, IndexError):
                 log.warning("could not offer the solved reaction in post %s", post.id)
         return _Post.ANSWERED if delivered.messages else _Post.SILENT
+
+    def _left_to_people(self, post: discord.Thread) -> _Post:
+        metrics.observe_forum_left("people")
+        log.info("forum post %s: someone replied first, the bot steps back", post.id)
+        return _Post.SILENT
 
     async def _post(self, post_id: int) -> discord.Thread | None:
         """The forum post `post_id`, from the cache or (after a restart) from Discord; None when
@@ -354,10 +369,31 @@ class _Post(enum.Enum):
 
 
 class _PostWriter(MessageWriter):
-    """A forum answer's writer that notes a "busy" end (the answer queue filled up before the
-    post got its slot), so the post waits again instead of being dropped."""
+    """A forum answer's writer: the answer is posted whole when it is ready (nobody watches it
+    stream), unless someone helping replied meanwhile (`people_first`); a "busy" end (the
+    answer queue filled up before the post got its slot) is noted, so the post waits again."""
 
     busy = False
+    stepped_back = False
+
+    def __init__(
+        self,
+        post: discord.Thread,
+        *,
+        interval: float,
+        people_first: Callable[[], Awaitable[bool]],
+    ) -> None:
+        super().__init__(post, interval=interval, quiet=True)
+        self.people_first = people_first
+
+    async def append(self, delta: str) -> None:
+        self.text += delta  # held until finish()
+
+    async def finish(self, contents: Sequence[str]) -> list[discord.Message]:
+        if await self.people_first():
+            self.stepped_back = True
+            return []
+        return await super().finish(contents)
 
     async def fail_privately(self, message: str) -> None:
         self.busy = True

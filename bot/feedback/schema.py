@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Each entry migrates from version i to i + 1; never edit a released one, append a new one.
 MIGRATIONS: list[list[str]] = [
@@ -139,6 +139,22 @@ MIGRATIONS: list[list[str]] = [
         """,
         # When the bot said the conversation is too long: it says so once per conversation.
         "ALTER TABLE conversations ADD COLUMN too_long_at REAL",
+    ],
+    [
+        # "Ask a helper" presses: one per answer, counted per member and per thread.
+        """
+        CREATE TABLE handoffs (
+            id INTEGER PRIMARY KEY,
+            answer_id INTEGER NOT NULL UNIQUE REFERENCES answers (id) ON DELETE CASCADE,
+            guild_id INTEGER,
+            channel_id INTEGER NOT NULL,         -- where the helpers were pinged
+            user_id INTEGER NOT NULL,            -- who asked for a helper
+            message_id INTEGER,                  -- the ping, once posted
+            created_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX handoffs_user ON handoffs (user_id, created_at)",
+        "CREATE INDEX handoffs_channel ON handoffs (channel_id, created_at)",
     ],
 ]
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, TypeVar
 
 from rag_core.quality.gaps import AskedQuestion
 
@@ -883,9 +883,72 @@ class FeedbackStore:
         await _write_records(path_or_file, records)
         return len(records)
 
+    # -- hand-offs to helpers -------------------------------------------------------------------
+
+    async def claim_handoff(
+        self,
+        *,
+        answer_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        window_s: float,
+        per_user: int,
+        per_channel: int,
+    ) -> Literal["ok", "done", "user", "channel"]:
+        """Record a hand-off of answer `answer_id` if the limits allow it, in one transaction:
+        "ok"; "done" (this answer was handed off already); "user" or "channel" (that one's
+        limit in the last `window_s` is reached)."""
+        now = self._clock()
+        since = now - window_s
+
+        def run(conn: sqlite3.Connection) -> Literal["ok", "done", "user", "channel"]:
+            with _transaction(conn):
+                if conn.execute(
+                    "SELECT 1 FROM handoffs WHERE answer_id = ?", (answer_id,)
+                ).fetchone():
+                    return "done"
+                (by_user,) = conn.execute(
+                    "SELECT COUNT(*) FROM handoffs WHERE user_id = ? AND created_at > ?",
+                    (user_id, since),
+                ).fetchone()
+                if by_user >= per_user:
+                    return "user"
+                (in_channel,) = conn.execute(
+                    "SELECT COUNT(*) FROM handoffs WHERE channel_id = ? AND created_at > ?",
+                    (channel_id, since),
+                ).fetchone()
+                if in_channel >= per_channel:
+                    return "channel"
+                conn.execute(
+                    "INSERT INTO handoffs (answer_id, guild_id, channel_id, user_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (answer_id, guild_id, channel_id, user_id, now),
+                )
+                return "ok"
+
+        return await self._call(run)
+
+    async def finish_handoff(self, answer_id: int, message_id: int | None) -> None:
+        """The ping for answer `answer_id` was posted as `message_id`; None: it could not be,
+        so the hand-off is taken back (the asker may press again)."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                if message_id is None:
+                    conn.execute("DELETE FROM handoffs WHERE answer_id = ?", (answer_id,))
+                else:
+                    conn.execute(
+                        "UPDATE handoffs SET message_id = ? WHERE answer_id = ?",
+                        (message_id, answer_id),
+                    )
+
+        await self._call(run)
+
     async def stats(self, guild_id: int | None = None) -> dict[str, int]:
         """Counts: answers, refused, low-support answers, flags, good votes, flagged answers,
-        stale answers (their cited passages changed in a later reindex)."""
+        stale answers (their cited passages changed in a later reindex), questions handed to
+        helpers."""
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             params = {"guild": guild_id}
@@ -901,7 +964,13 @@ class FeedbackStore:
                 f"FROM votes v JOIN answers a ON a.id = v.answer_id {where}",
                 params,
             ).fetchone()
+            (handoffs,) = conn.execute(
+                "SELECT COUNT(*) FROM handoffs h WHERE (:guild IS NULL OR h.guild_id = :guild) "
+                "AND h.message_id IS NOT NULL",
+                params,
+            ).fetchone()
             return {
+                "handoffs": handoffs,
                 "answers": answers[0],
                 "refused": answers[1],
                 "low_support": answers[2],

@@ -124,7 +124,8 @@ class Actions(Gateway):
         if custom_id not in shown:
             raise LookupError(f"message {message.id} has no component {custom_id!r}: {shown}")
         guild = self.guilds[message.guild_id or 0]
-        channel = guild.channels[message.channel_id]
+        # A message in a thread or forum post: the interaction comes from that thread.
+        channel = guild.channels.get(message.channel_id) or guild.threads[message.channel_id]
         member = self._resolve_member(guild, user)
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
         if values is not None:

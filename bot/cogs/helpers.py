@@ -1,0 +1,104 @@
+"""Helpers in the loop: an "Ask a helper" press (bot/handoff.py) becomes one ping of the helper
+role beside the answer, within limits per member and per thread, recorded and counted."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from .. import metrics
+from ..handoff import HandoffButton, handoff_view, ping_text, role_ping
+from ..home import OTHER_GUILD, same_guild
+from ..utils import NO_MENTIONS, send_error
+
+if TYPE_CHECKING:
+    from ..client import RagBot
+
+log = logging.getLogger(__name__)
+
+ASKED = "I've asked the helpers: someone will reply here."
+NOT_YOURS = "Only the person who asked can ask a helper for this answer."
+UNKNOWN = "I can't find that answer any more."
+NO_ROLE = "No helper role is set up in this server."
+ASKED_BEFORE = "The helpers were already asked about this answer."
+TOO_MANY = "You asked for helpers several times recently: please wait a while before the next."
+PINGED_HERE = "The helpers were pinged here recently: they will see this conversation."
+UNREACHABLE = "I couldn't reach the helpers here (a permission is missing): ask them directly."
+
+
+class Helpers(commands.Cog):
+    """Hands questions to the community's helpers when the asker presses the button."""
+
+    def __init__(self, bot: RagBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(HandoffButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(HandoffButton)
+
+    async def hand_off(self, answer_id: int, interaction: discord.Interaction[RagBot]) -> None:
+        bot = self.bot
+        settings = bot.settings
+        role_id = settings.helper_role_id
+        if not bot.home.serves(interaction.guild_id):
+            await send_error(interaction, OTHER_GUILD)
+            return
+        record = await bot.feedback.answer_by_id(answer_id)
+        if record is None or not same_guild(record.guild_id, interaction.guild_id):
+            await send_error(interaction, UNKNOWN)
+            return
+        if interaction.user.id != record.user_id:
+            await send_error(interaction, NOT_YOURS)
+            return
+        channel = interaction.channel
+        if not role_id or channel is None or not isinstance(channel, discord.abc.Messageable):
+            await send_error(interaction, NO_ROLE)
+            return
+        claim = await bot.feedback.claim_handoff(
+            answer_id=answer_id,
+            guild_id=interaction.guild_id,
+            channel_id=channel.id,
+            user_id=interaction.user.id,
+            window_s=settings.handoff_window_s,
+            per_user=settings.handoff_per_user,
+            per_channel=settings.handoff_per_thread,
+        )
+        if claim != "ok":
+            refusals = {"done": ASKED_BEFORE, "user": TOO_MANY, "channel": PINGED_HERE}
+            await send_error(interaction, refusals[claim])
+            return
+        # The button goes grey first (the interaction's answer), then the one ping.
+        await interaction.response.edit_message(view=handoff_view(answer_id, asked=True))
+        text = ping_text(role_id, interaction.user.display_name, record.question, None)
+        try:
+            if interaction.message is not None:  # beside the answer, as a reply to it
+                ping = await channel.send(
+                    text,
+                    allowed_mentions=role_ping(role_id),
+                    reference=interaction.message,
+                    mention_author=False,
+                )
+            else:
+                ping = await channel.send(text, allowed_mentions=role_ping(role_id))
+        except discord.HTTPException:
+            bot.answers.missing_permission(channel, "Send Messages (the helpers' ping)")
+            await bot.feedback.finish_handoff(answer_id, None)
+            try:
+                await interaction.edit_original_response(view=handoff_view(answer_id))
+            except discord.HTTPException:
+                log.warning("could not offer the button again on answer %s", answer_id)
+            await send_error(interaction, UNREACHABLE)
+            return
+        await bot.feedback.finish_handoff(answer_id, ping.id)
+        metrics.observe_handoff()
+        log.info("answer %s handed to the helpers by %s", answer_id, interaction.user.id)
+        await interaction.followup.send(ASKED, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def setup(bot: RagBot) -> None:
+    await bot.add_cog(Helpers(bot))

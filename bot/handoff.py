@@ -1,0 +1,87 @@
+"""'Ask a helper': the button under answers that hands a question to the community's helpers.
+
+The button is a dynamic item (`handoff:<answer id>`): it works after a restart, and who may
+press it (the asker, in the answer's own server) is checked at every click. A press posts one
+message beside the answer that pings HELPER_ROLE_ID: the only ping the bot ever makes, with
+allowed mentions naming that role and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+
+from .streaming import fit, plain_text
+from .utils import GENERIC_ERROR, send_error
+
+log = logging.getLogger(__name__)
+
+LABEL = "Ask a helper"
+ASKED_LABEL = "Helpers asked"
+QUOTE_MAX = 600  # the question quoted in the ping
+
+
+class HandoffButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"handoff:(?P<answer>[0-9]{1,19})",
+):
+    """The button under one answer, rebuilt from its custom_id whenever it is pressed."""
+
+    def __init__(self, answer_id: int, *, asked: bool = False) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=ASKED_LABEL if asked else LABEL,
+                emoji="👋",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"handoff:{answer_id}",
+                disabled=asked,
+            )
+        )
+        self.answer_id = answer_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: Any,
+        /,
+    ) -> HandoffButton:
+        return cls(int(match["answer"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
+        # Looked up by name: an extension reload makes new classes, so no isinstance here.
+        cog: Any = interaction.client.get_cog("Helpers")
+        if cog is None:
+            log.error("'Ask a helper' pressed but the Helpers cog is not loaded")
+            await send_error(interaction, GENERIC_ERROR)
+            return
+        try:
+            await cog.hand_off(self.answer_id, interaction)
+        except Exception:
+            log.exception("'Ask a helper' on answer %d failed", self.answer_id)
+            await send_error(interaction, GENERIC_ERROR)
+
+
+def handoff_view(answer_id: int, *, asked: bool = False) -> discord.ui.View:
+    """The button for `answer_id` (persistent: it works after a restart)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(HandoffButton(answer_id, asked=asked))
+    return view
+
+
+def ping_text(role_id: int, asker: str, question: str, answer_url: str | None) -> str:
+    """The hand-off message: the role, who asks, the question quoted as plain text."""
+    quoted = fit(plain_text, question, QUOTE_MAX)
+    where = f"\n-# The bot's answer: {answer_url}" if answer_url else ""
+    who = fit(plain_text, asker, 80)
+    return f"<@&{role_id}> {who} would like a person's help with:\n> {quoted}{where}"
+
+
+def role_ping(role_id: int) -> discord.AllowedMentions:
+    """Allowed mentions that let exactly one role be pinged."""
+    return discord.AllowedMentions(
+        everyone=False, users=False, roles=[discord.Object(role_id)], replied_user=False
+    )
