@@ -356,7 +356,8 @@ async def test_a_flag_export_over_the_upload_limit_is_described_not_attached(
             )
             await w.store.set_vote(10_000 + i, w.alice.id, -1)
         listing = await w.fake.invoke("flags", {"export": True}, user=w.admin)
-        await listing.wait_done()
+        # Building 11 MiB takes a while on a loaded host: wait for the listing itself.
+        await listing.wait_for(lambda i: bool(i.embeds), timeout=60)
         assert listing.embeds and not any(r.files for r in listing.requests)
         [export] = [f for f in listing.embeds[0]["fields"] if f["name"] == "Export"]
         assert "11 flagged answers" in export["value"] and "10 MiB upload limit" in export["value"]
