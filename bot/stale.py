@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -66,23 +67,26 @@ async def mark_stale_answers(bot: RagBot) -> list[StaleAnswer]:
     return stale
 
 
-async def edit_footers(bot: RagBot, answers: list[StaleAnswer]) -> int:
-    """Edit each answer's last message to carry the stale note; how many were edited."""
+async def edit_footers(
+    bot: RagBot, answers: list[StaleAnswer], note: Callable[[StaleAnswer], str] = stale_note
+) -> int:
+    """Edit each answer's last message to carry `note` (the stale note by default) as its
+    footer; how many were edited."""
     edited = 0
     for answer in answers:
-        if await _edit_footer(bot, answer):
+        if await _edit_footer(bot, answer, note(answer)):
             edited += 1
     return edited
 
 
-async def _edit_footer(bot: RagBot, answer: StaleAnswer) -> bool:
+async def _edit_footer(bot: RagBot, answer: StaleAnswer, note: str) -> bool:
     if not answer.message_ids:
         return False
     channel = bot.get_partial_messageable(answer.channel_id, guild_id=answer.guild_id)
     message_id = answer.message_ids[-1]
     try:
         message = await channel.fetch_message(message_id)
-        content = with_stale_footer(message.content, stale_note(answer))
+        content = with_stale_footer(message.content, note)
         if content is None:
             return False
         await message.edit(content=content, allowed_mentions=NO_MENTIONS)

@@ -223,6 +223,7 @@ async def test_one_vote_per_user_and_revote_replaces(store: FeedbackStore) -> No
         "good": 0,
         "flagged_answers": 1,
         "stale": 0,
+        "corrected": 0,
         "handoffs": 0,
     }
     assert await store.set_vote(12345, 10, GOOD) is None  # not an answer: ignored

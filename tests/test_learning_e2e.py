@@ -71,6 +71,9 @@ async def test_a_moderator_correction_answers_the_next_paraphrase(
             r"-# Answered in [\d.]+ s · docs indexed (just now|\d+ min ago)", answer_text(first)
         )
         assert first.original is not None
+        # Asked in other words before the correction (and something else): see below.
+        earlier = await ask(w.fake, w.bob, PARAPHRASE)
+        unrelated = await ask(w.fake, w.dana, "How do I enable TLS for the Milvus proxy?")
         card = await flagged_card(w, first.original)
         [answer_id] = {int(c.rsplit(":", 1)[1]) for c in buttons(card)}
         assert buttons(card) == [f"review:{a}:{answer_id}" for a in ("correct", "fine", "dismiss")]
@@ -106,6 +109,16 @@ async def test_a_moderator_correction_answers_the_next_paraphrase(
         link = f"https://discord.com/channels/{w.guild.id}/{w.general.id}/{first.original.id}"
         assert verified.message_link == link
         assert verified.created_by == lead.id and verified.answer_id == answer_id
+
+        # The correction reaches back: the flagged answer and the earlier paraphrase's answer
+        # point to it in their footer; the unrelated answer does not change.
+        reached = "Moderators corrected the answer to this question on "
+        for inter in (first, earlier):
+            await w.fake.wait_for(lambda i=inter: reached in answer_text(i), timeout=30)
+            assert f"<{verified.message_link}>" in answer_text(inter)
+        await w.fake.wait_quiet()
+        assert reached not in answer_text(unrelated) and FOOTER in answer_text(unrelated)
+        assert (await w.store.stats())["corrected"] == 2
 
         # The next paraphrase is answered from it, cited as verified with a link to the thread.
         second = await ask(w.fake, w.bob, PARAPHRASE)

@@ -586,7 +586,8 @@ def stats_embed(snap: Mapping[str, Any], feedback: Mapping[str, int]) -> discord
             f" ({lat.get('count', 0)} observed)"
         )
     field("Latency (ms)", "\n".join(lines), inline=False)
-    keys = ("answers", "refused", "good", "flags", "flagged_answers", "stale", "handoffs")
+    keys = ["answers", "refused", "good", "flags", "flagged_answers", "stale", "corrected"]
+    keys.append("handoffs")
     fb = {k: feedback.get(k, 0) for k in keys}
     field(
         "Feedback (this server)",
@@ -594,6 +595,7 @@ def stats_embed(snap: Mapping[str, Any], feedback: Mapping[str, int]) -> discord
         f" · 👍 **{fb['good']}** · 👎 **{fb['flags']}**"
         f" · flagged answers **{fb['flagged_answers']}**"
         f" · stale (docs changed since) **{fb['stale']}**"
+        f" · reached by a correction **{fb['corrected']}**"
         f" · handed to helpers **{fb['handoffs']}**",
         inline=False,
     )

@@ -11,6 +11,7 @@ knowledge base (rag_core.search.verified), where it answers the same question as
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from rag_core.errors import RagError
 from rag_core.search.verified import VerifiedAnswer
 
 from ..checks import NotAdmin, admin_only, is_admin_member
+from ..corrections import reach_back
 from ..feedback import AnswerRecord
 from ..home import OTHER_GUILD, same_guild
 from ..streaming import fit, plain_text, safe_truncate
@@ -183,6 +185,7 @@ class Review(commands.Cog):
 
     def __init__(self, bot: RagBot) -> None:
         self.bot = bot
+        self.reaching_back: set[asyncio.Task[None]] = set()  # footers of answers it corrects
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ReviewButton)
@@ -277,7 +280,17 @@ class Review(commands.Cog):
             await store.remove_verified(record.id, by)
             raise
         log.info("verified answer %d added by %s (answer %s)", record.id, by, answer_id)
+        # Earlier answers to close questions say so, in the background: many edits may follow.
+        task = asyncio.create_task(self._reach_back(verified, guild_id), name="reach-back")
+        self.reaching_back.add(task)
+        task.add_done_callback(self.reaching_back.discard)
         return verified
+
+    async def _reach_back(self, verified: VerifiedAnswer, guild_id: int | None) -> None:
+        try:
+            await reach_back(self.bot, verified, guild_id)
+        except Exception:  # the correction itself stands; only the notices are missing
+            log.exception("could not mark the answers verified answer %d corrects", verified.id)
 
     async def _update_card(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # Each entry migrates from version i to i + 1; never edit a released one, append a new one.
 MIGRATIONS: list[list[str]] = [
@@ -155,6 +155,12 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX handoffs_user ON handoffs (user_id, created_at)",
         "CREATE INDEX handoffs_channel ON handoffs (channel_id, created_at)",
+    ],
+    [
+        # A moderator corrected this answer, or one to a question close to it: the verified
+        # answer that says so, and when (its footer then points to the correction).
+        "ALTER TABLE answers ADD COLUMN corrected_at REAL",
+        "ALTER TABLE answers ADD COLUMN corrected_by INTEGER",
     ],
 ]
 

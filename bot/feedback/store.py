@@ -345,25 +345,48 @@ class FeedbackStore:
                         "UPDATE answers SET stale_at = ? WHERE id = ? AND stale_at IS NULL",
                         (now, answer_id),
                     )
-                    if cur.rowcount != 1:
-                        continue
-                    row = conn.execute(
-                        "SELECT guild_id, channel_id FROM answers WHERE id = ?", (answer_id,)
-                    ).fetchone()
-                    messages = conn.execute(
-                        "SELECT message_id FROM answer_messages WHERE answer_id = ? "
-                        "ORDER BY message_id",
-                        (answer_id,),
-                    ).fetchall()
-                    marked.append(
-                        StaleAnswer(
-                            answer_id,
-                            row["guild_id"],
-                            row["channel_id"],
-                            tuple(m[0] for m in messages),
-                            _dt(now),
-                        )
+                    if cur.rowcount == 1:
+                        marked.append(_posted(conn, answer_id, now))
+            return marked
+
+        return await self._call(run)
+
+    async def recent_questions(
+        self, since: float, guild_id: int | None, limit: int = 1000
+    ) -> list[tuple[int, str]]:
+        """(answer id, question) of the answers given at or after `since` in `guild_id` (None:
+        every server) that no correction has reached yet, newest first."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute(
+                "SELECT id, question FROM answers WHERE created_at >= :since "
+                "AND corrected_at IS NULL AND (:guild IS NULL OR guild_id = :guild) "
+                "ORDER BY created_at DESC LIMIT :limit",
+                {"since": since, "guild": guild_id, "limit": limit},
+            ).fetchall()
+            return [(r["id"], r["question"]) for r in rows]
+
+        return await self._call(run)
+
+    async def mark_corrected(
+        self, answer_ids: Collection[int], verified_id: int
+    ) -> list[StaleAnswer]:
+        """Mark `answer_ids` as reached by verified answer `verified_id` (those not marked
+        already); the ones marked, each with the messages it was posted as."""
+        now = self._clock()
+        ids = sorted(set(answer_ids))
+
+        def run(conn: sqlite3.Connection) -> list[StaleAnswer]:
+            marked: list[StaleAnswer] = []
+            with _transaction(conn):
+                for answer_id in ids:
+                    cur = conn.execute(
+                        "UPDATE answers SET corrected_at = ?, corrected_by = ? "
+                        "WHERE id = ? AND corrected_at IS NULL",
+                        (now, verified_id, answer_id),
                     )
+                    if cur.rowcount == 1:
+                        marked.append(_posted(conn, answer_id, now))
             return marked
 
         return await self._call(run)
@@ -947,15 +970,15 @@ class FeedbackStore:
 
     async def stats(self, guild_id: int | None = None) -> dict[str, int]:
         """Counts: answers, refused, low-support answers, flags, good votes, flagged answers,
-        stale answers (their cited passages changed in a later reindex), questions handed to
-        helpers."""
+        stale answers (their cited passages changed in a later reindex), answers a later
+        correction reached, questions handed to helpers."""
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             params = {"guild": guild_id}
             where = "WHERE (:guild IS NULL OR a.guild_id = :guild)"
             answers = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(a.refused), 0), COALESCE(SUM(a.low_support), 0), "
-                f"COUNT(a.stale_at) FROM answers a {where}",
+                f"COUNT(a.stale_at), COUNT(a.corrected_at) FROM answers a {where}",
                 params,
             ).fetchone()
             votes = conn.execute(
@@ -978,6 +1001,7 @@ class FeedbackStore:
                 "good": votes[1],
                 "flagged_answers": votes[2],
                 "stale": answers[3],
+                "corrected": answers[4],
             }
 
         return await self._call(run)
@@ -1008,6 +1032,20 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:  # some errors make SQLite roll back on its own
             conn.execute("ROLLBACK")
         raise
+
+
+def _posted(conn: sqlite3.Connection, answer_id: int, marked_at: float) -> StaleAnswer:
+    """Where answer `answer_id` was posted (for editing its footer), marked at `marked_at`."""
+    row = conn.execute(
+        "SELECT guild_id, channel_id FROM answers WHERE id = ?", (answer_id,)
+    ).fetchone()
+    messages = conn.execute(
+        "SELECT message_id FROM answer_messages WHERE answer_id = ? ORDER BY message_id",
+        (answer_id,),
+    ).fetchall()
+    return StaleAnswer(
+        answer_id, row["guild_id"], row["channel_id"], tuple(m[0] for m in messages), _dt(marked_at)
+    )
 
 
 def _answer_id(conn: sqlite3.Connection, message_id: int) -> int | None:
