@@ -550,7 +550,9 @@ def _forum_left(reason: str) -> float:
 async def test_a_forum_burst_is_answered_or_left_to_people_never_dropped(
     indexed: Indexed, tmp_path: Path
 ) -> None:
-    rag, _, _ = spied(indexed, **TALK)
+    # Answers paced (8 tokens, 0.8 s each) so the queued posts outlast FORUM_MAX_WAIT_S
+    # whatever the host's speed: forum answers are posted whole, with no edits to slow them.
+    rag, _, _ = spied(indexed, pace=0.1, **TALK)
     small = {
         "max_concurrent_answers": 2,
         "max_queued_answers": 2,
