@@ -61,24 +61,26 @@ def tag_soup(size: int = 5_000_000) -> str:
     return "<html><body>" + "<div>x" * (size // 6) + "</body></html>"
 
 
-def test_16000_nested_articles_convert_in_under_a_second() -> None:
+def test_16000_nested_articles_convert_in_seconds_not_minutes() -> None:
     # The old converter: 17.6 s for 8,000 levels, 80 s for these 16,000 (each <article> asked
-    # bs4 whether it was removed, a search of everything below it).
+    # bs4 whether it was removed, a search of everything below it). Now ~0.5 s of CPU; the bound
+    # leaves room for a busy 2-core runner and still fails the quadratic walk by 16x.
     html = "<article>" * 16_000 + "<h1>Deep</h1><p>text</p>" + "</article>" * 16_000
     start = time.process_time()
     page = html_to_page(html)
-    assert time.process_time() - start < 1
+    assert time.process_time() - start < 5
     assert page.text == "# Deep\n\ntext"
 
 
-def test_a_5_mb_worst_case_page_converts_in_under_a_second() -> None:
+def test_a_5_mb_worst_case_page_converts_in_seconds() -> None:
     # The old converter: 13 s (find_parent per <header>, a scan of the siblings per removed
-    # <nav>, the text below copied at each level).
+    # <nav>, the text below copied at each level). Now well under 1 s of CPU; the bound leaves
+    # room for a busy runner and still fails the old walk.
     html = worst_case_page()
     assert len(html) > 5_000_000
     start = time.process_time()
     text = html_to_page(html).text
-    assert time.process_time() - start < 1
+    assert time.process_time() - start < 4
     for kind in LEVELS.keys() - {"header"}:
         assert f"{kind}-text {kind}-text" in text, kind
     assert "header-text" not in text and "menu" not in text

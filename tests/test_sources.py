@@ -242,7 +242,7 @@ async def test_missing_folder_fails_the_whole_spec(settings: Settings, tmp_path:
 def test_shared_corpus_loads_fast() -> None:
     start = time.perf_counter()
     items = list(load_folder(SHARED_CORPUS, "corpus", "https://milvus.io/docs/", 5_000_000))
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 3.0  # ~0.15 s here; slack for a busy runner
     assert len(items) > 200 and all(isinstance(item, Document) for item in items)
 
 
