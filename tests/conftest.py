@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,9 +45,27 @@ def offline_model_path() -> str:
 
 @pytest.fixture(scope="session")
 def embedder():
+    """The real offline model, shared by the session. Many tests index the same fixture docs
+    into a fresh folder: a text it has encoded once is not encoded again (the vector is the
+    model's own, from its first encoding). Tests of the encoder itself build their own."""
+    import numpy as np
+
     from rag_core.search.embedding import Embedder
 
-    embedder = Embedder(offline_model_path(), device="cpu")
+    class SessionEmbedder(Embedder):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._seen: dict[str, np.ndarray] = {}  # only the embedder's worker thread uses it
+            super().__init__(*args, **kwargs)
+
+        def _encode(self, texts: list[str], *, batch_size: int) -> np.ndarray:
+            new = [text for text in dict.fromkeys(texts) if text not in self._seen]
+            if new:
+                self._seen.update(
+                    zip(new, super()._encode(new, batch_size=batch_size), strict=True)
+                )
+            return np.stack([self._seen[text] for text in texts])
+
+    embedder = SessionEmbedder(offline_model_path(), device="cpu")
     yield embedder
     embedder.close()
 
