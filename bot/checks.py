@@ -1,4 +1,5 @@
-"""Command checks: who is an admin, the question cooldown. Each runs when a command runs."""
+"""Command checks: who is an admin, who may press moderators' buttons, the question cooldown.
+Each runs when a command runs or a button is pressed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import discord
 from discord import app_commands
+
+from .home import OTHER_GUILD, same_guild
+from .utils import send_error
 
 if TYPE_CHECKING:
     from .client import RagBot
@@ -35,6 +39,25 @@ def is_admin_member(interaction: discord.Interaction[RagBot]) -> bool:
     admin_roles = set(interaction.client.settings.discord_admin_role_ids)
     roles = getattr(interaction.user, "roles", [])
     return any(role.id in admin_roles for role in roles)
+
+
+async def moderator_check(
+    interaction: discord.Interaction[RagBot], guild_id: int | None = None
+) -> bool:
+    """For a moderators' button or form: a home server, an admin (is_admin_member) and, when
+    `guild_id` is given, that server (a custom_id can be replayed from anywhere). A refusal is
+    told to the presser."""
+    refusal = None
+    if not interaction.client.home.serves(interaction.guild_id):
+        refusal = OTHER_GUILD
+    elif not is_admin_member(interaction):
+        refusal = str(NotAdmin())
+    elif guild_id is not None and not same_guild(guild_id, interaction.guild_id):
+        refusal = OTHER_GUILD
+    if refusal is None:
+        return True
+    await send_error(interaction, refusal)
+    return False
 
 
 def admin_only() -> Callable[[T], T]:

@@ -263,6 +263,24 @@ def check_message_content(settings: Settings) -> CheckResult:
     return _ok("conversations", message_content_notice(settings))
 
 
+def check_learning(settings: Settings) -> CheckResult:
+    """Whether people's answers (solved posts, helpers' saves) can reach the moderators."""
+    name = "learning from helpers"
+    if not settings.learn_from_helpers:
+        return _ok(name, "off (LEARN_FROM_HELPERS=false)")
+    if not settings.moderators_channel_id:  # no moderators' channel: no reviews at all
+        return _ok(name, "no MODERATORS_CHANNEL_ID: people's answers are not proposed")
+    if not settings.discord_message_content:
+        return _warn(
+            name,
+            "without the Message Content intent the bot cannot read people's answers: none "
+            "will be proposed",
+            "Set DISCORD_MESSAGE_CONTENT=true. " + MESSAGE_CONTENT_HOWTO,
+        )
+    saves = " ".join(settings.save_emojis) or "none"
+    return _ok(name, f"solved posts and helpers' {saves} reactions become candidate cards")
+
+
 async def check_home_guilds(settings: Settings) -> CheckResult:
     """The home servers are set, and which servers the bot is in (Discord is asked) are not
     home: those get no answers. Only the servers' ids and names are printed, never the token."""
@@ -846,6 +864,7 @@ async def run_checks(settings: Settings, *, quick: bool = False) -> list[CheckRe
         check_relevance_threshold(settings),
         check_discord_token(settings.discord_token.get_secret_value()),
         check_message_content(settings),
+        check_learning(settings),
     ]
     if quick:
         results.append(await asyncio.to_thread(check_liveness, settings))

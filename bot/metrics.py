@@ -109,6 +109,13 @@ class Metrics:
         self.handoffs = Counter(
             f"{PREFIX}_handoffs", "Questions handed to helpers ('Ask a helper')", registry=r
         )
+        self.candidates = Counter(
+            f"{PREFIX}_candidates",
+            "People's answers proposed to the moderators as verified answers (solved: a solved "
+            "forum post; saved: a helper's save reaction)",
+            ["reason"],
+            registry=r,
+        )
         self.index_chunks = Gauge(
             f"{PREFIX}_index_chunks", "Chunks in the live knowledge base", registry=r
         )
@@ -181,6 +188,9 @@ class Metrics:
 
     def observe_handoff(self) -> None:
         self.handoffs.inc()
+
+    def observe_candidate(self, reason: str) -> None:
+        self.candidates.labels(reason).inc()
 
     def observe_vote(self, kind: VoteKind | str) -> None:
         self.votes.labels(kind).inc()
@@ -348,6 +358,7 @@ set_queue_depth = METRICS.set_queue_depth
 set_forum_queue_depth = METRICS.set_forum_queue_depth
 observe_forum_left = METRICS.observe_forum_left
 observe_handoff = METRICS.observe_handoff
+observe_candidate = METRICS.observe_candidate
 set_index_size = METRICS.set_index_size
 set_connected = METRICS.set_connected
 observe_reindex = METRICS.observe_reindex

@@ -388,6 +388,17 @@ class Settings(BaseSettings):
         description="After such a reply, seconds the bot leaves messages not addressed to it "
         "(no mention, no reply to it) in that thread to people",
     )
+    learn_from_helpers: bool = Field(
+        True,
+        description="Propose people's answers to MODERATORS_CHANNEL_ID as verified answers: "
+        "the reply a forum poster marks with a solved emoji (or the last helper reply when "
+        "the post gets FORUM_SOLVED_TAG), and messages a helper reacts to with a save emoji",
+    )
+    save_emojis: StrList = Field(
+        default_factory=lambda: ["🧩"],
+        description="Reactions by which a helper (HELPER_ROLE_ID or an admin) proposes a "
+        "person's message as a verified answer",
+    )
     verified_shared: bool = Field(
         False,
         description="Verified answers answer in every home server (default: only in the "

@@ -165,3 +165,113 @@ async def test_in_its_thread_the_bot_leaves_unaddressed_messages_to_a_helper(
         await w.fake.user_message(thread, w.alice, f"<@{me}> does CAGRA need a GPU?")
         await w.fake.wait_for(lambda: len(answers()) == 2, timeout=120)
     w.fake.assert_clean()
+
+
+# --- learning from helpers ----------------------------------------------------------------------
+
+REPLICAS = "How many replicas can a single collection have loaded in memory?"
+REPLICAS_AGAIN = "What is the maximum number of in-memory replicas for one collection?"
+HELPER_ANSWER = "One replica per query node: each replica needs its own query node."
+
+
+def card_fields(card: FakeMessage) -> dict[str, str]:
+    return {f["name"]: f["value"] for f in card.embeds[0].get("fields", [])}
+
+
+def modal_inputs(opened: FakeInteraction) -> list[str]:
+    assert opened.modal is not None, opened.content
+    return [c["custom_id"] for row in opened.modal["components"] for c in row["components"]]
+
+
+async def test_people_s_answers_become_candidates_and_added_ones_are_cited_as_theirs(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    """A solved post (the poster's ✅ on a reply, or the solved tag) and a helper's 🧩 propose
+    a card each, once; an admin adds one, and the next paraphrase cites the person by name
+    with a link to their message; nobody is pinged."""
+    # "The model" repeats what its first passage says and cites it.
+    scripted = ShapedGenerator(indexed.rag.generator, max_tokens=8, prefix=f"{HELPER_ANSWER} [1]\n")
+    rag = indexed.with_settings(scripted, **TALK)
+    async with running_bot(rag, tmp_path, forum_grace_s=1.5, **TALK) as w:
+        fake = w.fake
+        # The helper role must be one the bot's cache knows (created before it connected).
+        w.bot.settings.helper_role_id = w.mods_role.id
+        helen = fake.add_member(w.guild, "helen <@&1> [x](https://evil.example)", [w.mods_role])
+        cards = lambda: fake.channel_messages(w.moderators)  # noqa: E731
+
+        # A post a helper answers (the bot steps back); the poster's ✅ on her reply proposes it.
+        post, _ = await fake.forum_post(w.help, w.alice, "Replicas in memory", REPLICAS)
+        reply = await fake.user_message(post, helen, HELPER_ANSWER)
+        await fake.add_reaction(post, reply, w.bob, "✅")  # not the poster: nothing
+        await fake.add_reaction(post, reply, w.alice, "✅")
+        await fake.wait_for(lambda: len(cards()) == 1, timeout=30)
+        [card] = cards()
+        shown = card_fields(card)
+        assert REPLICAS in shown["Question"] and "Replicas in memory" in shown["Question"]
+        assert HELPER_ANSWER in card.embeds[0]["description"]
+        assert shown["Answered by"] == f"<@{helen.id}>" and "solution" in shown["Proposed"]
+        assert "](https://evil" not in card.embeds[0]["title"]
+        # Saved again by a helper: one card per message.
+        await fake.add_reaction(post, reply, helen, "🧩")
+
+        # A helper's 🧩 on a person's reply to a question in a channel; a non-helper's does not.
+        asked = await fake.user_message(w.general, w.dana, "Can I rename a collection?")
+        answer = await fake.user_message(
+            w.general, w.bob, "Yes: rename_collection() does it.", reply_to=asked
+        )
+        await fake.add_reaction(w.general, answer, w.alice, "🧩")
+        await fake.add_reaction(w.general, answer, helen, "🧩")
+        await fake.wait_for(lambda: len(cards()) == 2, timeout=30)
+        saved = cards()[1]
+        assert card_fields(saved)["Question"] == "Can I rename a collection?"
+
+        # The solved tag on a post whose last word is a person's reply.
+        tagged, _ = await fake.forum_post(w.help, w.dana, "Drop a partition", "How?")
+        await fake.user_message(tagged, w.bob, "drop_partition() after releasing it.")
+        await fake.tag_post(tagged, w.dana, "Solved")
+        await fake.wait_for(lambda: len(cards()) == 3, timeout=30)
+        assert "drop_partition" in cards()[2].embeds[0]["description"]
+
+        # Only admins review; an admin who sees the moderators' channel adds the first one (the
+        # question cleaned up) and dismisses the second.
+        lead = fake.add_member(w.guild, "lead", [w.mods_role, w.guild.role("Admins")])
+        [add_id, _] = list(buttons(card))
+        denied = await fake.click(card, add_id, user=helen)
+        await denied.wait_done()
+        assert "Only server admins" in (denied.content or "") and denied.modal is None
+        opened = await fake.click(card, add_id, user=lead)
+        await opened.wait_done()
+        # A second admin opens the form at the same time; the first submission wins.
+        lead2 = fake.add_member(w.guild, "lead2", [w.mods_role, w.guild.role("Admins")])
+        rival = await fake.click(card, add_id, user=lead2)
+        await rival.wait_done()
+        question_input, _ = modal_inputs(opened)
+        await fake.submit_modal(opened, {question_input: REPLICAS})
+        await fake.wait_for(lambda: "Added" in card_fields(card).get("Review", ""), timeout=30)
+        assert buttons(card) == {}
+        [verified] = await w.store.verified()
+        link = f"https://discord.com/channels/{w.guild.id}/{post.id}/{reply.id}"
+        assert (verified.question, verified.answer) == (REPLICAS, HELPER_ANSWER)
+        assert verified.message_link == link and verified.answered_by == helen.user.username
+        late = await fake.submit_modal(rival)
+        await late.wait_done()
+        assert "already reviewed" in (late.content or "") and len(await w.store.verified()) == 1
+        [_, dismiss_saved] = list(buttons(saved))
+        dismissed = await fake.click(saved, dismiss_saved, user=lead)
+        await dismissed.wait_done()
+        assert "Dismissed" in card_fields(saved)["Review"]
+
+        # The next paraphrase is answered from it, citing the helper by name and her message.
+        inter = await fake.invoke("ask", {"question": REPLICAS_AGAIN}, user=w.bob)
+        await inter.wait_for(
+            lambda i: i.original is not None and FOOTER in i.original.content, timeout=120
+        )
+        assert inter.original is not None
+        text = inter.original.content
+        assert "[1] [Answered by helen" in text and f"(<{link}>)" in text
+        assert "](https://evil" not in text and "<@&1>" not in text  # shown escaped, inert
+        stats = await w.store.stats(guild_id=w.guild.id)
+        assert (stats["candidates"], stats["candidates_added"]) == (3, 1)
+        await fake.wait_quiet()
+        assert bot_texts(w, post) == [] and fake.pings() == []
+    w.fake.assert_clean()

@@ -243,6 +243,19 @@ async def test_a_helper_role_that_is_missing_or_silent_is_reported() -> None:
     assert missing.status is Status.FAIL and "none of the home servers" in missing.message
 
 
+def test_learning_says_what_keeps_people_s_answers_from_the_moderators(tmp_path: Path) -> None:
+    unset = doctor.check_learning(make_settings(tmp_path))
+    assert unset.status is Status.OK and "MODERATORS_CHANNEL_ID" in unset.message
+    blind = doctor.check_learning(make_settings(tmp_path, moderators_channel_id=5))
+    assert blind.status is Status.WARN and "DISCORD_MESSAGE_CONTENT" in blind.fix
+    on = make_settings(tmp_path, moderators_channel_id=5, discord_message_content=True)
+    assert (
+        doctor.check_learning(on).status is Status.OK and "🧩" in doctor.check_learning(on).message
+    )
+    off = doctor.check_learning(make_settings(tmp_path, learn_from_helpers=False))
+    assert off.status is Status.OK and "off" in off.message
+
+
 async def test_index_built_with_another_model_fails(
     indexed_settings: Settings, tmp_path: Path
 ) -> None:

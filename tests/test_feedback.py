@@ -225,6 +225,8 @@ async def test_one_vote_per_user_and_revote_replaces(store: FeedbackStore) -> No
         "stale": 0,
         "corrected": 0,
         "handoffs": 0,
+        "candidates": 0,
+        "candidates_added": 0,
     }
     assert await store.set_vote(12345, 10, GOOD) is None  # not an answer: ignored
     with pytest.raises(ValueError):
@@ -516,6 +518,53 @@ async def test_verified_answers_are_added_listed_per_guild_and_removed(
     assert await store.remove_verified(first.id, by=3) is None
     assert [v.id for v in await store.verified(GUILD)] == []
     assert [v.id for v in await store.verified(GUILD, include_removed=True)] == [first.id]
+
+
+async def test_a_candidate_is_proposed_once_and_reviewed_once(store: FeedbackStore) -> None:
+    proposal = {
+        "message_id": 5001,
+        "guild_id": GUILD,
+        "channel_id": 222,
+        "author_id": 7,
+        "author_name": "helen",
+        "question": "How many replicas?",
+        "answer": "One per query node.",
+        "reason": "solved",
+        "proposed_by": 8,
+    }
+    candidate = await store.propose_candidate(**proposal)
+    assert candidate is not None and candidate.status is None
+    assert candidate.jump_url == f"https://discord.com/channels/{GUILD}/222/5001"
+    assert await store.propose_candidate(**{**proposal, "reason": "saved"}) is None
+    # A card that could not be posted takes the proposal back: a later act may propose it.
+    await store.set_candidate_card(candidate.id, None)
+    candidate = await store.propose_candidate(**proposal)
+    assert candidate is not None
+    await store.set_candidate_card(candidate.id, 6001)
+    # Two moderators at once: the first wins; a failed add opens it again.
+    assert await store.settle_candidate(candidate.id, "added", 3)
+    assert not await store.settle_candidate(candidate.id, "dismissed", 4)
+    await store.finish_candidate(candidate.id, None)
+    assert await store.settle_candidate(candidate.id, "added", 4)
+    verified = await store.add_verified(
+        question="How many replicas?",
+        answer="One per query node.",
+        message_link=candidate.jump_url,
+        created_by=4,
+        guild_id=GUILD,
+        answered_by="helen",
+    )
+    await store.finish_candidate(candidate.id, verified.id)
+    done = await store.candidate(candidate.id)
+    assert done is not None and (done.status, done.reviewed_by, done.verified_id) == (
+        "added",
+        4,
+        verified.id,
+    )
+    assert done.card_message_id == 6001
+    assert [v.answered_by for v in await store.verified(GUILD)] == ["helen"]
+    stats = await store.stats(GUILD)
+    assert (stats["candidates"], stats["candidates_added"]) == (1, 1)
 
 
 async def test_golden_answers_are_vouched_for_and_never_refused_or_flagged(

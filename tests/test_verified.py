@@ -10,7 +10,7 @@ import pytest
 
 from rag_core.answer.answering import _source
 from rag_core.runtime import Rag, open_rag
-from rag_core.search.verified import TITLE, VerifiedAnswer, doc_id_of, is_verified
+from rag_core.search.verified import TITLE, VerifiedAnswer, doc_id_of, from_row, is_verified
 
 from .conftest import offline_model_path
 
@@ -142,3 +142,18 @@ async def test_a_verified_answer_answers_only_in_its_scope(rag: Rag) -> None:
     assert await verified_ids(None) >= {doc_id_of(1)}  # unscoped: the CLI and evaluation
     first = (await rag.retriever.retrieve(PARAPHRASE, verified_scope=(ours,))).hits[0]
     assert first.doc_id == doc_id_of(1)  # promoted first, as without a scope
+
+
+def test_a_members_answer_keeps_its_name_in_the_index_row() -> None:
+    """The title cites the person; reading the row back (a reindex with another model
+    re-embeds from it) keeps who answered."""
+    member = VerifiedAnswer(3, QUESTION, ANSWER, f"{LINK}3", "helen, of the docs team")
+    chunk = member.chunk()
+    assert chunk.title == "Answered by helen, of the docs team, verified by the moderators"
+    row = {"doc_id": chunk.doc_id, "heading_path": QUESTION, "text": chunk.text}
+    assert from_row({**row, "url": chunk.url, "title": chunk.title}) == member
+    moderators = verified(4)
+    assert moderators.chunk().title == TITLE
+    assert from_row({**row, "doc_id": "verified:4", "url": moderators.url, "title": TITLE}) == (
+        moderators
+    )

@@ -8,4 +8,5 @@ EXTENSIONS = (
     "bot.cogs.admin",
     "bot.cogs.review",
     "bot.cogs.helpers",
+    "bot.cogs.learning",
 )

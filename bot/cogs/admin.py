@@ -587,7 +587,7 @@ def stats_embed(snap: Mapping[str, Any], feedback: Mapping[str, int]) -> discord
         )
     field("Latency (ms)", "\n".join(lines), inline=False)
     keys = ["answers", "refused", "good", "flags", "flagged_answers", "stale", "corrected"]
-    keys.append("handoffs")
+    keys += ["handoffs", "candidates", "candidates_added"]
     fb = {k: feedback.get(k, 0) for k in keys}
     field(
         "Feedback (this server)",
@@ -596,7 +596,9 @@ def stats_embed(snap: Mapping[str, Any], feedback: Mapping[str, int]) -> discord
         f" · flagged answers **{fb['flagged_answers']}**"
         f" · stale (docs changed since) **{fb['stale']}**"
         f" · reached by a correction **{fb['corrected']}**"
-        f" · handed to helpers **{fb['handoffs']}**",
+        f" · handed to helpers **{fb['handoffs']}**"
+        f" · people's answers proposed **{fb['candidates']}**"
+        f" (added **{fb['candidates_added']}**)",
         inline=False,
     )
     return embed

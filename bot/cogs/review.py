@@ -22,7 +22,7 @@ from discord.ext import commands
 from rag_core.errors import RagError
 from rag_core.search.verified import VerifiedAnswer
 
-from ..checks import NotAdmin, admin_only, is_admin_member
+from ..checks import NotAdmin, admin_only, is_admin_member, moderator_check
 from ..corrections import reach_back
 from ..feedback import AnswerRecord
 from ..home import OTHER_GUILD, same_guild
@@ -74,13 +74,7 @@ class ReviewButton(
     async def interaction_check(  # type: ignore[override]
         self, interaction: discord.Interaction[RagBot], /
     ) -> bool:
-        if not interaction.client.home.serves(interaction.guild_id):
-            await send_error(interaction, OTHER_GUILD)
-            return False
-        if is_admin_member(interaction):
-            return True
-        await send_error(interaction, str(NotAdmin()))
-        return False
+        return await moderator_check(interaction)
 
     async def callback(self, interaction: discord.Interaction[RagBot]) -> None:  # type: ignore[override]
         # Looked up by name: an extension reload makes new classes, so no isinstance here.
@@ -262,8 +256,10 @@ class Review(commands.Cog):
         by: int,
         guild_id: int | None,
         answer_id: int | None = None,
+        answered_by: str = "",
     ) -> VerifiedAnswer:
-        """Store, then index, a verified answer; a failed indexing takes the stored one back."""
+        """Store, then index, a verified answer; a failed indexing takes the stored one back.
+        `answered_by`: the community member whose answer it is (cited by name, never pinged)."""
         store = self.bot.feedback
         record = await store.add_verified(
             question=question,
@@ -272,8 +268,9 @@ class Review(commands.Cog):
             created_by=by,
             guild_id=guild_id,
             answer_id=answer_id,
+            answered_by=answered_by,
         )
-        verified = VerifiedAnswer(record.id, question, answer, link)
+        verified = VerifiedAnswer(record.id, question, answer, link, answered_by)
         try:
             await self.bot.rag.verified.add(verified)
         except BaseException:
@@ -336,7 +333,10 @@ class Review(commands.Cog):
         for r in records[-VERIFIED_SHOWN:]:
             question = fit(plain_text, r.question, 100)
             when = discord.utils.format_dt(r.created_at, "d")
-            lines.append(f"**#{r.id}** [{question}]({r.message_link}) · <@{r.created_by}> · {when}")
+            by = f" · by {fit(plain_text, r.answered_by, 40)}" if r.answered_by else ""
+            lines.append(
+                f"**#{r.id}** [{question}]({r.message_link}){by} · <@{r.created_by}> · {when}"
+            )
         embed = discord.Embed(
             title="Verified answers",
             description=safe_truncate("\n".join(lines), 4000)

@@ -1,5 +1,5 @@
 """The records the feedback database hands out: answers, their sources, conversations, votes,
-flags, stale answers, verified answers and queued forum posts."""
+flags, stale answers, verified answers, candidate answers and queued forum posts."""
 
 from __future__ import annotations
 
@@ -124,6 +124,32 @@ class VerifiedRecord:
     created_by: int
     created_at: datetime
     removed_at: datetime | None = None
+    answered_by: str = ""  # a community member's answer the moderators adopted: their name
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A person's answer proposed to the moderators as a verified answer."""
+
+    id: int
+    message_id: int  # the person's answer
+    guild_id: int | None
+    channel_id: int
+    author_id: int
+    author_name: str
+    question: str
+    answer: str
+    reason: str  # "solved" (a solved forum post) or "saved" (a helper's save reaction)
+    proposed_by: int
+    created_at: datetime
+    card_message_id: int | None = None
+    status: str | None = None  # None while open, "added" or "dismissed"
+    reviewed_by: int | None = None
+    verified_id: int | None = None
+
+    @property
+    def jump_url(self) -> str:
+        return message_link(self.guild_id, self.channel_id, self.message_id)
 
 
 def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:

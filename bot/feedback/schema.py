@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # Each entry migrates from version i to i + 1; never edit a released one, append a new one.
 MIGRATIONS: list[list[str]] = [
@@ -161,6 +161,31 @@ MIGRATIONS: list[list[str]] = [
         # answer that says so, and when (its footer then points to the correction).
         "ALTER TABLE answers ADD COLUMN corrected_at REAL",
         "ALTER TABLE answers ADD COLUMN corrected_by INTEGER",
+    ],
+    [
+        # A person's answer proposed to the moderators as a verified answer: a solved forum
+        # post's accepted reply, or a message a helper saved. One per message.
+        """
+        CREATE TABLE candidates (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL UNIQUE,  -- the person's answer
+            guild_id INTEGER,
+            channel_id INTEGER NOT NULL,
+            author_id INTEGER NOT NULL,
+            author_name TEXT NOT NULL,           -- as shown when it was proposed
+            question TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            reason TEXT NOT NULL,                -- 'solved' or 'saved'
+            proposed_by INTEGER NOT NULL,        -- the poster or helper whose act proposed it
+            created_at REAL NOT NULL,
+            card_message_id INTEGER,             -- the moderators' card, once posted
+            status TEXT,                         -- NULL while open, 'added' or 'dismissed'
+            reviewed_by INTEGER,
+            verified_id INTEGER REFERENCES verified_answers (id) ON DELETE SET NULL
+        )
+        """,
+        # Whose answer a verified answer is, when it is a community member's (shown, never pinged).
+        "ALTER TABLE verified_answers ADD COLUMN answered_by TEXT NOT NULL DEFAULT ''",
     ],
 ]
 

@@ -35,6 +35,7 @@ from .records import (
     GOOD,
     REVIEW_STATUSES,
     AnswerRecord,
+    Candidate,
     Conversation,
     FlaggedAnswer,
     QueuedPost,
@@ -125,6 +126,10 @@ def _verified(row: sqlite3.Row) -> VerifiedRecord:
         created_at=_dt(row["created_at"]),
         removed_at=_dt(row["removed_at"]) if row["removed_at"] is not None else None,
     )
+
+
+def _candidate(row: sqlite3.Row) -> Candidate:
+    return _record(Candidate, row, created_at=_dt(row["created_at"]))
 
 
 class FeedbackStore:
@@ -830,16 +835,28 @@ class FeedbackStore:
         created_by: int,
         guild_id: int | None = None,
         answer_id: int | None = None,
+        answered_by: str = "",
     ) -> VerifiedRecord:
-        """Store a moderator's answer (marking the answer it corrects, if any, as corrected)."""
+        """Store a moderator's answer (marking the answer it corrects, if any, as corrected);
+        `answered_by` names the community member whose answer it is, if it is one's."""
         now = self._clock()
 
         def run(conn: sqlite3.Connection) -> VerifiedRecord:
             with _transaction(conn):
                 cur = conn.execute(
                     "INSERT INTO verified_answers (answer_id, guild_id, question, answer, "
-                    "message_link, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (answer_id, guild_id, question, answer, message_link, created_by, now),
+                    "message_link, created_by, created_at, answered_by) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        answer_id,
+                        guild_id,
+                        question,
+                        answer,
+                        message_link,
+                        created_by,
+                        now,
+                        answered_by,
+                    ),
                 )
                 if answer_id is not None:
                     _set_review(conn, answer_id, "corrected", created_by, now)
@@ -968,10 +985,107 @@ class FeedbackStore:
 
         await self._call(run)
 
+    # -- candidates: people's answers proposed as verified answers ---------------------------
+
+    async def propose_candidate(
+        self,
+        *,
+        message_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        author_id: int,
+        author_name: str,
+        question: str,
+        answer: str,
+        reason: str,
+        proposed_by: int,
+    ) -> Candidate | None:
+        """Record a proposal; None when that message was proposed before (one card each)."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> Candidate | None:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO candidates (message_id, guild_id, channel_id, "
+                    "author_id, author_name, question, answer, reason, proposed_by, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (message_id, guild_id, channel_id, author_id, author_name, question, answer,
+                     reason, proposed_by, now),
+                )  # fmt: skip
+                if not cur.rowcount:
+                    return None
+                row = conn.execute(
+                    "SELECT * FROM candidates WHERE id = ?", (cur.lastrowid,)
+                ).fetchone()
+                return _candidate(row)
+
+        return await self._call(run)
+
+    async def set_candidate_card(self, candidate_id: int, message_id: int | None) -> None:
+        """The moderators' card for the candidate was posted as `message_id`; None: it could
+        not be, so the proposal is taken back (a later solve or save may propose it again)."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                if message_id is None:
+                    conn.execute("DELETE FROM candidates WHERE id = ?", (candidate_id,))
+                else:
+                    conn.execute(
+                        "UPDATE candidates SET card_message_id = ? WHERE id = ?",
+                        (message_id, candidate_id),
+                    )
+
+        await self._call(run)
+
+    async def candidate(self, candidate_id: int) -> Candidate | None:
+        def run(conn: sqlite3.Connection) -> Candidate | None:
+            row = conn.execute("SELECT * FROM candidates WHERE id = ?", (candidate_id,)).fetchone()
+            return _candidate(row) if row else None
+
+        return await self._call(run)
+
+    async def settle_candidate(self, candidate_id: int, status: str, by: int) -> bool:
+        """Close an open candidate as "added" or "dismissed"; False when it was closed already
+        (two moderators pressing at once: the first one wins). An "added" one gets its
+        verified answer with `finish_candidate`."""
+        if status not in ("added", "dismissed"):
+            raise ValueError(f"unknown candidate status {status!r}")
+
+        def run(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "UPDATE candidates SET status = ?, reviewed_by = ? "
+                    "WHERE id = ? AND status IS NULL",
+                    (status, by, candidate_id),
+                )
+                return cur.rowcount == 1
+
+        return await self._call(run)
+
+    async def finish_candidate(self, candidate_id: int, verified_id: int | None) -> None:
+        """The added candidate became verified answer `verified_id`; None: adding it failed,
+        so the candidate is open again."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                if verified_id is None:
+                    conn.execute(
+                        "UPDATE candidates SET status = NULL, reviewed_by = NULL WHERE id = ?",
+                        (candidate_id,),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE candidates SET verified_id = ? WHERE id = ?",
+                        (verified_id, candidate_id),
+                    )
+
+        await self._call(run)
+
     async def stats(self, guild_id: int | None = None) -> dict[str, int]:
         """Counts: answers, refused, low-support answers, flags, good votes, flagged answers,
         stale answers (their cited passages changed in a later reindex), answers a later
-        correction reached, questions handed to helpers."""
+        correction reached, questions handed to helpers, people's answers proposed to the
+        moderators and those they added as verified answers."""
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             params = {"guild": guild_id}
@@ -992,8 +1106,15 @@ class FeedbackStore:
                 "AND h.message_id IS NOT NULL",
                 params,
             ).fetchone()
+            proposed, added = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(c.status = 'added'), 0) FROM candidates c "
+                "WHERE (:guild IS NULL OR c.guild_id = :guild)",
+                params,
+            ).fetchone()
             return {
                 "handoffs": handoffs,
+                "candidates": proposed,
+                "candidates_added": added,
                 "answers": answers[0],
                 "refused": answers[1],
                 "low_support": answers[2],

@@ -1,9 +1,10 @@
 """Verified answers: a question and the answer moderators wrote for it, searched like a page.
 
 Each one is a single row in the live version (doc_id `verified:<id>`, title "Verified by the
-moderators", url = where it was given, heading_path = the question, text = question and
-answer). Its vector is the *question's* query embedding, so a paraphrase of that question finds
-it closely; BM25 still reads the answer's words.
+moderators" or, for a community member's answer the moderators adopted, "Answered by <name>,
+verified by the moderators", url = where it was given, heading_path = the question, text =
+question and answer). Its vector is the *question's* query embedding, so a paraphrase of that
+question finds it closely; BM25 still reads the answer's words.
 
 Verified answers are not a docs source: a reindex carries them over into every version it
 builds (re-embedding them when the model changed), whatever it prunes. Adding or removing one
@@ -27,6 +28,8 @@ from .store import KnowledgeStore, milvus_str
 
 PREFIX = "verified:"
 TITLE = "Verified by the moderators"
+BY_TITLE = "Answered by {name}, verified by the moderators"
+_BY_START, _BY_END = BY_TITLE.split("{name}")
 SOURCE = "verified"  # the `source` of every verified row: never a spec a reindex reads
 FILTER = f'doc_id like "{PREFIX}%"'
 
@@ -64,11 +67,16 @@ class VerifiedAnswer:
     id: int
     question: str
     answer: str
-    url: str  # the Discord message the correction belongs to
+    url: str  # the Discord message the correction belongs to, or the person's answer
+    answered_by: str = ""  # the person whose answer it is (a display name), if not moderators'
 
     @property
     def doc_id(self) -> str:
         return doc_id_of(self.id)
+
+    @property
+    def title(self) -> str:
+        return BY_TITLE.format(name=self.answered_by) if self.answered_by else TITLE
 
     def chunk(self) -> Chunk:
         text = f"Question: {self.question}\n\nAnswer: {self.answer}"
@@ -76,7 +84,7 @@ class VerifiedAnswer:
             chunk_id=self.doc_id,
             doc_id=self.doc_id,
             url=self.url,
-            title=TITLE,
+            title=self.title,
             headings=(self.question,),
             text=text,
             doc_hash=sha256(f"{self.url}\n{text}"),
@@ -88,11 +96,16 @@ def from_row(row: Mapping[str, Any]) -> VerifiedAnswer:
     """Read a verified row (or Hit fields) back, as `VerifiedAnswer.chunk` wrote it."""
     _, _, answer = str(row["text"]).partition("\n\nAnswer: ")
     doc_id = str(row["doc_id"])
-    return VerifiedAnswer(int(doc_id[len(PREFIX) :]), str(row["heading_path"]), answer, row["url"])
+    title = str(row.get("title", ""))
+    by = title[len(_BY_START) : -len(_BY_END)] if title.startswith(_BY_START) else ""
+    return VerifiedAnswer(
+        int(doc_id[len(PREFIX) :]), str(row["heading_path"]), answer, row["url"], by
+    )
 
 
 def from_hit(hit: Hit) -> VerifiedAnswer:
-    return from_row({f: getattr(hit, f) for f in ("doc_id", "heading_path", "text", "url")})
+    fields = ("doc_id", "heading_path", "text", "url", "title")
+    return from_row({f: getattr(hit, f) for f in fields})
 
 
 class VerifiedIndex:

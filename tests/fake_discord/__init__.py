@@ -112,7 +112,8 @@ Forums: ``guild.add_forum("help", tags=("Solved",))`` (type 15; nobody can post 
 it); ``await fake.forum_post(forum, user, "title", "text")`` -> ``(post, starter)``: the post is
 a public thread owned by the member (THREAD_CREATE), its starter message has the post's id
 (MESSAGE_CREATE). ``PATCH /channels/{post}`` sets ``applied_tags`` (the forum's own tags; Manage
-Threads unless the bot owns the thread), dispatching THREAD_UPDATE; ``forum.tag("Solved")``.
+Threads unless the bot owns the thread), dispatching THREAD_UPDATE; ``forum.tag("Solved")``;
+``await fake.tag_post(post, poster, "Solved")`` is the poster tagging their own post.
 
 Not simulated: DMs, private threads, attachments' content, autocomplete
 interactions, sharding beyond one shard.

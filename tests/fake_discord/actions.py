@@ -12,7 +12,7 @@ from typing import Any
 
 import discord
 
-from .gateway import Gateway
+from .gateway import INTENT_GUILDS, Gateway
 from .interactions import FakeInteraction
 from .models import (
     FakeChannel,
@@ -252,6 +252,17 @@ class Actions(Gateway):
         )
         await self._dispatch_message("MESSAGE_CREATE", msg, guild)
         return post, msg
+
+    async def tag_post(self, post: FakeChannel, user: UserLike, *tags: str) -> None:
+        """``user`` (the poster, who may tag their own post) sets the post's tags to ``tags``,
+        the forum's own by name: THREAD_UPDATE."""
+        guild = self.guilds[post.guild_id]
+        member = self._resolve_member(guild, user)
+        if member.id != post.owner_id:
+            raise ValueError("only the poster tags a post here (others need Manage Threads)")
+        forum = guild.channels[post.parent_id or 0]
+        post.applied_tags = [forum.tag(t) for t in tags]
+        await self._dispatch_intent(INTENT_GUILDS, "THREAD_UPDATE", post.to_payload())
 
     async def add_reaction(
         self,
