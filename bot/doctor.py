@@ -372,6 +372,38 @@ async def check_helper_role(settings: Settings) -> CheckResult:
     return _ok(name, f"{role.name!r} in {guild_name!r}, mentionable")
 
 
+async def check_handoff_forum(settings: Settings) -> CheckResult:
+    """HANDOFF_FORUM_ID is a forum of a home server."""
+    name = "hand-off forum"
+    forum_id = settings.handoff_forum_id
+    if not forum_id:
+        return _ok(name, "HANDOFF_FORUM_ID is not set: the helpers are pinged beside the answer")
+    token = settings.discord_token.get_secret_value()
+    if not token:
+        return _skip(name, "no token to ask Discord about the forum")
+    import discord
+
+    fix = "Set HANDOFF_FORUM_ID to a forum channel's id in a home server (right-click > Copy ID)."
+    client = discord.Client(intents=discord.Intents.none())
+    try:
+        async with asyncio.timeout(_DISCORD_TIMEOUT_S):
+            await client.login(token)
+            channel = await client.fetch_channel(forum_id)
+    except discord.NotFound:
+        return _fail(name, f"channel {forum_id} does not exist", fix)
+    except discord.Forbidden:
+        return _fail(name, f"the bot cannot see channel {forum_id}", fix)
+    except (TimeoutError, OSError, discord.DiscordException) as exc:
+        return _warn(name, f"could not ask Discord about channel {forum_id} ({type(exc).__name__})")
+    finally:
+        await client.close()
+    if not isinstance(channel, discord.ForumChannel):
+        return _fail(name, f"channel {forum_id} is not a forum", fix)
+    if channel.guild.id not in settings.home_guild_ids:
+        return _fail(name, f"forum {channel.name!r} is not in a home server", fix)
+    return _ok(name, f"forum {channel.name!r} in home server {channel.guild.id}")
+
+
 # -- models ---------------------------------------------------------------------------------------
 
 
@@ -871,6 +903,7 @@ async def run_checks(settings: Settings, *, quick: bool = False) -> list[CheckRe
         return results
     results.append(await check_home_guilds(settings))
     results.append(await check_helper_role(settings))
+    results.append(await check_handoff_forum(settings))
     embedding, dim = await asyncio.to_thread(check_embedding_model, settings)
     results.append(embedding)
     results.append(await asyncio.to_thread(check_llm_model, settings))

@@ -2,8 +2,9 @@
 
 The button is a dynamic item (`handoff:<answer id>`): it works after a restart, and who may
 press it (the asker, in the answer's own server) is checked at every click. A press posts one
-message beside the answer that pings HELPER_ROLE_ID: the only ping the bot ever makes, with
-allowed mentions naming that role and nothing else.
+message that pings HELPER_ROLE_ID, beside the answer or, with HANDOFF_FORUM_ID, as a new post in
+that help forum: the only ping the bot ever makes, with allowed mentions naming that role and
+nothing else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import discord
 
-from .streaming import fit, plain_text
+from .feedback import AnswerRecord
+from .streaming import fit, link_target, plain_links, plain_text, safe_truncate
 from .utils import GENERIC_ERROR, send_error
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,26 @@ def ping_text(role_id: int, asker: str, question: str, answer_url: str | None) -
     where = f"\n-# The bot's answer: {answer_url}" if answer_url else ""
     who = fit(plain_text, asker, 80)
     return f"<@&{role_id}> {who} would like a person's help with:\n> {quoted}{where}"
+
+
+def post_text(role_id: int, asker: str, record: AnswerRecord) -> str:
+    """A hand-off forum post's first message: the ping and question, then the bot's answer
+    (links shown as text) and its numbered sources, within Discord's 2,000 characters."""
+    head = ping_text(role_id, asker, record.question, record.jump_url)
+    sources = "\n".join(
+        f"[{s.n}] {fit(plain_text, s.title or s.url, 80)} <{link_target(s.url) or ''}>"
+        for s in record.sources[:5]
+    )
+    room = 2000 - len(head) - len(sources) - 40
+    answer = fit(plain_links, record.answer, max(room, 100))
+    label = "Closest pages" if record.refused else "Sources"
+    text = f"{head}\n\n**The bot's answer**\n{answer}"
+    return safe_truncate(f"{text}\n**{label}**\n{sources}" if sources else text, 2000)
+
+
+def post_title(question: str) -> str:
+    """A forum post's name: the question's start, on one line (names never ping)."""
+    return safe_truncate(" ".join(question.split()), 100) or "A question for the helpers"
 
 
 def role_ping(role_id: int) -> discord.AllowedMentions:

@@ -366,6 +366,20 @@ class Settings(BaseSettings):
         description="The helpers' role: 'Ask a helper' under answers pings it (the only ping "
         "the bot makes); 0 = no button",
     )
+    forum_remind_after_s: float = Field(
+        0,
+        ge=0,
+        description="A watched forum post the bot left to people (not in the docs, or no "
+        "answer slot) that still has no reply after this many seconds pings HELPER_ROLE_ID "
+        "in it, once (0 = off)",
+    )
+    handoff_forum_id: int = Field(
+        0,
+        ge=0,
+        description="A help forum for hand-offs: 'Ask a helper' opens a post there with the "
+        "question, the bot's answer and its sources, pinging HELPER_ROLE_ID in it (0 = the "
+        "ping is a reply beside the answer)",
+    )
     handoff_window_s: float = Field(
         3600, gt=0, description="The window HANDOFF_PER_USER and HANDOFF_PER_THREAD count in"
     )

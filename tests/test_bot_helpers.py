@@ -113,9 +113,48 @@ async def test_ask_a_helper_pings_the_role_once_and_only_the_asker_may_press(
         await third.wait_done()
         assert PINGED_HERE in ephemeral_text(third) and len(w.fake.pings()) == 1
         assert plain.original is not None and buttons(plain.original) == {}
+        # With a hand-off forum, a press opens a post there: the ping, the question, the bot's
+        # answer and its sources; the asker is told where.
+        w.bot.settings.handoff_forum_id = w.help.id
+        w.bot.settings.handoff_per_thread = 5
+        _, fourth = await ask(w, QUESTION, user=w.bob)
+        [fourth_id] = [k for k in buttons(fourth) if k.startswith("handoff:")]
+        forwarded = await w.fake.click(fourth, fourth_id, user=w.bob)
+        await forwarded.wait_done()
+        [post] = [t for t in w.fake.threads_of(w.help) if t.owner_id == w.fake.bot_user.id]
+        assert f"<#{post.id}>" in ephemeral_text(forwarded)
+        assert post.name == QUESTION
+        [starter] = w.fake.channel_messages(post)
+        assert starter.id == post.id and starter.content.startswith(f"<@&{role.id}> bob")
+        assert "**The bot's answer**" in starter.content and "**Sources**" in starter.content
+        link = f"https://discord.com/channels/{w.guild.id}/{fourth.channel_id}/{fourth.id}"
+        assert link in starter.content
+        assert [m.id for m, _ in w.fake.pings()] == [ping.id, starter.id]
+        assert w.fake.pings()[1][1].mentions.roles == {role.id}
         stats = await w.store.stats(guild_id=w.guild.id)
-        assert stats["handoffs"] == 1
-        assert METRICS.handoffs._value.get() == handoffs + 1
+        assert stats["handoffs"] == 2
+        assert METRICS.handoffs._value.get() == handoffs + 2
+    w.fake.assert_clean(allow_pings=True)
+
+
+async def test_an_uncovered_post_nobody_answers_reminds_the_helpers_once(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    rag = indexed.with_settings(
+        ShapedGenerator(indexed.rag.generator, max_tokens=8), **GATE, **TALK
+    )
+    async with running_bot(rag, tmp_path, forum_remind_after_s=1.0, **TALK) as w:
+        w.bot.settings.helper_role_id = w.mods_role.id
+        bread = ("Sourdough", "What is the best recipe for sourdough bread?")
+        alone, _ = await w.fake.forum_post(w.help, w.alice, *bread)
+        helped, _ = await w.fake.forum_post(w.help, w.dana, *bread)
+        await w.fake.user_message(helped, w.bob, "Try a baking forum!")
+        await w.fake.wait_for(lambda: len(w.fake.pings()) == 1, timeout=60)
+        [(reminder, version)] = w.fake.pings()
+        assert reminder.channel_id == alone.id and version.mentions.roles == {w.mods_role.id}
+        assert "no reply" in reminder.content
+        await asyncio.sleep(2.5)  # later sweeps: still one reminder, none for the helped post
+        assert len(w.fake.pings()) == 1 and bot_texts(w, helped) == []
     w.fake.assert_clean(allow_pings=True)
 
 

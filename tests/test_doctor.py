@@ -199,8 +199,10 @@ async def test_good_offline_settings_pass(
     async with FakeDiscord() as fake:  # the doctor asks Discord which servers the bot is in
         home = fake.add_guild("Docs")
         helpers = home.add_role("Helpers", discord.Permissions.none(), mentionable=True)
+        desk = home.add_forum("help-desk")
         settings = Settings(
             helper_role_id=helpers.id,
+            handoff_forum_id=desk.id,
             _env_file=None,  # type: ignore[call-arg]
             data_dir=indexed_settings.data_dir,
             embedding_model=offline_model_path(),
@@ -218,6 +220,7 @@ async def test_good_offline_settings_pass(
     checks = by_name(results)
     assert "384-d" in checks["embedding model"].message
     assert "'Helpers' in 'Docs', mentionable" in checks["helper role"].message
+    assert checks["hand-off forum"].message == f"forum 'help-desk' in home server {home.id}"
     assert "chunks" in checks["knowledge base"].message
     assert GOOD_TOKEN not in report
 
@@ -241,6 +244,25 @@ async def test_a_helper_role_that_is_missing_or_silent_is_reported() -> None:
     )
     missing = results[elsewhere.id]
     assert missing.status is Status.FAIL and "none of the home servers" in missing.message
+
+
+async def test_a_hand_off_forum_that_is_no_forum_or_elsewhere_is_reported() -> None:
+    async with FakeDiscord() as fake:
+        home = fake.add_guild("Docs")
+        elsewhere = fake.add_guild("Other").add_forum("help")
+        results = {}
+        for channel_id in (home.channel("general").id, elsewhere.id, 42):
+            settings = Settings(
+                _env_file=None,  # type: ignore[call-arg]
+                discord_token=GOOD_TOKEN,  # type: ignore[arg-type]
+                discord_home_guild_ids=[home.id],
+                handoff_forum_id=channel_id,
+            )
+            results[channel_id] = await doctor.check_handoff_forum(settings)
+    text, other, unknown = results.values()
+    assert text.status is Status.FAIL and "is not a forum" in text.message
+    assert other.status is Status.FAIL and "not in a home server" in other.message
+    assert unknown.status is Status.FAIL and "42" in unknown.message
 
 
 def test_learning_says_what_keeps_people_s_answers_from_the_moderators(tmp_path: Path) -> None:

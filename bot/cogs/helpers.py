@@ -1,8 +1,10 @@
 """Helpers in the loop: an "Ask a helper" press (bot/handoff.py) becomes one ping of the helper
-role beside the answer, within limits per member and per thread, recorded and counted."""
+role, beside the answer or in a new post of the hand-off forum (HANDOFF_FORUM_ID), within limits
+per member and per thread, recorded and counted."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -10,8 +12,10 @@ import discord
 from discord.ext import commands
 
 from .. import metrics
-from ..handoff import HandoffButton, handoff_view, ping_text, role_ping
+from ..feedback import AnswerRecord
+from ..handoff import HandoffButton, handoff_view, ping_text, post_text, post_title, role_ping
 from ..home import OTHER_GUILD, same_guild
+from ..reminders import run_reminders
 from ..utils import NO_MENTIONS, send_error
 
 if TYPE_CHECKING:
@@ -20,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ASKED = "I've asked the helpers: someone will reply here."
+ASKED_IN = "I've asked the helpers in <#{post}>: someone will reply there."
 NOT_YOURS = "Only the person who asked can ask a helper for this answer."
 UNKNOWN = "I can't find that answer any more."
 NO_ROLE = "No helper role is set up in this server."
@@ -34,12 +39,19 @@ class Helpers(commands.Cog):
 
     def __init__(self, bot: RagBot) -> None:
         self.bot = bot
+        self._unusable: set[int] = set()  # hand-off forums already reported as unusable
+        self._reminders: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(HandoffButton)
+        settings = self.bot.settings
+        if self.bot.serving and settings.forum_remind_after_s:
+            self._reminders = asyncio.create_task(run_reminders(self.bot), name="reminders")
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(HandoffButton)
+        if self._reminders is not None:
+            self._reminders.cancel()
 
     async def hand_off(self, answer_id: int, interaction: discord.Interaction[RagBot]) -> None:
         bot = self.bot
@@ -74,19 +86,21 @@ class Helpers(commands.Cog):
             return
         # The button goes grey first (the interaction's answer), then the one ping.
         await interaction.response.edit_message(view=handoff_view(answer_id, asked=True))
-        text = ping_text(role_id, interaction.user.display_name, record.question, None)
+        forum = self._forum(interaction.guild_id)
+        where = forum if forum is not None else channel
         try:
-            if interaction.message is not None:  # beside the answer, as a reply to it
-                ping = await channel.send(
-                    text,
+            if forum is not None:  # a new post in the hand-off forum
+                post = await forum.create_thread(
+                    name=post_title(record.question),
+                    content=post_text(role_id, interaction.user.display_name, record),
                     allowed_mentions=role_ping(role_id),
-                    reference=interaction.message,
-                    mention_author=False,
                 )
+                ping = post.message
             else:
-                ping = await channel.send(text, allowed_mentions=role_ping(role_id))
+                ping = await self._reply(interaction, channel, role_id, record)
         except discord.HTTPException:
-            bot.answers.missing_permission(channel, "Send Messages (the helpers' ping)")
+            what = "Create Posts" if forum is not None else "Send Messages"
+            bot.answers.missing_permission(where, f"{what} (the helpers' ping)")
             await bot.feedback.finish_handoff(answer_id, None)
             try:
                 await interaction.edit_original_response(view=handoff_view(answer_id))
@@ -97,7 +111,44 @@ class Helpers(commands.Cog):
         await bot.feedback.finish_handoff(answer_id, ping.id)
         metrics.observe_handoff()
         log.info("answer %s handed to the helpers by %s", answer_id, interaction.user.id)
-        await interaction.followup.send(ASKED, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        told = ASKED if forum is None else ASKED_IN.format(post=ping.channel.id)
+        await interaction.followup.send(told, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def _reply(
+        self,
+        interaction: discord.Interaction[RagBot],
+        channel: discord.abc.Messageable,
+        role_id: int,
+        record: AnswerRecord,
+    ) -> discord.Message:
+        """The ping beside the answer, as a reply to it."""
+        text = ping_text(role_id, interaction.user.display_name, record.question, None)
+        if interaction.message is None:
+            return await channel.send(text, allowed_mentions=role_ping(role_id))
+        return await channel.send(
+            text,
+            allowed_mentions=role_ping(role_id),
+            reference=interaction.message,
+            mention_author=False,
+        )
+
+    def _forum(self, guild_id: int | None) -> discord.ForumChannel | None:
+        """HANDOFF_FORUM_ID when it is a forum of the answer's server; else None (said once)."""
+        forum_id = self.bot.settings.handoff_forum_id
+        if not forum_id:
+            return None
+        forum = self.bot.get_channel(forum_id)
+        if isinstance(forum, discord.ForumChannel) and forum.guild.id == guild_id:
+            return forum
+        if forum_id not in self._unusable:
+            self._unusable.add(forum_id)
+            log.warning(
+                "HANDOFF_FORUM_ID %s is not a forum of server %s: the helpers are pinged beside "
+                "the answer instead",
+                forum_id,
+                guild_id,
+            )
+        return None
 
 
 async def setup(bot: RagBot) -> None:

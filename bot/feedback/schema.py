@@ -186,6 +186,9 @@ MIGRATIONS: list[list[str]] = [
         """,
         # Whose answer a verified answer is, when it is a community member's (shown, never pinged).
         "ALTER TABLE verified_answers ADD COLUMN answered_by TEXT NOT NULL DEFAULT ''",
+        # When the helpers were reminded of this post left to people (FORUM_REMIND_AFTER_S):
+        # once per post, set before the reminder is sent.
+        "ALTER TABLE unanswered ADD COLUMN reminded_at REAL",
     ],
 ]
 

@@ -503,6 +503,27 @@ class FeedbackStore:
 
         return await self._call(run)
 
+    async def claim_reminders(self, before: float, since: float) -> list[tuple[int | None, int]]:
+        """The posts left to people between `since` and `before` (unix seconds) whose helpers
+        were not reminded yet, as (guild id, post id), marked reminded in the same transaction:
+        each post is reminded of once, by one process."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> list[tuple[int | None, int]]:
+            with _transaction(conn):
+                rows = conn.execute(
+                    "SELECT id, guild_id, channel_id FROM unanswered WHERE reminded_at IS NULL "
+                    "AND created_at <= ? AND created_at > ? ORDER BY id LIMIT 50",
+                    (before, since),
+                ).fetchall()
+                conn.executemany(
+                    "UPDATE unanswered SET reminded_at = ? WHERE id = ?",
+                    [(now, r["id"]) for r in rows],
+                )
+                return [(r["guild_id"], r["channel_id"]) for r in rows]
+
+        return await self._call(run)
+
     # -- conversations ------------------------------------------------------------------------
 
     async def record_turn(

@@ -78,6 +78,7 @@ class Rest(Routing, Gateway):
             ("GET", channel, self._get_channel, True),
             ("PATCH", channel, self._patch_thread, True),
             ("POST", channel + "/typing", self._post_typing, True),
+            ("POST", channel + "/threads", self._start_forum_post, True),
             ("GET", channel + "/messages", self._get_channel_messages, True),
             ("POST", channel + "/messages", self._post_channel_message, True),
             ("GET", message, self._get_channel_message, True),
@@ -286,6 +287,33 @@ class Rest(Routing, Gateway):
         thread = self._add_thread(guild, channel, name, owner_id=self.bot_user.id, thread_id=msg.id)
         await self._dispatch_thread_create(thread)
         return 201, thread.to_payload()
+
+    async def _start_forum_post(self, call: Call) -> tuple[int, Any]:
+        """The bot opens a post in a forum (Send Messages there is "Create Posts"): the thread,
+        then its starter message with the thread's id; the reply is the thread with ``message``."""
+        guild, forum = self._find_channel(call.match["channel_id"])
+        if forum.type != FakeChannel.FORUM:
+            raise NotImplementedError("threads without a message outside forums")
+        self._require(guild, forum, P.send_messages)
+        body = dict(call.json or {})
+        name = str(body.get("name") or "")
+        errors = rules.FormErrors()
+        if not 1 <= len(name) <= 100:
+            errors.add(["name"], "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        tags = [int(t) for t in body.get("applied_tags") or []]
+        if not set(tags) <= {int(t["id"]) for t in forum.available_tags}:
+            errors.add(["applied_tags"], "BASE_TYPE_CHOICES", "Value must be one of the tags.")
+        errors.raise_if_any()
+        message = dict(body.get("message") or {})
+        rules.validate_message(message)
+        rules.require_body_not_empty(message, len(call.rec.files))
+        post = self._add_thread(guild, forum, name, owner_id=self.bot_user.id, applied_tags=tags)
+        await self._dispatch_thread_create(post)
+        msg = self._add_message(
+            guild, post, self.bot_user, message, source="create", notifies=True, msg_id=post.id
+        )
+        await self._dispatch_message("MESSAGE_CREATE", msg, guild)
+        return 201, {**post.to_payload(), "message": self._payload(msg)}
 
     # ================================================================== messages and reactions
 
