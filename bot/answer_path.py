@@ -296,9 +296,11 @@ class AnswerPath:
         history: Sequence[Turn] = (),
         votes: bool = True,
         refusals: bool = True,
+        threshold: float | None = None,
     ) -> Delivered | None:
         """Answer `question` into `writer`; None when it ended in an error shown to the user
-        (or, with `refusals` off, when the docs do not cover it).
+        (or, with `refusals` off, when the docs do not cover it). `threshold`: the relevance
+        bar for this question (None: RELEVANCE_THRESHOLD).
 
         `history`: the conversation's earlier turns, oldest first (a follow-up).
         `votes`: add the 👍/👎 reactions (public answers only).
@@ -308,7 +310,13 @@ class AnswerPath:
             self.answering.add(task)
         try:
             return await self._deliver(
-                question, writer, asker, history, votes=votes, refusals=refusals
+                question,
+                writer,
+                asker,
+                history,
+                votes=votes,
+                refusals=refusals,
+                threshold=threshold,
             )
         finally:
             if task is not None:
@@ -341,6 +349,7 @@ class AnswerPath:
         *,
         votes: bool,
         refusals: bool,
+        threshold: float | None,
     ) -> Delivered | None:
         started = time.perf_counter()
         log.debug("question by %s: %r", asker.user_id, question)
@@ -356,7 +365,9 @@ class AnswerPath:
                 if engine_first:
                     await held.enter_async_context(self._slot(writer))
                 scope = self.home.verified_scope(asker.guild_id)
-                prepared = await answerer.prepare(question, history, verified_scope=scope)
+                prepared = await answerer.prepare(
+                    question, history, verified_scope=scope, threshold=threshold
+                )
                 if prepared.refused and not refusals:
                     _log_question(asker, "skipped", prepared, _since(started))
                     await self._record_unanswered(asker, prepared)

@@ -41,6 +41,8 @@ def groups() -> dict[str, str]:
 
 def default_text(name: str) -> str:
     default = Settings.model_fields[name].get_default(call_default_factory=True)
+    if default is None:
+        return ""
     if isinstance(default, SecretStr):
         return ""  # secrets are never written out
     if isinstance(default, bool):

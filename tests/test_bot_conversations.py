@@ -427,6 +427,15 @@ async def test_a_forum_post_the_docs_cover_gets_one_answer_and_one_they_dont_get
         elsewhere, _ = await w.fake.forum_post(other, w.alice, *COVERED)
         await w.fake.wait_quiet()
         assert bot_messages(w, elsewhere) == []
+        # A higher bar for new posts (FORUM_RELEVANCE_THRESHOLD) leaves even a covered one to
+        # people; it is a gap like the uncovered one.
+        w.bot.settings.forum_relevance_threshold = 0.99
+        strict, _ = await w.fake.forum_post(w.help, w.dana, *COVERED)
+        covered = f"{COVERED[0]}\n{COVERED[1]}"
+        async with asyncio.timeout(60):
+            while covered not in [q.text for q in await w.store.gap_questions(0)]:
+                await asyncio.sleep(0.1)
+        assert bot_messages(w, strict) == []
     w.fake.assert_clean()
 
 

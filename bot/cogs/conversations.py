@@ -289,7 +289,13 @@ class Conversations(commands.Cog):
         writer = _PostWriter(post, interval=settings.edit_interval_s, people_first=people_first)
         asker = Asker(queued.user_id, queued.guild_id, post.id)
         refusals = settings.forum_uncovered == "closest"
-        delivered = await path.deliver(queued.question, writer, asker, refusals=refusals)
+        delivered = await path.deliver(
+            queued.question,
+            writer,
+            asker,
+            refusals=refusals,
+            threshold=settings.forum_relevance_threshold,
+        )
         if writer.stepped_back:
             return self._left_to_people(post)
         if delivered is None:

@@ -71,6 +71,10 @@ class Helpers(commands.Cog):
         if not role_id or channel is None or not isinstance(channel, discord.abc.Messageable):
             await send_error(interaction, NO_ROLE)
             return
+        # An answer with a thread of its own: the helpers are pinged there, beside the talk.
+        thread = await self._thread_of(record)
+        if thread is not None:
+            channel = thread
         claim = await bot.feedback.claim_handoff(
             answer_id=answer_id,
             guild_id=interaction.guild_id,
@@ -122,6 +126,12 @@ class Helpers(commands.Cog):
         record: AnswerRecord,
     ) -> discord.Message:
         """The ping beside the answer, as a reply to it."""
+        if isinstance(channel, discord.Thread) and channel.id == record.message_id:
+            # The answer's own thread: a link to the answer instead of a reply across channels.
+            text = ping_text(
+                role_id, interaction.user.display_name, record.question, record.jump_url
+            )
+            return await channel.send(text, allowed_mentions=role_ping(role_id))
         text = ping_text(role_id, interaction.user.display_name, record.question, None)
         if interaction.message is None:
             return await channel.send(text, allowed_mentions=role_ping(role_id))
@@ -131,6 +141,14 @@ class Helpers(commands.Cog):
             reference=interaction.message,
             mention_author=False,
         )
+
+    async def _thread_of(self, record: AnswerRecord) -> discord.Thread | None:
+        """The thread the bot started under answer `record`, if it still sees it."""
+        conversation = await self.bot.feedback.conversation(message_id=record.message_id)
+        if conversation is None or conversation.thread_id != record.message_id:
+            return None
+        thread = self.bot.get_channel(conversation.thread_id)
+        return thread if isinstance(thread, discord.Thread) else None
 
     def _forum(self, guild_id: int | None) -> discord.ForumChannel | None:
         """HANDOFF_FORUM_ID when it is a forum of the answer's server; else None (said once)."""

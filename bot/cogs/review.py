@@ -186,6 +186,11 @@ class Review(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(ReviewButton)
+        # Footers still being edited stop with the bot (their corrections are stored; only
+        # some notices are missing), not after its HTTP session closed.
+        for task in self.reaching_back:
+            task.cancel()
+        await asyncio.gather(*self.reaching_back, return_exceptions=True)
 
     # -- the card's buttons -------------------------------------------------------------------
 

@@ -205,10 +205,12 @@ class Answerer:
         history: Sequence[Turn] = (),
         *,
         verified_scope: Sequence[str] | None = None,
+        threshold: float | None = None,
     ) -> Prepared:
         """Retrieve and decide. With `history` (earlier turns, oldest first) the question is a
         follow-up: retrieval uses its standalone rewrite, the prompt shows the latest turns.
         `verified_scope`: the link prefixes of the verified answers that may answer (None: all).
+        `threshold`: the relevance bar for this question (None: RELEVANCE_THRESHOLD).
         """
         started = time.perf_counter()
         question = clean_question(question)
@@ -226,7 +228,8 @@ class Answerer:
             rerank_s=retrieval.rerank_s,
         )
         hits = merge_same_source(fold_near_duplicates(retrieval.hits))
-        best, refused = retrieval.gate(self.settings.relevance_threshold)
+        bar = self.settings.relevance_threshold if threshold is None else threshold
+        best, refused = retrieval.gate(bar)
 
         def refusal(unknown_terms: tuple[str, ...] = (), verdict: str | None = None) -> Prepared:
             # "Not in the docs": no prompt, the closest pages as sources.
