@@ -112,8 +112,12 @@ class ForumQueue:
                 await self._round(time.time())
             except Exception:  # e.g. the database stayed locked: the next round tries again
                 log.exception("the forum queue could not go through its posts")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the wake-up and
+            # close()'s cancel come together (an answer task cancelled by close() sets _wake as
+            # it ends), and the loop then waited forever, hanging the shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_S if self._waiting else None)
+                async with asyncio.timeout(POLL_S if self._waiting else None):
+                    await self._wake.wait()
 
     async def _round(self, now: float) -> None:
         """Leave the posts that waited too long to people; start those that may start."""

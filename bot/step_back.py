@@ -41,6 +41,23 @@ class StepBack:
         role = self.settings.helper_role_id
         return bool(role) and any(r.id == role for r in getattr(author, "roles", ()))
 
+    async def _helps(self, message: discord.Message, poster_id: int) -> bool:
+        """`helps` for a message read back from Discord: its author comes without roles (no
+        member data in history), so STEP_BACK_FOR=helpers asks Discord for the member."""
+        author: discord.abc.User = message.author
+        guild = message.guild
+        if (
+            self.settings.step_back_for == "helpers"
+            and not isinstance(author, discord.Member)
+            and not author.bot
+            and guild is not None
+        ):
+            try:
+                author = guild.get_member(author.id) or await guild.fetch_member(author.id)
+            except discord.HTTPException:
+                return False  # no longer a member: not one of the helpers
+        return self.helps(author, poster_id)
+
     def heard(self, thread_id: int) -> None:
         if len(self._spoke) > 10_000:  # forget threads that went quiet
             cutoff = self.clock() - self.settings.step_back_s
@@ -64,7 +81,7 @@ class StepBack:
             return False
         try:
             async for message in post.history(limit=_HISTORY, after=discord.Object(post.id)):
-                if message.type in PERSON_MESSAGES and self.helps(message.author, poster_id):
+                if message.type in PERSON_MESSAGES and await self._helps(message, poster_id):
                     return True
         except discord.HTTPException:  # no Read Message History: answer as before
             log.warning("could not read forum post %s to step back", post.id, exc_info=True)

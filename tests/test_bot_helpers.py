@@ -176,6 +176,19 @@ async def test_a_forum_post_a_person_answers_first_gets_no_bot_answer(
         await w.fake.wait_quiet()
         assert bot_texts(w, helped) == []
         assert await w.store.queued_forum_posts() == []
+        # STEP_BACK_FOR=helpers: only a reply by the helper role counts (read back from Discord,
+        # where messages carry no roles), not anyone's.
+        w.bot.settings.step_back_for = "helpers"
+        w.bot.settings.helper_role_id = w.mods_role.id
+        chatted, _ = await w.fake.forum_post(w.help, w.alice, *COVERED)
+        await w.fake.user_message(chatted, w.bob, "Same problem here!")
+        by_helper, _ = await w.fake.forum_post(w.help, w.dana, *COVERED)
+        await w.fake.user_message(by_helper, w.carol, "Did you enable the GPU build?")
+        await w.fake.wait_for(lambda: any(FOOTER in t for t in bot_texts(w, chatted)), timeout=120)
+        await w.fake.wait_for(
+            lambda: METRICS.forum_left.labels("people")._value.get() == left + 2, timeout=60
+        )
+        assert bot_texts(w, by_helper) == []
     w.fake.assert_clean()
 
 
