@@ -35,7 +35,7 @@ from ..home import OTHER_GUILD, same_guild
 from ..step_back import PERSON_MESSAGES
 from ..streaming import fit, plain_text
 from ..utils import NO_MENTIONS, send_error
-from .review import with_verdict
+from .review import update_card
 
 if TYPE_CHECKING:
     from ..client import RagBot
@@ -289,8 +289,8 @@ class Learning(commands.Cog):
             await send_error(interaction, REVIEWED)
             return
         log.info("candidate #%d dismissed by %s", candidate_id, interaction.user.id)
-        await self._update_card(
-            interaction, f"Dismissed · <@{interaction.user.id}>", discord.Colour.light_grey()
+        await update_card(
+            interaction, f"Dismissed · <@{interaction.user.id}>", discord.Colour.light_grey(), None
         )
 
     async def on_add(self, modal: AddCandidateModal, interaction: discord.Interaction[Any]) -> None:
@@ -326,26 +326,7 @@ class Learning(commands.Cog):
             f"✅ Added · <@{by}> · verified answer #{verified.id}, cited as "
             f"{fit(plain_text, candidate.author_name, 80)}'s answer"
         )
-        await self._update_card(interaction, text, discord.Colour.green())
-
-    async def _update_card(
-        self, interaction: discord.Interaction[Any], text: str, colour: discord.Colour
-    ) -> None:
-        message = interaction.message
-        deferred = interaction.response.is_done()
-        if message is None or not message.embeds:
-            send = interaction.followup.send if deferred else interaction.response.send_message
-            await send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-            return
-        embed = with_verdict(message.embeds[0], text, colour)
-        if deferred:
-            await interaction.edit_original_response(
-                embed=embed, view=None, allowed_mentions=NO_MENTIONS
-            )
-        else:
-            await interaction.response.edit_message(
-                embed=embed, view=None, allowed_mentions=NO_MENTIONS
-            )
+        await update_card(interaction, text, discord.Colour.green(), None)
 
 
 async def setup(bot: RagBot) -> None:

@@ -110,6 +110,31 @@ def with_verdict(embed: discord.Embed, text: str, colour: discord.Colour) -> dis
     return embed
 
 
+async def update_card(
+    interaction: discord.Interaction[Any],
+    text: str,
+    colour: discord.Colour,
+    view: discord.ui.View | None,
+) -> None:
+    """Set a moderators' card's verdict (its buttons `view`, None: none left), answering the
+    click or, once deferred, editing after; without a card to edit, `text` goes privately."""
+    message = interaction.message
+    deferred = interaction.response.is_done()
+    if message is None or not message.embeds:
+        send = interaction.followup.send if deferred else interaction.response.send_message
+        await send(safe_truncate(text, 2000), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        return
+    embed = with_verdict(message.embeds[0], safe_truncate(text, 1024), colour)
+    if deferred:
+        await interaction.edit_original_response(
+            embed=embed, view=view, allowed_mentions=NO_MENTIONS
+        )
+    else:
+        await interaction.response.edit_message(
+            embed=embed, view=view, allowed_mentions=NO_MENTIONS
+        )
+
+
 class CorrectionModal(discord.ui.Modal):
     """The right answer (and, if it needs it, a clearer question) for a flagged answer."""
 
@@ -223,7 +248,7 @@ class Review(commands.Cog):
             if status == "fine"
             else (f"Dismissed · <@{interaction.user.id}>", discord.Colour.light_grey())
         )
-        await self._update_card(interaction, text, colour, keep_buttons=True, answer_id=answer_id)
+        await update_card(interaction, text, colour, review_view(answer_id))
 
     async def on_correction(
         self, modal: CorrectionModal, interaction: discord.Interaction[RagBot]
@@ -250,7 +275,7 @@ class Review(commands.Cog):
             f"✏️ Corrected · <@{interaction.user.id}> · verified answer #{verified.id}\n"
             f"{fit(plain_text, answer, 900)}"
         )
-        await self._update_card(interaction, text, discord.Colour.green(), keep_buttons=False)
+        await update_card(interaction, text, discord.Colour.green(), None)
 
     async def add_verified(
         self,
@@ -293,32 +318,6 @@ class Review(commands.Cog):
             await reach_back(self.bot, verified, guild_id)
         except Exception:  # the correction itself stands; only the notices are missing
             log.exception("could not mark the answers verified answer %d corrects", verified.id)
-
-    async def _update_card(
-        self,
-        interaction: discord.Interaction[RagBot],
-        text: str,
-        colour: discord.Colour,
-        *,
-        keep_buttons: bool,
-        answer_id: int | None = None,
-    ) -> None:
-        message = interaction.message
-        deferred = interaction.response.is_done()
-        if message is None or not message.embeds:
-            send = interaction.followup.send if deferred else interaction.response.send_message
-            await send(safe_truncate(text, 2000), ephemeral=True, allowed_mentions=NO_MENTIONS)
-            return
-        embed = with_verdict(message.embeds[0], safe_truncate(text, 1024), colour)
-        view = review_view(answer_id) if keep_buttons and answer_id is not None else None
-        if deferred:
-            await interaction.edit_original_response(
-                embed=embed, view=view, allowed_mentions=NO_MENTIONS
-            )
-        else:
-            await interaction.response.edit_message(
-                embed=embed, view=view, allowed_mentions=NO_MENTIONS
-            )
 
     # -- /verified ----------------------------------------------------------------------------
 
