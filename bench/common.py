@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -32,6 +33,12 @@ QUESTIONS = [
     "What are resource groups used for?",
     "How does Milvus handle time synchronization?",
 ]
+
+
+def records(path: Path) -> list[dict]:
+    """A JSONL file's records; blank lines and # comments skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(s) for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 
 def pct(values: list[float], q: float) -> float:

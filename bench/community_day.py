@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -44,16 +43,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the tiny model's fastest layout
 
-from common import SHARED_CORPUS, machine  # noqa: E402
+from common import SHARED_CORPUS, machine, records  # noqa: E402
 
 FIXTURE_CORPUS = ROOT / "tests" / "fixtures" / "milvus-docs"
 FOOTER = "-# Answered in"
 COVERED, UNCOVERED, HELPED, SOLVED_LATER, HANDOFFS = 22, 10, 5, 3, 10
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(s) for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 
 def day_plan() -> dict[str, list[dict[str, Any]]]:

@@ -37,17 +37,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import SHARED_CORPUS, machine  # noqa: E402
+from common import SHARED_CORPUS, machine, records  # noqa: E402
 
 PARAPHRASES = ROOT / "eval" / "verified_paraphrases.jsonl"
 EDITED_PAGE = "about/roadmap.md"  # the page a one-change reindex edits (no golden question's)
 ROUNDS = 3  # no-change reindexes of each kind
 CHANGE_ROUNDS = 2  # one-page-change reindexes of each kind
-
-
-def records(path: Path) -> list[dict]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(s) for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 
 def golden_file(n: int, out: Path, base_url: str) -> int:

@@ -18,7 +18,7 @@ from rag_core.errors import RagError
 from .checks import NotAdmin, moderator_check
 from .feedback.records import Candidate
 from .streaming import fit, plain_links, plain_text
-from .utils import GENERIC_ERROR, send_error
+from .utils import GENERIC_ERROR, hand_to_cog, send_error
 
 if TYPE_CHECKING:
     from .client import RagBot
@@ -97,17 +97,10 @@ class CandidateButton(
         return await moderator_check(interaction)
 
     async def callback(self, interaction: discord.Interaction[RagBot]) -> None:  # type: ignore[override]
-        # Looked up by name: an extension reload makes new classes, so no isinstance here.
-        cog: Any = interaction.client.get_cog("Learning")
-        if cog is None:
-            log.error("candidate button %s pressed but the Learning cog is not loaded", self.action)
-            await send_error(interaction, GENERIC_ERROR)
-            return
-        try:
-            await cog.on_button(self.action, self.candidate_id, interaction)
-        except Exception:
-            log.exception("candidate button %s on #%d failed", self.action, self.candidate_id)
-            await send_error(interaction, GENERIC_ERROR)
+        what = f"candidate button {self.action} on #{self.candidate_id}"
+        await hand_to_cog(
+            interaction, "Learning", "on_button", self.action, self.candidate_id, what=what
+        )
 
 
 def candidate_view(candidate_id: int) -> discord.ui.View:

@@ -9,16 +9,13 @@ nothing else.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import discord
 
 from .feedback import AnswerRecord
 from .streaming import fit, link_target, plain_links, plain_text, safe_truncate
-from .utils import GENERIC_ERROR, send_error
-
-log = logging.getLogger(__name__)
+from .utils import hand_to_cog
 
 LABEL = "Ask a helper"
 ASKED_LABEL = "Helpers asked"
@@ -54,17 +51,8 @@ class HandoffButton(
         return cls(int(match["answer"]))
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
-        # Looked up by name: an extension reload makes new classes, so no isinstance here.
-        cog: Any = interaction.client.get_cog("Helpers")
-        if cog is None:
-            log.error("'Ask a helper' pressed but the Helpers cog is not loaded")
-            await send_error(interaction, GENERIC_ERROR)
-            return
-        try:
-            await cog.hand_off(self.answer_id, interaction)
-        except Exception:
-            log.exception("'Ask a helper' on answer %d failed", self.answer_id)
-            await send_error(interaction, GENERIC_ERROR)
+        what = f"'Ask a helper' on answer {self.answer_id}"
+        await hand_to_cog(interaction, "Helpers", "hand_off", self.answer_id, what=what)
 
 
 def handoff_view(answer_id: int, *, asked: bool = False) -> discord.ui.View:

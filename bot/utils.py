@@ -115,3 +115,21 @@ async def send_error(interaction: discord.Interaction, message: str) -> None:
             await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
     except discord.HTTPException:
         log.warning("could not deliver an error message to the user", exc_info=True)
+
+
+async def hand_to_cog(
+    interaction: discord.Interaction, cog_name: str, method: str, *args: object, what: str
+) -> None:
+    """A persistent button's click, handed to `method(*args, interaction)` of cog `cog_name`
+    (looked up by name: an extension reload makes new classes, so no isinstance). A missing cog
+    or a failure is logged, and the presser gets the generic error."""
+    handler = getattr(interaction.client.get_cog(cog_name), method, None)  # type: ignore[attr-defined]
+    if handler is None:
+        log.error("%s pressed but the %s cog is not loaded", what, cog_name)
+        await send_error(interaction, GENERIC_ERROR)
+        return
+    try:
+        await handler(*args, interaction)
+    except Exception:
+        log.exception("%s failed", what)
+        await send_error(interaction, GENERIC_ERROR)

@@ -27,7 +27,7 @@ from ..corrections import reach_back
 from ..feedback import AnswerRecord
 from ..home import OTHER_GUILD, same_guild
 from ..streaming import fit, plain_text, safe_truncate
-from ..utils import GENERIC_ERROR, NO_MENTIONS, send_error
+from ..utils import GENERIC_ERROR, NO_MENTIONS, hand_to_cog, send_error
 
 if TYPE_CHECKING:
     from ..client import RagBot
@@ -77,17 +77,10 @@ class ReviewButton(
         return await moderator_check(interaction)
 
     async def callback(self, interaction: discord.Interaction[RagBot]) -> None:  # type: ignore[override]
-        # Looked up by name: an extension reload makes new classes, so no isinstance here.
-        cog: Any = interaction.client.get_cog("Review")
-        if cog is None:
-            log.error("review button %s pressed but the Review cog is not loaded", self.action)
-            await send_error(interaction, GENERIC_ERROR)
-            return
-        try:
-            await cog.on_button(self.action, self.answer_id, interaction)
-        except Exception:
-            log.exception("review button %s on answer %d failed", self.action, self.answer_id)
-            await send_error(interaction, GENERIC_ERROR)
+        what = f"review button {self.action} on answer {self.answer_id}"
+        await hand_to_cog(
+            interaction, "Review", "on_button", self.action, self.answer_id, what=what
+        )
 
 
 def review_view(answer_id: int) -> discord.ui.View:
