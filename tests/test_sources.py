@@ -334,7 +334,9 @@ async def test_retry_after_is_honoured_when_short(site: LocalSite, web_settings:
     start = time.perf_counter()
     docs, failures = await load([site.url("/busy"), site.url("/closed")], web_settings)
 
-    assert 1.0 <= time.perf_counter() - start < 3.0
+    # Waited the 1 s asked, never the 3,600 s: the upper bound leaves room for a busy runner
+    # (5.3 s seen there, with page-conversion workers starting).
+    assert 1.0 <= time.perf_counter() - start < 30.0
     assert list(docs) == [site.url("/busy")]
     assert failures[site.url("/closed")].reason == "HTTP 503 (Retry-After 3600 s is too long)"
     assert site.hits["/closed"] == 1
